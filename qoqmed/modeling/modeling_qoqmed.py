@@ -1,0 +1,129 @@
+"""QoQ-Med model: Qwen2.5-VL whose input embeddings also take ECG encoder tokens at ``<|ecg_pad|>`` positions.
+
+ECG tokens are spliced in at the backbone (``QoQMedModel``), not only in the outer model, because training
+libraries compute log-probabilities through ``model.model`` directly. ECG tokens use ordinary text rotary
+positions (one step per token), like any text token between vision blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
+from transformers import initialization as init
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
+
+from .configuration_qoqmed import QoQMedConfig
+from .ecg_encoder import ECGJEPAEncoder, cross_pattern_mask, sincos_2d_positions
+
+
+def _projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_dim, out_dim)
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+
+def normalize_per_lead(ecg: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-record, per-lead z-score over time."""
+    mean = ecg.mean(-1, keepdim=True)
+    std = ecg.std(-1, keepdim=True)
+    return (ecg - mean) / (std + eps)
+
+
+def _init_ecg_buffers(module: nn.Module) -> None:
+    # The position table and attention mask are derived, not saved; rebuild them after meta-device loading.
+    if isinstance(module, ECGJEPAEncoder):
+        cfg = module.config
+        init.copy_(module.pos_embed, sincos_2d_positions(cfg.hidden_size, cfg.num_leads, cfg.num_patches))
+        init.copy_(module.attn_mask, cross_pattern_mask(cfg.num_leads, cfg.num_patches))
+
+
+class QoQMedModel(Qwen2_5_VLModel):
+    config_class = QoQMedConfig
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        _init_ecg_buffers(module)
+
+    def __init__(self, config: QoQMedConfig):
+        super().__init__(config)
+        self.ecg_encoder = ECGJEPAEncoder(config.ecg_encoder_config)
+        self.ecg_projector = _projector(
+            config.ecg_projector, config.ecg_encoder_config.hidden_size, config.text_config.hidden_size
+        )
+        self.post_init()
+
+    def get_ecg_features(self, ecg_values: torch.Tensor) -> torch.Tensor:
+        """``(num_records, leads, samples) -> (num_records, tokens_per_record, hidden)``."""
+        if self.config.ecg_normalize:
+            ecg_values = normalize_per_lead(ecg_values.float())
+        tokens = self.ecg_encoder.tokens(ecg_values, self.config.ecg_token_mode)
+        return self.ecg_projector(tokens)
+
+    def forward(self, input_ids=None, inputs_embeds=None, ecg_values=None, **kwargs):
+        if input_ids is not None and self.config.ecg_token_id is not None:
+            ecg_mask = input_ids == self.config.ecg_token_id
+            n_slots = int(ecg_mask.sum())
+            if ecg_values is None and n_slots:
+                raise ValueError(
+                    f"the prompt holds {n_slots} ECG placeholder tokens but no `ecg_values` were given; pass the ECG "
+                    "records (num_records, leads, samples) in prompt order"
+                )
+            if ecg_values is not None:
+                if inputs_embeds is None:
+                    inputs_embeds = self.get_input_embeddings()(input_ids)
+                features = self.get_ecg_features(ecg_values.to(inputs_embeds.device))
+                if features.shape[0] * features.shape[1] != n_slots:
+                    raise ValueError(
+                        f"{features.shape[0]} ECG records give {features.shape[0] * features.shape[1]} tokens but the "
+                        f"prompt holds {n_slots} ECG placeholder tokens ({self.config.num_ecg_tokens} per record)"
+                    )
+                features = features.reshape(-1, features.shape[-1]).to(inputs_embeds.dtype)
+                inputs_embeds = inputs_embeds.masked_scatter(ecg_mask.unsqueeze(-1), features)
+        elif ecg_values is not None:
+            raise ValueError("`ecg_values` need `input_ids` to locate the ECG placeholder tokens")
+        return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+
+class QoQMedForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
+    config_class = QoQMedConfig
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        _init_ecg_buffers(module)
+
+    def __init__(self, config: QoQMedConfig):
+        # Build the QoQ-Med backbone directly instead of a Qwen2.5-VL one that would be thrown away.
+        Qwen2_5_VLPreTrainedModel.__init__(self, config)
+        self.model = QoQMedModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                labels=None, use_cache=None, pixel_values=None, pixel_values_videos=None, image_grid_thw=None,
+                video_grid_thw=None, mm_token_type_ids=None, second_per_grid_ts=None, logits_to_keep=0,
+                ecg_values: torch.Tensor | None = None, **kwargs):
+        """Qwen2.5-VL forward plus ``ecg_values``: (num_records, leads, samples), one per ECG block, prompt order."""
+        if ecg_values is not None:
+            kwargs["ecg_values"] = ecg_values
+        return super().forward(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache, pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos, image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw,
+            mm_token_type_ids=mm_token_type_ids, second_per_grid_ts=second_per_grid_ts,
+            logits_to_keep=logits_to_keep, **kwargs,
+        )
+
+    def prepare_inputs_for_generation(self, input_ids, ecg_values=None, is_first_iteration=False, **kwargs):
+        inputs = super().prepare_inputs_for_generation(input_ids, is_first_iteration=is_first_iteration, **kwargs)
+        # Like pixel values, the ECG is encoded once at prefill; later steps read it from the KV cache.
+        if ecg_values is not None and (is_first_iteration or not kwargs.get("use_cache", True)):
+            inputs["ecg_values"] = ecg_values
+        return inputs
+
+    def placeholder_token_ids(self) -> list[int]:
+        """Token ids the model must never generate (multimodal placeholders)."""
+        cfg = self.config
+        ids = [cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id,
+               cfg.ecg_token_id, cfg.ecg_start_token_id, cfg.ecg_end_token_id]
+        return sorted({i for i in ids if i is not None})
