@@ -1,0 +1,39 @@
+"""Training curves: mean reward per clinical domain over RL steps."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def plot_rl_curves(rl_logs: dict, path: str | Path, window: int = 5) -> Path | None:
+    """Line per domain of the batch-mean reward (running mean over ``window`` batches that held the domain)."""
+    from matplotlib.figure import Figure
+
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for entry in rl_logs.get("domains", []):
+        for key, value in entry.items():
+            if key.startswith("reward/"):
+                series[key.split("/", 1)[1]].append((entry["step"], value))
+    if not series:
+        return None
+    fig = Figure(figsize=(8, 4.5), dpi=120)
+    ax = fig.add_subplot()
+    for domain, points in sorted(series.items()):
+        steps = np.array([p[0] for p in points])
+        values = np.array([p[1] for p in points])
+        k = min(window, len(values))
+        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, label=f"{domain} (n={len(values)})")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel(f"mean reward (running mean of {window} batches)")
+    ax.set_title("RL reward by clinical domain")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    return path

@@ -1,0 +1,254 @@
+"""Markdown report, plots and terminal summary of :func:`qoqmed.eval.metrics.compute_metrics` output."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .metrics import OTHER_LABEL, confusion_matrix_single_label
+
+__all__ = ["format_metrics_table", "format_value", "print_summary", "write_report"]
+
+_DPI = 120
+_MAX_CONFUSION_LABELS = 8
+
+# (metrics key, column header) of the per-domain and per-dataset tables.
+_SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("n", "n"),
+    ("macro_f1", "macro-F1"),
+    ("paper_balanced_accuracy", "paper bal. acc."),
+    ("balanced_accuracy", "balanced acc."),
+    ("exact_match", "exact match"),
+    ("iou_mean", "mean IoU"),
+    ("format_rate", "format rate"),
+)
+_LABEL_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("support", "support"),
+    ("tp", "tp"),
+    ("fp", "fp"),
+    ("fn", "fn"),
+    ("tn", "tn"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("specificity", "specificity"),
+    ("f1", "F1"),
+    ("accuracy", "accuracy"),
+)
+
+
+def format_value(value: Any) -> str:
+    """How a metric appears in tables: floats with 3 decimals, counts as integers, missing as ``-``."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.3f}"
+    return str(value)
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(_cell(h) for h in header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _summary_row(name: str, entry: Mapping[str, Any]) -> list[str]:
+    return [name] + [format_value(entry.get(key)) for key, _ in _SUMMARY_COLUMNS]
+
+
+def format_metrics_table(metrics: Mapping[str, Any]) -> str:
+    """Markdown table with one row per domain and a final bold ``overall`` row."""
+    rows = [_summary_row(dom, entry) for dom, entry in metrics["domains"].items()]
+    overall = _summary_row("overall", metrics["overall"])
+    rows.append([f"**{c}**" for c in overall])
+    return _table(["domain"] + [h for _, h in _SUMMARY_COLUMNS], rows)
+
+
+def _dataset_table(metrics: Mapping[str, Any]) -> str:
+    header = ["dataset", "domain"] + [h for _, h in _SUMMARY_COLUMNS] + ["labels present", "out-of-set preds"]
+    rows = [
+        [ds, entry["domain"]]
+        + [format_value(entry.get(key)) for key, _ in _SUMMARY_COLUMNS]
+        + [format_value(entry["n_labels_present"]), format_value(entry["n_out_of_set_predictions"])]
+        for ds, entry in metrics["datasets"].items()
+    ]
+    return _table(header, rows)
+
+
+def _label_table(entry: Mapping[str, Any]) -> str:
+    rows = [
+        [label] + [format_value(m.get(key)) for key, _ in _LABEL_COLUMNS] for label, m in entry["labels"].items()
+    ]
+    return _table(["label"] + [h for _, h in _LABEL_COLUMNS], rows)
+
+
+_DEFINITIONS = (
+    "Per label: one-vs-rest over the rows of a dataset. Dataset metrics average over the labels present in its "
+    "ground truth: *paper bal. acc.* is the mean one-vs-rest accuracy (what the QoQ-Med paper calls balanced "
+    "accuracy); *balanced acc.* is the mean of (sensitivity + specificity) / 2. Domain = unweighted mean over its "
+    "datasets; overall = unweighted mean over domains. Mean IoU pools the rows that have an IoU. `-` = no data."
+)
+
+
+def _markdown(metrics: Mapping[str, Any], title: str, context: Mapping[str, Any] | None, plots: Sequence[Path]) -> str:
+    parts = [f"# {title}", ""]
+    if context:
+        parts += ["## Context", ""]
+        for key, value in context.items():
+            shown = json.dumps(value, default=str) if isinstance(value, (dict, list, tuple)) else value
+            shown = format_value(shown) if isinstance(shown, float) else shown
+            parts.append(f"- **{key}**: {shown}")
+        parts.append("")
+    parts += ["## Per domain", "", format_metrics_table(metrics), "", _DEFINITIONS, ""]
+    if plots:
+        parts += [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    if metrics["datasets"]:
+        parts += ["## Per dataset", "", _dataset_table(metrics), "", "## Per label", ""]
+        for ds, entry in metrics["datasets"].items():
+            parts += [f"### {ds} ({entry['domain']}, n={entry['n']})", "", _label_table(entry), ""]
+    return "\n".join(parts)
+
+
+def _plot_domains(metrics: Mapping[str, Any], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    groups = list(metrics["domains"].items()) + [("overall", metrics["overall"])]
+    series = (
+        ("macro_f1", "macro-F1", "#4C72B0"),
+        ("paper_balanced_accuracy", "paper balanced acc.", "#DD8452"),
+        ("balanced_accuracy", "balanced acc.", "#55A868"),
+    )
+    width = 0.26
+    x = np.arange(len(groups))
+    fig = Figure(figsize=(max(6.0, 1.3 * len(groups) + 2), 4.5), dpi=_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    for i, (key, name, color) in enumerate(series):
+        values = [entry.get(key) for _, entry in groups]
+        heights = [v if v is not None else 0.0 for v in values]
+        bars = ax.bar(x + (i - 1) * width, heights, width, label=name, color=color)
+        shown = [format_value(v) if v is not None else "" for v in values]
+        ax.bar_label(bars, labels=shown, fontsize=7, rotation=90, padding=2)
+    for pos, (_, entry) in zip(x, groups):
+        if all(entry.get(key) is None for key, _, _ in series):
+            ax.text(pos, 0.02, "no data", ha="center", va="bottom", fontsize=8, color="grey", rotation=90)
+    ax.set_xticks(x, [f"{name}\nn={entry.get('n', 0)}" for name, entry in groups], fontsize=8)
+    if len(groups) > 1:
+        ax.axvline(len(groups) - 1.5, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_ylim(0, 1.15)
+    ax.set_ylabel("score")
+    ax.set_xlabel("clinical domain (n = evaluated rows)")
+    ax.set_title("Macro-F1 and accuracy per domain")
+    ax.legend(fontsize=8, loc="upper left", ncols=3)
+    ax.grid(axis="y", alpha=0.3)
+    fig.savefig(path, dpi=_DPI)
+
+
+def _plot_confusion(matrix: np.ndarray, labels: Sequence[str], dataset: str, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    n = len(labels)
+    fig = Figure(figsize=(2.2 + 0.75 * (n + 1), 1.8 + 0.65 * n), dpi=_DPI, layout="constrained")
+    ax = fig.add_subplot()
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=float), where=totals > 0)
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(
+                j, i, str(int(matrix[i, j])), ha="center", va="center", fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
+    ax.set_xticks(range(n + 1), list(labels) + [OTHER_LABEL], rotation=35, ha="right", fontsize=8)
+    ax.set_yticks(range(n), list(labels), fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix: {dataset}")
+    fig.colorbar(image, ax=ax, label="share of true row")
+    fig.savefig(path, dpi=_DPI)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "dataset"
+
+
+def _confusion_plots(
+    metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], out_dir: Path
+) -> dict[str, Path]:
+    by_dataset: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_dataset.setdefault(str(row["dataset"]), []).append(row)
+    written: dict[str, Path] = {}
+    for ds, entry in metrics["datasets"].items():
+        ds_rows = by_dataset.get(ds)
+        if not ds_rows or any(len(r["true_labels"]) != 1 for r in ds_rows):
+            continue
+        labels = [label for label, m in entry["labels"].items() if m["support"] > 0]
+        if not 1 < len(labels) <= _MAX_CONFUSION_LABELS:
+            continue
+        stem = f"confusion_{_safe_name(ds)}"
+        while stem in written:
+            stem += "_"
+        path = out_dir / f"{stem}.png"
+        _plot_confusion(confusion_matrix_single_label(ds_rows, labels), labels, ds, path)
+        written[stem] = path
+    return written
+
+
+def write_report(
+    metrics: Mapping[str, Any],
+    out_dir: str | Path,
+    *,
+    title: str = "qoqmed evaluation",
+    context: Mapping[str, Any] | None = None,
+    rows: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, Path]:
+    """Write ``report.md``, ``metrics.json``, ``per_domain_f1.png`` and, given ``rows``, one
+    ``confusion_<dataset>.png`` per single-label dataset with 2 to 8 labels.
+
+    Returns the written paths keyed ``report``, ``metrics``, ``per_domain_f1`` and ``confusion_<dataset>``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+
+    paths["metrics"] = out / "metrics.json"
+    paths["metrics"].write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+
+    paths["per_domain_f1"] = out / "per_domain_f1.png"
+    _plot_domains(metrics, paths["per_domain_f1"])
+    if rows is not None:
+        paths.update(_confusion_plots(metrics, list(rows), out))
+
+    plots = [p for key, p in paths.items() if p.suffix == ".png"]
+    paths["report"] = out / "report.md"
+    paths["report"].write_text(_markdown(metrics, title, context, plots) + "\n", encoding="utf-8")
+    return paths
+
+
+def print_summary(metrics: Mapping[str, Any], console: Any = None) -> None:
+    """Print the per-domain table to the terminal with ``rich``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console if console is not None else Console()
+    table = Table(title="qoqmed evaluation per domain")
+    table.add_column("domain")
+    for _, header in _SUMMARY_COLUMNS:
+        table.add_column(header, justify="right")
+    for dom, entry in metrics["domains"].items():
+        table.add_row(*_summary_row(dom, entry))
+    table.add_section()
+    table.add_row(*_summary_row("overall", metrics["overall"]), style="bold")
+    console.print(table)

@@ -1,0 +1,203 @@
+"""The end-to-end recipe a YAML config describes: data -> model -> warm start -> RL -> evaluation -> report.
+
+Every stage writes into one run folder, so a run can be inspected afterwards:
+
+    run/
+      data/                      the synthetic benchmark (when the config asks for one)
+      sft_model/                 model after the supervised warm start
+      rl/                        RL logs; rl/model is the final model
+      eval_sft/, eval/           predictions.jsonl of the warm-started and the final model on the test split
+      report.md, metrics.json, *.png
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from ..data.schema import DOMAINS, Record, load_records
+from ..modeling.tiny import TinySpec, build_tiny
+from .sft import SFTSettings, warm_start
+
+console = Console(stderr=True)
+
+
+@dataclass
+class DataSection:
+    synthetic: dict | None = None      # keyword arguments of generate_climb_mini, or None to use files
+    train: str | None = None
+    test: str | None = None
+
+
+@dataclass
+class EvalSection:
+    batch_size: int = 32
+    max_new_tokens: int = 96
+    reward_preset: str = "paper"
+    iou_reduce: str = "max"
+    evaluate_warm_start: bool = True   # also evaluate the warm-started model, to show what RL changed
+
+
+@dataclass
+class RecipeConfig:
+    seed: int = 0
+    data: DataSection = field(default_factory=DataSection)
+    model: dict = field(default_factory=lambda: {"init": "tiny"})
+    sft: SFTSettings = field(default_factory=SFTSettings)
+    rl: dict = field(default_factory=dict)
+    eval: EvalSection = field(default_factory=EvalSection)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RecipeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(known)}")
+        return cls(
+            seed=int(raw.get("seed", 0)),
+            data=_section(DataSection, raw.get("data"), "data"),
+            model=dict(raw.get("model") or {"init": "tiny"}),
+            sft=_section(SFTSettings, raw.get("sft"), "sft"),
+            rl=dict(raw.get("rl") or {}),
+            eval=_section(EvalSection, raw.get("eval"), "eval"),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RecipeConfig:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"{path}: cannot read the config: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a config must be a mapping of sections")
+        return cls.from_dict(raw)
+
+
+def _section(cls, raw: dict | None, name: str):
+    raw = raw or {}
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"config section {name!r}: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
+    return cls(**raw)
+
+
+def _load_data(cfg: RecipeConfig, run: Path) -> tuple[list[Record], list[Record], dict | None]:
+    if cfg.data.synthetic is not None:
+        from ..data.synthetic import generate_climb_mini
+
+        with console.status("generating the CLIMB-mini benchmark"):
+            info = generate_climb_mini(run / "data", **{"seed": cfg.seed, **cfg.data.synthetic})
+        return load_records(run / "data" / "train.jsonl"), load_records(run / "data" / "test.jsonl"), info
+    if not cfg.data.train or not cfg.data.test:
+        raise ValueError("config section 'data' needs either 'synthetic' or both 'train' and 'test' jsonl paths")
+    return load_records(cfg.data.train), load_records(cfg.data.test), None
+
+
+def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
+    """Run every stage; return the metrics dict that is also written to ``run_dir/metrics.json``."""
+    import torch
+
+    from ..eval.evaluate import evaluate
+    from ..eval.report import print_summary, write_report
+    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
+    from .grpo import RLSettings, train_rl
+
+    t_start = time.perf_counter()
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    train, test, data_info = _load_data(cfg, run)
+    timings["data"] = time.perf_counter() - t
+    console.print(f"[bold]data[/] {len(train)} train / {len(test)} test records")
+
+    t = time.perf_counter()
+    init = cfg.model.get("init", "tiny")
+    if init == "tiny":
+        torch.manual_seed(cfg.seed)
+        corpus = [r.problem for r in train] + [r.answer for r in train]
+        spec = TinySpec(**{k: v for k, v in cfg.model.items() if k != "init"})
+        processor, model = build_tiny(corpus, spec, seed=cfg.seed)
+    else:
+        processor = QoQMedProcessor.from_pretrained(init)
+        model = QoQMedForConditionalGeneration.from_pretrained(init)
+    n_params = sum(p.numel() for p in model.parameters())
+    console.print(f"[bold]model[/] {init}: {n_params / 1e6:.2f}M parameters")
+
+    console.rule("supervised warm start")
+    sft_history = warm_start(model, processor, train, run / "sft", cfg.sft)
+    model.save_pretrained(run / "sft_model")
+    processor.save_pretrained(run / "sft_model")
+    timings["warm_start"] = time.perf_counter() - t
+
+    ev = cfg.eval
+    expected = [d for d in DOMAINS if any(r.domain == d for r in test)]
+    eval_kwargs = dict(batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, preset=ev.reward_preset,
+                       iou_reduce=ev.iou_reduce, expected_domains=expected)
+    sft_metrics = None
+    if ev.evaluate_warm_start:
+        console.rule("evaluating the warm-started model")
+        t = time.perf_counter()
+        sft_metrics, _ = evaluate(model, processor, test, run / "eval_sft", **eval_kwargs)
+        timings["eval_warm_start"] = time.perf_counter() - t
+
+    console.rule("RL")
+    t = time.perf_counter()
+    rl_settings = RLSettings(**{"seed": cfg.seed, **cfg.rl})
+    rl_logs = train_rl(run / "sft_model", train, run / "rl", rl_settings)
+    timings["rl"] = time.perf_counter() - t
+
+    console.rule("evaluating the final model")
+    t = time.perf_counter()
+    final_dir = run / "rl" / "model"
+    model = QoQMedForConditionalGeneration.from_pretrained(final_dir)
+    processor = QoQMedProcessor.from_pretrained(final_dir)
+    metrics, rows = evaluate(model, processor, test, run / "eval", **eval_kwargs)
+    timings["eval"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+
+    metrics["wall_time_seconds"] = round(timings["total"], 1)
+    metrics["stage_seconds"] = {k: round(v, 1) for k, v in timings.items()}
+    metrics["estimator"] = rl_settings.estimator if rl_settings.estimator != "drpo" else (
+        f"drpo ({rl_settings.drpo_mode})")
+    if sft_metrics is not None:
+        metrics["warm_start"] = {"overall": sft_metrics["overall"],
+                                 "domains": {d: {k: v.get(k) for k in ("macro_f1", "paper_balanced_accuracy",
+                                                                        "iou_mean", "format_rate")}
+                                             for d, v in sft_metrics["domains"].items()}}
+    metrics["final_model"] = str(final_dir)
+    if data_info is not None:
+        metrics["data"] = data_info
+    context = {
+        "model": f"{init} ({n_params / 1e6:.2f}M parameters)", "train records": len(train),
+        "test records": len(test), "estimator": metrics["estimator"], "RL steps": rl_settings.max_steps,
+        "rollouts per question": rl_settings.num_generations,
+        "warm start": f"{cfg.sft.epochs} epochs, final loss {sft_history[-1]['loss']:.3f}" if sft_history else "-",
+        "wall time": f"{timings['total']:.0f} s ("
+                     + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items() if k != "total") + ")",
+    }
+    if sft_metrics is not None:
+        context["warm start → final macro-F1"] = (
+            f"{_fmt(sft_metrics['overall'].get('macro_f1'))} → {_fmt(metrics['overall'].get('macro_f1'))}")
+    paths = write_report(metrics, run, title="qoqmed quickstart: CLIMB-mini, tiny model, warm start + RL",
+                         context=context, rows=rows)
+    from ..eval.curves import plot_rl_curves
+
+    plot_rl_curves(rl_logs, run / "rl_reward_by_domain.png")
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print_summary(metrics)
+    console.print(f"[bold green]done[/] in {timings['total']:.0f} s: {paths.get('report', run / 'report.md')}")
+    return metrics
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"

@@ -1,0 +1,230 @@
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from qoqmed.algos import DRPO, cluster_reward_vectors, group_advantages, kl_damping, select_k
+
+EPS = 1e-6
+
+
+def _batch(vectors, domains, interleave=False):
+    """Flatten {qid: reward vector} into per-rollout lists; optionally interleave questions."""
+    rows = [(q, r, domains[q]) for q, v in vectors.items() for r in v]
+    if interleave:
+        g = len(next(iter(vectors.values())))
+        rows = [rows[j * g + i] for i in range(g) for j in range(len(vectors))]
+    q, r, d = zip(*rows)
+    return torch.tensor(r, dtype=torch.float64), list(q), list(d)
+
+
+# ---------------------------------------------------------------- GRPO
+
+
+def test_grpo_hand_computed_non_contiguous():
+    r = torch.tensor([0.0, 5.0, 1.0, 5.0, 2.0, 7.0])
+    ids = ["x", "y", "x", "y", "x", "y"]
+    # x = [0, 1, 2]: mean 1, unbiased std 1.  y = [5, 5, 7]: mean 17/3, unbiased std sqrt(4/3).
+    sy = math.sqrt(4 / 3)
+    expected = [-1 / (1 + EPS), (5 - 17 / 3) / (sy + EPS), 0.0, (5 - 17 / 3) / (sy + EPS), 1 / (1 + EPS),
+                (7 - 17 / 3) / (sy + EPS)]
+    out = group_advantages(r, ids)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, torch.tensor(expected), atol=1e-6)
+    dr = group_advantages(r, ids, scale=False)
+    assert torch.allclose(dr, torch.tensor([-1.0, -2 / 3, 0.0, -2 / 3, 1.0, 4 / 3]), atol=1e-6)
+    biased = group_advantages(r, ids, unbiased=False)
+    assert biased[0].item() == pytest.approx(-1 / (math.sqrt(2 / 3) + EPS), rel=1e-6)
+
+
+def test_grpo_equal_rewards_and_errors():
+    assert torch.equal(group_advantages(torch.ones(4), [0, 0, 1, 1]), torch.zeros(4))
+    with pytest.raises(ValueError, match="single rollout"):
+        group_advantages(torch.tensor([1.0, 0.0, 1.0]), ["a", "a", "b"])
+    with pytest.raises(ValueError, match="NaN"):
+        group_advantages(torch.tensor([1.0, float("nan")]), ["a", "a"])
+    with pytest.raises(ValueError):
+        group_advantages(torch.tensor([1.0, 0.0]), ["a"])
+
+
+# ---------------------------------------------------------------- pieces of DRPO
+
+
+def test_select_k_elbow_rule():
+    assert select_k([5.0]) == 1
+    assert select_k([10.0, 1.0]) == 2  # no D_3 to compare: k_max
+    assert select_k([100.0, 40.0, 35.0, 34.0]) == 2  # D3=5 < 0.1*D2=6
+    assert select_k([100.0, 60.0, 30.0, 29.0]) == 3  # D3=30 >= 4; D4=1 < 3
+    assert select_k([100.0, 60.0, 30.0, 25.0]) == 4  # never: k_max
+
+
+def test_cluster_one_distinct_vector_is_k1():
+    x = np.tile([1.0, 0.0, 0.5], (5, 1))
+    labels, centroids = cluster_reward_vectors(x)
+    assert (labels == 0).all() and centroids.shape == (1, 3)
+
+
+def test_kl_damping_hand_computed():
+    z_src = torch.tensor([1.0, -1.0, 1.0, -2.0], dtype=torch.float64)
+    kl = torch.tensor([0.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    # z = [0, 0, 0, 2]; 0.75-quantile (linear) = 0.5; m = 0.5 / (0.5 + z)
+    m = kl_damping(z_src, kl, 0.75)
+    assert torch.allclose(m, torch.tensor([1.0, 1.0, 1.0, 0.2], dtype=torch.float64))
+    assert torch.equal(kl_damping(z_src, torch.zeros(4, dtype=torch.float64), 0.75), torch.ones(4, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- DRPO
+
+
+def test_drpo_paper_hand_computed():
+    # Domain a: two identical vectors -> k = 1; domain b: a single question.
+    vecs = {"q1": [1.0, 0.0], "q2": [1.0, 0.0], "q3": [0.5, 0.0]}
+    doms = {"q1": "a", "q2": "a", "q3": "b"}
+    r, q, d = _batch(vecs, doms, interleave=True)
+    s_a = 0.5 / (math.sqrt(0.5) + EPS)  # GRPO score magnitude of [1, 0]
+    s_b = 0.25 / (math.sqrt(0.125) + EPS)  # of [0.5, 0]
+    t_a = max(math.sqrt(2) * 0.5, EPS)  # T_g = T_c: N = 2, mu = 0.5
+    t_b = max(math.sqrt(1) * 0.25, EPS)  # T_g = T_c: N = 1, mu = 0.25
+    by_q = {"q1": s_a / t_a**2, "q2": s_a / t_a**2, "q3": s_b / t_b**2}
+    sign = {1.0: 1, 0.5: 1, 0.0: -1}
+    scaled = torch.tensor([sign[ri] * by_q[qi] for ri, qi in zip(r.tolist(), q)], dtype=torch.float64)
+    expected = scaled / (scaled.std() + EPS)
+
+    drpo = DRPO(2)
+    out = drpo(r, q, d)
+    assert out.dtype == torch.float64
+    assert torch.allclose(out, expected, atol=1e-9)
+    assert drpo.last_stats["a"]["k"] == 1 and drpo.last_stats["a"]["cluster_sizes"] == [2]
+    assert drpo.last_stats["a"]["T_g"] == pytest.approx(t_a)
+    assert drpo.last_stats["b"]["T_g"] == pytest.approx(t_b)
+    assert drpo.last_stats["b"]["n_questions"] == 1
+
+
+def test_drpo_kl_damping_hand_computed():
+    vecs = {"q1": [1.0, 0.0], "q2": [1.0, 0.0]}
+    r, q, d = _batch(vecs, {"q1": "a", "q2": "a"})
+    kl = torch.tensor([0.0, 0.0, 0.0, 1.0])
+    s = 2 * 0.5 / (math.sqrt(0.5) + EPS)  # |s'| = s / (T_g T_c) = s / 0.5
+    m = torch.tensor([1.0, 1.0, 1.0, 0.25 * s / (0.25 * s + s)], dtype=torch.float64)  # t = 0.25 z_max
+    scaled = torch.tensor([s, -s, s, -s], dtype=torch.float64) * m
+    expected = scaled / (scaled.std() + EPS)
+    assert torch.allclose(DRPO(2)(r, q, d, kl=kl), expected, atol=1e-9)
+    # per-question kl: broadcast to its rollouts
+    per_q = DRPO(2)(r, q, d, kl=torch.tensor([0.0, 1.0]))
+    assert torch.isfinite(per_q).all() and abs(per_q[2]) < abs(per_q[0])
+    # disabled damping and reference mode ignore kl
+    assert torch.allclose(DRPO(2, kl_quantile=None)(r, q, d, kl=kl), DRPO(2)(r, q, d))
+    assert torch.allclose(DRPO(2, mode="reference")(r, q, d, kl=kl), DRPO(2, mode="reference")(r, q, d))
+
+
+def test_drpo_rare_hard_domain_gets_larger_scale():
+    rng = np.random.default_rng(0)
+    vecs, doms = {}, {}
+    for i in range(30):
+        vecs[f"easy{i}"] = (0.6 + 0.4 * rng.integers(0, 2, size=4)).tolist()
+        doms[f"easy{i}"] = "abundant"
+    for i, v in enumerate([[0.3, 0.0, 0.1, 0.0], [0.0, 0.2, 0.0, 0.0]]):
+        vecs[f"hard{i}"], doms[f"hard{i}"] = v, "rare"
+    r, q, d = _batch(vecs, doms)
+    drpo = DRPO(4)
+    adv = drpo(r, q, d)
+    grpo = group_advantages(r, q)
+    nz = grpo.abs() > 1e-3
+    ratio = (adv[nz] / grpo[nz]).abs()
+    rare = torch.tensor([x == "rare" for x in d])[nz]
+    assert ratio[rare].min() > ratio[~rare].max()
+    assert drpo.last_stats["rare"]["mean_abs_scale"] > drpo.last_stats["abundant"]["mean_abs_scale"]
+
+
+@pytest.mark.parametrize("mode", ["paper", "reference"])
+@pytest.mark.parametrize("value", [0.0, 1.0, 0.5])
+def test_drpo_constant_rewards_are_finite(mode, value):
+    r = torch.full((12,), value)
+    q = [i // 3 for i in range(12)]
+    d = ["a", "a", "a", "a", "a", "a", "b", "b", "b", "b", "b", "b"]
+    out = DRPO(3, mode=mode)(r, q, d)
+    assert torch.isfinite(out).all() and torch.equal(out, torch.zeros(12))
+
+
+def test_drpo_zero_cluster_guard_reference_mode():
+    vecs = {"z1": [0.0, 0.0], "z2": [0.0, 0.0], "p1": [1.0, 0.0], "p2": [0.0, 1.0], "p3": [1.0, 1.0]}
+    r, q, d = _batch(vecs, {k: "a" for k in vecs})
+    drpo = DRPO(2, mode="reference")
+    out = drpo(r, q, d)
+    assert torch.isfinite(out).all()
+    assert drpo.last_stats["a"]["zero_cluster_guard"] >= 2
+    assert out.std().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_drpo_batch_std_is_one():
+    rng = np.random.default_rng(1)
+    vecs = {f"q{i}": rng.random(4).round(1).tolist() for i in range(12)}
+    doms = {f"q{i}": ["x", "y", "z"][i % 3] for i in range(12)}
+    r, q, d = _batch(vecs, doms, interleave=True)
+    for mode in ("paper", "reference"):
+        out = DRPO(4, mode=mode)(r, q, d, kl=torch.rand(len(r), generator=torch.Generator().manual_seed(0)))
+        assert out.std().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_drpo_input_errors():
+    drpo = DRPO(2)
+    with pytest.raises(ValueError, match="'b' has 1 rollouts"):
+        drpo(torch.tensor([1.0, 0.0, 1.0]), ["a", "a", "b"], ["d", "d", "d"])
+    with pytest.raises(ValueError, match="'a' has 3 rollouts"):
+        drpo(torch.tensor([1.0, 0.0, 1.0]), ["a", "a", "a"], ["d", "d", "d"])
+    with pytest.raises(ValueError, match="NaN"):
+        drpo(torch.tensor([1.0, float("nan")]), ["a", "a"], ["d", "d"])
+    with pytest.raises(ValueError, match="lengths differ"):
+        drpo(torch.tensor([1.0, 0.0]), ["a", "a"], ["d"])
+    with pytest.raises(ValueError, match="domains"):
+        drpo(torch.tensor([1.0, 0.0]), ["a", "a"], ["d", "e"])
+    with pytest.raises(ValueError, match="kl"):
+        drpo(torch.tensor([1.0, 0.0]), ["a", "a"], ["d", "d"], kl=torch.ones(3))
+    with pytest.raises(ValueError):
+        DRPO(1)
+    with pytest.raises(ValueError):
+        DRPO(2, mode="reference", history=10)
+    assert drpo._hist == {} and drpo.last_stats == {}  # failed calls leave no trace
+
+
+def _random_batches(n_batches, n_q=8, g=4, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(n_batches):
+        vecs = {f"b{b}q{i}": rng.integers(0, 3, size=g).astype(float).__truediv__(2).tolist() for i in range(n_q)}
+        doms = {k: ("ct" if i < n_q - 2 else "ecg") for i, k in enumerate(vecs)}
+        out.append(_batch(vecs, doms))
+    return out
+
+
+def test_drpo_reference_state_round_trip():
+    batches = _random_batches(3)
+    a = DRPO(4, mode="reference", seed=7)
+    a(*batches[0])
+    a(*batches[1])
+    state = pickle.loads(pickle.dumps(a.state_dict()))
+    assert state["domains"]["ct"].shape == (12, 4)  # cumulative history: 6 ct questions per batch
+    expected = a(*batches[2])
+    b = DRPO(4, mode="reference", seed=7)
+    b.load_state_dict(state)
+    assert torch.equal(b(*batches[2]), expected)
+    assert not torch.equal(DRPO(4, mode="reference", seed=7)(*batches[2]), expected)  # history matters
+    with pytest.raises(ValueError):
+        DRPO(3, mode="reference").load_state_dict(state)
+
+
+def test_drpo_deterministic_for_seed():
+    (r, q, d), = _random_batches(1, n_q=16, seed=3)
+    for mode in ("paper", "reference"):
+        assert torch.equal(DRPO(4, mode=mode, seed=5)(r, q, d), DRPO(4, mode=mode, seed=5)(r, q, d))
+
+
+def test_drpo_paper_history_is_bounded():
+    drpo = DRPO(4, history=10)
+    for r, q, d in _random_batches(4):
+        drpo(r, q, d)
+        assert all(len(v) <= 10 for v in drpo.state_dict()["domains"].values())
+    assert drpo.last_stats["ct"]["n_history"] == 10 and drpo.last_stats["ecg"]["n_history"] == 8
+    assert drpo.last_stats["ct"]["n_questions"] == 6

@@ -1,0 +1,189 @@
+"""The QoQ-Med model, ECG encoder and processor on CPU with a tiny random-init configuration."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+from qoqmed.modeling import QoQMedConfig, QoQMedForConditionalGeneration, chat_messages
+from qoqmed.modeling.ecg_encoder import ECGEncoderConfig, ECGJEPAEncoder, cross_pattern_mask, num_ecg_tokens
+from qoqmed.modeling.tiny import TinySpec, build_tiny
+
+SPEC = TinySpec(hidden_size=64, intermediate_size=128, vision_depth=1, vision_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_tiny(["Which findings are present? Options: Normal, Cardiomegaly."], SPEC, seed=0)
+
+
+def _image(seed=0, size=(112, 84)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype("uint8"))
+
+
+def _ecg(seed=0):
+    return np.random.default_rng(seed).standard_normal((8, 2500)).astype("float32")
+
+
+def _mixed_batch(processor):
+    """Rows: image + ECG, image only, ECG only, text only."""
+    prompts = [("<image><ecg>\nWhat is shown?", [_image(0)], [_ecg(0)]),
+               ("<image>\nWhat is shown here?", [_image(1, (56, 56))], []),
+               ("<ecg>\nRhythm?", [], [_ecg(1)]),
+               ("Text only question about a patient.", [], [])]
+    texts, images, ecgs = [], [], []
+    for problem, imgs, recs in prompts:
+        texts.append(processor.apply_chat_template(chat_messages(problem, imgs), add_generation_prompt=True))
+        images += imgs
+        ecgs += recs
+    return processor(text=texts, images=images, ecg=ecgs, padding=True, return_tensors="pt")
+
+
+# --- ECG encoder ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode,expected", [("pooled", 1), ("per_lead", 8), ("patch", 400)])
+def test_ecg_encoder_token_modes(mode, expected):
+    cfg = ECGEncoderConfig(hidden_size=16, num_layers=1, num_heads=2)
+    enc = ECGJEPAEncoder(cfg)
+    out = enc.tokens(torch.randn(3, 8, 2500), mode)
+    assert out.shape == (3, expected, 16)
+    assert num_ecg_tokens(cfg, mode) == expected
+
+
+def test_cross_pattern_mask_same_lead_or_same_patch():
+    m = cross_pattern_mask(num_leads=3, num_patches=4)
+    for a in range(12):
+        for b in range(12):
+            same_lead, same_patch = a // 4 == b // 4, a % 4 == b % 4
+            assert bool(m[a, b]) == (same_lead or same_patch)
+    assert m.sum() == 12 * (4 + 3 - 1)
+
+
+def test_ecg_encoder_attention_respects_mask():
+    """A perturbation of lead 0, patch 0 reaches only tokens of lead 0 or of patch 0 after one block."""
+    enc = ECGJEPAEncoder(ECGEncoderConfig(hidden_size=16, num_layers=1, num_heads=2)).eval()
+    x = torch.randn(1, 8, 2500)
+    y = x.clone()
+    y[0, 0, :50] += 5.0
+    diff = (enc(x) - enc(y)).abs().sum(-1).view(8, 50) > 1e-6
+    assert diff[0].all() and diff[:, 0].all()
+    assert not diff[1:, 1:].any()
+
+
+def test_ecg_encoder_rejects_wrong_shape():
+    enc = ECGJEPAEncoder(ECGEncoderConfig(hidden_size=16, num_layers=1, num_heads=2))
+    with pytest.raises(ValueError, match=r"\(batch, 8, 2500\)"):
+        enc(torch.randn(2, 12, 2500))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="ecg_token_mode"):
+        QoQMedConfig(ecg_token_mode="bogus")
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        QoQMedConfig(ecg_config={"num_samples": 2501})
+
+
+# --- processor --------------------------------------------------------------------------------------------------
+
+def test_processor_token_counts(tiny):
+    processor, model = tiny
+    enc = _mixed_batch(processor)
+    ids = enc["input_ids"]
+    image_id, ecg_id = model.config.image_token_id, model.config.ecg_token_id
+    # 112x84 -> (112/28)*(84/28) = 12 merged patches; 56x56 -> 4
+    assert (ids[0] == image_id).sum() == 12 and (ids[1] == image_id).sum() == 4
+    n_ecg = model.config.num_ecg_tokens
+    assert [(row == ecg_id).sum().item() for row in ids] == [n_ecg, 0, n_ecg, 0]
+    assert enc["ecg_values"].shape == (2, 8, 2500)
+    assert processor.model_image_size(112, 84) == (112, 84)
+
+
+def test_processor_rejects_mismatched_ecg(tiny):
+    processor, _ = tiny
+    text = processor.apply_chat_template(chat_messages("<ecg>\nRhythm?"), add_generation_prompt=True)
+    with pytest.raises(ValueError, match="2 ECG records for 1 ECG placeholders"):
+        processor(text=[text], ecg=[_ecg(0), _ecg(1)])
+    with pytest.raises(ValueError, match=r"shape \(12, 2500\)"):
+        processor(text=[text], ecg=[np.zeros((12, 2500))])
+    bad = _ecg(0)
+    bad[3, 10] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        processor(text=[text], ecg=[bad])
+
+
+# --- model ------------------------------------------------------------------------------------------------------
+
+def test_mixed_batch_forward_and_ecg_routing(tiny):
+    processor, model = tiny
+    model.eval()
+    enc = _mixed_batch(processor)
+    with torch.no_grad():
+        base = model(**enc).logits
+        enc2 = dict(enc)
+        enc2["ecg_values"] = enc["ecg_values"].clone()
+        enc2["ecg_values"][1] += 1.0  # the second ECG belongs to row 2
+        moved = model(**enc2).logits
+    assert torch.isfinite(base).all()
+    changed = (base - moved).abs().amax(dim=(1, 2)) > 1e-6
+    assert changed.tolist() == [False, False, True, False]
+
+
+def test_missing_ecg_values_is_an_error(tiny):
+    processor, model = tiny
+    enc = _mixed_batch(processor)
+    enc.pop("ecg_values")
+    with pytest.raises(ValueError, match="ECG placeholder tokens but no `ecg_values`"):
+        model(**enc)
+
+
+def test_save_load_roundtrip_identical_logits(tiny, tmp_path):
+    processor, model = tiny
+    model.eval()
+    enc = _mixed_batch(processor)
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "qoqmed"
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    proc2 = AutoProcessor.from_pretrained(tmp_path)
+    assert type(loaded) is QoQMedForConditionalGeneration
+    assert proc2.num_ecg_tokens == processor.num_ecg_tokens
+    enc2 = _mixed_batch(proc2)
+    assert torch.equal(enc2["input_ids"], enc["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits, loaded(**enc2).logits)
+
+
+def test_greedy_generate_matches_teacher_forcing(tiny):
+    processor, model = tiny
+    model.eval()
+    enc = _mixed_batch(processor)
+    banned = model.placeholder_token_ids()
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=6, do_sample=False, suppress_tokens=banned,
+                             eos_token_id=None)
+        prompt_len = enc["input_ids"].shape[1]
+        new = out[:, prompt_len:]
+        assert not torch.isin(new, torch.tensor(banned)).any()
+        full = dict(enc)
+        full["input_ids"] = out
+        full["attention_mask"] = torch.cat([enc["attention_mask"], torch.ones_like(new)], dim=1)
+        full["mm_token_type_ids"] = torch.cat([enc["mm_token_type_ids"], torch.zeros_like(new)], dim=1)
+        logits = model(**full).logits[:, prompt_len - 1:-1].clone()
+    logits[..., banned] = -torch.inf
+    assert torch.equal(logits.argmax(-1), new)
+
+
+def test_gradients_reach_ecg_encoder_and_projector(tiny):
+    processor, model = tiny
+    model.train()
+    enc = _mixed_batch(processor)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    model.zero_grad()
+    model(**enc, labels=labels).loss.backward()
+    enc_grad = model.model.ecg_encoder.patch_embed.weight.grad
+    proj_grad = model.model.ecg_projector.weight.grad
+    assert enc_grad is not None and enc_grad.abs().sum() > 0
+    assert proj_grad is not None and proj_grad.abs().sum() > 0
+    model.zero_grad()
