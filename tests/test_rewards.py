@@ -263,3 +263,11 @@ def test_score_never_raises_and_in_unit_interval(text, weights, with_gt):
     for key in ("overall", "accuracy", "iou", "format", "length"):
         assert _in_unit(out[key]), (key, out[key])
     assert (out["iou"] is None) != with_gt
+
+
+def test_empty_box_list_is_valid_format_and_malformed_entries_are_not():
+    empty = parse_response("<think>```json\n[]\n```\nsinus rhythm</think>\\boxed{Normal}")
+    assert empty.json_found and empty.json_valid and empty.boxes == []
+    assert format_reward(empty) == 1.0
+    partial = parse_response('```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [1, 2]}]\n```')
+    assert partial.json_found and not partial.json_valid and len(partial.boxes) == 1

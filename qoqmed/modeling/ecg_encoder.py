@@ -149,7 +149,7 @@ class ECGJEPAEncoder(nn.Module):
 
     def tokens(self, ecg: torch.Tensor, mode: str) -> torch.Tensor:
         """Encoder output reduced to the tokens handed to the LLM: pooled (1), per lead (8) or every patch."""
-        x = self.forward(ecg)
+        x = self(ecg)
         if mode == "patch":
             return x
         if mode == "per_lead":

@@ -62,6 +62,7 @@ class QoQMedProcessor(Qwen2_5_VLProcessor):
         if text is None:
             raise ValueError("QoQMedProcessor needs `text` (use apply_chat_template to build it from messages)")
         texts = [text] if isinstance(text, str) else list(text)
+        images = _flatten_images(images)
         n_blocks = sum(t.count(ECG_BLOCK) for t in texts)
         texts = [t.replace(ECG_BLOCK, ECG_START + ECG_PAD * self.num_ecg_tokens + ECG_END) for t in texts]
         out = super().__call__(images=images, text=texts, **kwargs)
@@ -97,6 +98,20 @@ class QoQMedProcessor(Qwen2_5_VLProcessor):
         h, w = smart_resize(height, width, factor=ip.patch_size * ip.merge_size,
                             min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"])
         return w, h
+
+
+def _flatten_images(images):
+    """Images per prompt (lists, some empty or None) -> one flat list in prompt order, or None if there are none."""
+    if images is None:
+        return None
+    if not isinstance(images, (list, tuple)):
+        return [images]
+    flat = []
+    for item in images:
+        if item is None:
+            continue
+        flat.extend(item if isinstance(item, (list, tuple)) else [item])
+    return flat or None
 
 
 def chat_messages(problem: str, images: Sequence = (), system: str | None = None) -> list[dict]:

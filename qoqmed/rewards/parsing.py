@@ -33,7 +33,7 @@ class ParsedResponse:
     labels: list[str] = field(default_factory=list)
     boxed: str | None = None
     json_found: bool = False  # a ```json block (or a bare JSON list of objects) was present
-    json_valid: bool = False  # ... and it held at least one well-formed box
+    json_valid: bool = False  # ... and it was a list of well-formed boxes (an empty list is valid)
 
 
 _FENCE_RE = re.compile(r"```[ \t]*json\b[ \t]*\n?(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
@@ -84,16 +84,21 @@ def _to_box(obj: Any) -> Box | None:
     return Box(bbox=(nums[0], nums[1], nums[2], nums[3]), label=label.strip())  # type: ignore[arg-type]
 
 
-def _boxes_from_json(value: Any) -> list[Box]:
-    """Accept a list of box dicts, one box dict, or ``{"objects_of_interest": [...]}``."""
+def _box_items(value: Any) -> list | None:
+    """The list of box candidates in a parsed JSON value: a list, one dict, or ``{"objects_of_interest": [...]}``."""
     if isinstance(value, dict):
-        if "objects_of_interest" in value:
-            value = value["objects_of_interest"]
-        else:
-            value = [value]
-    if not isinstance(value, list):
-        return []
-    return [b for b in (_to_box(v) for v in value) if b is not None]
+        value = value["objects_of_interest"] if "objects_of_interest" in value else [value]
+    return value if isinstance(value, list) else None
+
+
+def _boxes_from_json(value: Any) -> tuple[bool, list[Box]]:
+    """(valid, boxes): valid when the value is a box list (possibly empty, "nothing to localise") in which
+    every entry is a well-formed box; boxes holds the well-formed entries either way."""
+    items = _box_items(value)
+    if items is None:
+        return False, []
+    boxes = [b for b in (_to_box(v) for v in items) if b is not None]
+    return len(boxes) == len(items), boxes
 
 
 def _loads(text: str) -> tuple[bool, Any]:
@@ -106,17 +111,19 @@ def _loads(text: str) -> tuple[bool, Any]:
     return False, None
 
 
-def _parse_json_boxes(text: str) -> tuple[bool, list[Box]]:
-    """(found, boxes): the first fenced block that yields boxes, else a bare JSON list of objects."""
-    found = False
+def _parse_json_boxes(text: str) -> tuple[bool, bool, list[Box]]:
+    """(found, valid, boxes) from the first fenced block that yields boxes (else the first valid one), or else
+    from a bare JSON list of objects."""
+    found, valid = False, False
     for m in _FENCE_RE.finditer(text):
         found = True
         ok, value = _loads(m.group(1).strip())
-        boxes = _boxes_from_json(value) if ok else []
+        block_valid, boxes = _boxes_from_json(value) if ok else (False, [])
         if boxes:
-            return True, boxes
+            return True, block_valid, boxes
+        valid = valid or block_valid
     if found:
-        return True, []
+        return True, valid, []
     decoder = json.JSONDecoder()
     for n, m in enumerate(_BARE_LIST_RE.finditer(text)):
         if n >= _MAX_BARE_TRIES:
@@ -125,10 +132,10 @@ def _parse_json_boxes(text: str) -> tuple[bool, list[Box]]:
             value, _ = decoder.raw_decode(text, m.start())
         except (ValueError, RecursionError):
             continue
-        boxes = _boxes_from_json(value)
+        block_valid, boxes = _boxes_from_json(value)
         if boxes:
-            return True, boxes
-    return False, []
+            return True, block_valid, boxes
+    return False, False, []
 
 
 def _last_boxed(text: str) -> str | None:
@@ -170,7 +177,7 @@ def parse_response(text: str) -> ParsedResponse:
     """Parse one model answer. Never raises; non-string input is treated as empty text."""
     if not isinstance(text, str):
         text = ""
-    found, boxes = _parse_json_boxes(text)
+    found, valid, boxes = _parse_json_boxes(text)
     boxed = _last_boxed(text)
     labels = split_labels(_unwrap_text(boxed)) if boxed is not None else []
     return ParsedResponse(
@@ -179,7 +186,7 @@ def parse_response(text: str) -> ParsedResponse:
         labels=labels,
         boxed=boxed,
         json_found=found,
-        json_valid=bool(boxes),
+        json_valid=valid,
     )
 
 

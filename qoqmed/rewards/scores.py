@@ -153,7 +153,8 @@ def iou_reward(
 
 
 def format_reward(parsed: ParsedResponse) -> float:
-    """Graded format score: 1/3 each for a non-empty ``<think>``, a valid JSON box block, a non-empty ``\\boxed{}``."""
+    """Graded format score: 1/3 each for a non-empty ``<think>``, a valid JSON box list (``[]`` included, for
+    findings with nothing to localise), a non-empty ``\\boxed{}``."""
     parts = (
         bool(parsed.think),
         parsed.json_valid,

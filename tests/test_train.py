@@ -1,0 +1,136 @@
+"""Warm start, prompt encoding and a 2-step RL run through TRL with ECG and image rows."""
+
+import inspect
+import json
+
+import pytest
+import torch
+from trl import GRPOTrainer
+
+from qoqmed.data.prompts import encode_batch, load_record, target_text
+from qoqmed.data.schema import load_records
+from qoqmed.modeling import QoQMedForConditionalGeneration
+from qoqmed.modeling.tiny import TinySpec, build_tiny
+from qoqmed.rewards.scores import score
+from qoqmed.train.grpo import QoQMedGRPOTrainer, RLSettings, build_rl_dataset, make_reward_function, train_rl
+from qoqmed.train.sft import SFTSettings, warm_start
+
+SPEC = TinySpec(hidden_size=64, intermediate_size=128, vision_depth=1, vision_hidden=32)
+
+
+@pytest.fixture(scope="module")
+def records(mini_records_path):
+    return load_records(mini_records_path)
+
+
+@pytest.fixture(scope="module")
+def tiny(records):
+    return build_tiny([r.problem for r in records] + [r.answer for r in records], SPEC, seed=0)
+
+
+def test_trl_private_hooks_keep_their_signatures():
+    """The trainer overrides these TRL methods; a TRL upgrade that changes them must fail here first."""
+    expected = {
+        "_calculate_rewards": ["self", "inputs", "prompts", "completions", "completion_ids_list"],
+        "_generate_and_score_completions": ["self", "inputs"],
+        "compute_loss": ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
+        "_save_checkpoint": ["self", "model", "trial"],
+    }
+    for name, params in expected.items():
+        assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
+    logps = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
+    assert logps[:6] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size"]
+
+
+def test_target_text_is_a_perfect_answer(records, tiny):
+    processor, _ = tiny
+    for rec in records:
+        loaded = load_record(rec)
+        text = target_text(loaded, processor)
+        mask = None
+        if rec.segmentation_path:
+            from qoqmed.data.readers import load_mask
+            mask = load_mask(rec.resolve(rec.segmentation_path))
+        s = score(text, rec.answer, gt_mask=mask, image_size=loaded.images[0].size if rec.images else None)
+        assert s["accuracy"] == 1.0 and s["format"] == 1.0
+        assert s["iou"] is None if not rec.boxes else s["iou"] == 1.0
+
+
+def test_labels_cover_only_the_answer(records, tiny):
+    processor, _ = tiny
+    batch = encode_batch(processor, [load_record(r) for r in records[:3]], with_targets=True)
+    for row in range(3):
+        keep = batch["labels"][row] != -100
+        answer = processor.tokenizer.decode(batch["input_ids"][row][keep])
+        assert answer.startswith("<think>") and answer.endswith("<|im_end|>")
+        assert "\\boxed{" + records[row].answer + "}" in answer
+
+
+def test_reward_function_reads_grounding(records, tiny):
+    processor, _ = tiny
+    _, facts = build_rl_dataset(records, processor)
+    reward = make_reward_function(facts)
+    rec = next(r for r in records if r.boxes)
+    perfect = target_text(load_record(rec), processor)
+    wrong = "<think>```json\n[{\"bbox_2d\": [0, 0, 5, 5], \"label\": \"x\"}]\n```\nno</think>\n\\boxed{Normal}"
+    good, bad = reward([[{"content": perfect}], [{"content": wrong}]], id=[rec.id, rec.id])
+    assert good == pytest.approx(1.0) and bad < 0.25
+
+
+def test_warm_start_lowers_loss(records, tiny):
+    processor, model = tiny
+    history = warm_start(model, processor, records, "unused-sft-dir",
+                         SFTSettings(epochs=4, batch_size=4, logging_steps=1, learning_rate=3e-3))
+    assert history[-1]["loss"] < history[0]["loss"]
+
+
+@pytest.mark.parametrize("estimator", ["drpo", "grpo"])
+def test_two_rl_steps_update_the_model_and_log_domains(records, tiny, tmp_path, estimator):
+    processor, model = tiny
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    settings = RLSettings(estimator=estimator, num_generations=2, batch_size=8, max_steps=2,
+                          max_completion_length=16, logging_steps=1, learning_rate=1e-2, temperature=1.5)
+    logs = train_rl(tmp_path / "start", records, tmp_path / "rl", settings)
+    assert len(logs["domains"]) == 2
+    for entry in logs["domains"]:
+        rewards = [v for k, v in entry.items() if k.startswith("reward/")]
+        assert rewards and all(0.0 <= r <= 1.0 for r in rewards)
+    assert QoQMedForConditionalGeneration.from_pretrained(tmp_path / "rl" / "model") is not None
+    assert json.loads((tmp_path / "rl" / "rl_logs.json").read_text())["settings"]["estimator"] == estimator
+    if estimator == "drpo":
+        assert (tmp_path / "rl" / "model" / "drpo_state.pt").exists()
+
+
+def _length_reward(completions, **_):
+    """Varies between rollouts of one prompt, so advantages are non-zero even for an untrained model."""
+    return [len(c[0]["content"]) / 64 for c in completions]
+
+
+def test_ecg_reaches_every_trl_forward_and_rl_trains_the_encoder(records, tiny, tmp_path):
+    """Generation, log-prob and loss passes over ECG rows all call the encoder; the RL update reaches it."""
+    processor, model = tiny
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    ecg_only = [r for r in records if r.ecg]
+    dataset, facts = build_rl_dataset(ecg_only, processor)
+    from trl import GRPOConfig
+
+    loaded = QoQMedForConditionalGeneration.from_pretrained(tmp_path / "start")
+    seen = []
+    loaded.model.ecg_encoder.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+    before = loaded.model.ecg_encoder.patch_embed.weight.detach().clone()
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=4,
+                      num_generations=2, max_completion_length=8, report_to=[], save_strategy="no",
+                      use_cpu=True, beta=0.1, gradient_checkpointing=False, logging_steps=1,
+                      learning_rate=1e-2, temperature=2.0)
+    trainer = QoQMedGRPOTrainer(model=loaded, reward_funcs=_length_reward, args=args,
+                                train_dataset=dataset, processing_class=processor,
+                                settings=RLSettings(num_generations=2, batch_size=4), facts=facts)
+    ref_seen = []
+    trainer.ref_model.model.ecg_encoder.register_forward_hook(lambda m, a, o: ref_seen.append(a[0].shape[0]))
+    trainer.train()
+    # generation prefill and the loss forward of the policy, and the reference log-probs (beta > 0), each see
+    # the ECGs of all 4 rollouts
+    assert seen == [4, 4] and ref_seen == [4]
+    assert not torch.equal(before, loaded.model.ecg_encoder.patch_embed.weight.detach())
