@@ -1,0 +1,105 @@
+"""From records to model inputs: the prompt, the target answer for supervised warm-up, and batched encoding.
+
+Boxes in prompts and answers are in pixels of each image *as the model sees it* (after the processor's resize);
+:func:`target_text` converts the record's original-pixel boxes into that space.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..modeling.processing_qoqmed import QoQMedProcessor, chat_messages
+from .readers import load_ecg, load_image
+from .schema import Record
+
+SYSTEM_PROMPT = (
+    "You are a clinical reasoning assistant. Inside <think> </think>, first list the regions of interest as JSON "
+    "boxes [{\"bbox_2d\": [x1, y1, x2, y2], \"label\": \"...\"}] in pixels of the image as you see it, then reason. "
+    "Give the final diagnosis inside \\boxed{}; join several labels with \", \"."
+)
+
+MODALITY_NAMES = {
+    "ecg": "ECG", "chest_xray": "chest X-ray", "mammography": "mammogram", "dermoscopy": "dermoscopy image",
+    "fundus": "fundus photograph", "pathology": "histopathology slide", "ct": "CT scan", "ultrasound": "ultrasound",
+    "mri": "MRI scan",
+}
+
+
+@dataclass
+class LoadedRecord:
+    """A record with its files read: RGB images (original size) and ECG arrays (leads, samples)."""
+
+    record: Record
+    images: list[Image.Image]
+    ecgs: list[np.ndarray]
+
+
+def load_record(record: Record) -> LoadedRecord:
+    """Read every file a record refers to; a missing or malformed file raises a DataError naming it."""
+    return LoadedRecord(record, [load_image(record.resolve(p)) for p in record.images],
+                        [load_ecg(record.resolve(p)) for p in record.ecg])
+
+
+def model_boxes(loaded: LoadedRecord, processor: QoQMedProcessor) -> list[dict]:
+    """Ground-truth boxes converted from original pixels to the model's resized-image pixels."""
+    out = []
+    for box in loaded.record.boxes:
+        img = loaded.images[box.image]
+        mw, mh = processor.model_image_size(*img.size)
+        sx, sy = mw / img.size[0], mh / img.size[1]
+        x1, y1, x2, y2 = box.bbox_2d
+        out.append({"bbox_2d": [round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)],
+                    "label": box.label})
+    return out
+
+
+def target_text(loaded: LoadedRecord, processor: QoQMedProcessor) -> str:
+    """The answer a well-behaved model writes: boxes and a short rationale in <think>, then \\boxed{labels}."""
+    rec = loaded.record
+    boxes = json.dumps(model_boxes(loaded, processor))
+    modality = MODALITY_NAMES.get(rec.domain, rec.domain)
+    rationale = f"The {modality} shows findings of {rec.answer}."
+    return f"<think>```json\n{boxes}\n```\n{rationale}</think>\n\\boxed{{{rec.answer}}}"
+
+
+def messages_for(loaded: LoadedRecord, system: str | None = SYSTEM_PROMPT) -> list[dict]:
+    return chat_messages(loaded.record.problem, loaded.images, system=system)
+
+
+def encode_batch(processor: QoQMedProcessor, batch: Sequence[LoadedRecord], with_targets: bool = False,
+                 system: str | None = SYSTEM_PROMPT) -> dict[str, torch.Tensor]:
+    """Tokenise a batch (left-padded). With targets, append the answer and build ``labels`` for the answer only."""
+    texts, images, ecgs = [], [], []
+    for item in batch:
+        text = processor.apply_chat_template(messages_for(item, system), add_generation_prompt=True)
+        if with_targets:
+            text += target_text(item, processor) + "<|im_end|>"
+        texts.append(text)
+        images.extend(item.images)
+        ecgs.extend(item.ecgs)
+    enc = processor(text=texts, images=images or None, ecg=ecgs if ecgs else None, padding=True,
+                    return_tensors="pt")
+    if with_targets:
+        enc["labels"] = _answer_labels(enc["input_ids"], enc["attention_mask"], processor)
+    return dict(enc)
+
+
+def _answer_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, processor: QoQMedProcessor) -> torch.Tensor:
+    """Copy of input_ids with everything up to and including the last ``<|im_start|>assistant\\n`` masked."""
+    tok = processor.tokenizer
+    start_id = tok.convert_tokens_to_ids("<|im_start|>")
+    header = len(tok("assistant\n", add_special_tokens=False)["input_ids"])
+    labels = input_ids.clone()
+    labels[attention_mask == 0] = -100
+    for row in range(input_ids.shape[0]):
+        starts = (input_ids[row] == start_id).nonzero()
+        if len(starts) == 0:
+            raise ValueError("a training example has no assistant turn")
+        labels[row, : int(starts[-1]) + 1 + header] = -100
+    return labels

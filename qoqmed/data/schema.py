@@ -1,0 +1,474 @@
+"""The record: one row of a qoqmed jsonl file, its validation and (de)serialisation.
+
+A row looks like::
+
+    {"id": "ct-000123", "domain": "ct", "dataset": "climb_mini/ct", "split": "train",
+     "problem": "<image><image>\\nQuestion ... Options: A, B, C.", "answer": "A, B",
+     "images": ["ct/climb_mini_ct/000123/slice_0.png", ...], "ecg": ["ecg/.../000012.npy"],
+     "boxes": [{"bbox_2d": [x1, y1, x2, y2], "label": "A", "image": 1}],
+     "segmentation_path": "ct/climb_mini_ct/000123/mask.png", "difficulty": "easy"}
+
+Conventions:
+
+- Paths are relative to the folder of the jsonl file that holds the row.
+- ``problem`` holds one ``<image>`` per entry of ``images`` and one ``<ecg>`` per entry of ``ecg``, in prompt order.
+  A row with no placeholder of a kind gets them added the way the reference implementation does: images before the
+  text, ECG series after it. A row with some placeholders but the wrong count is an error.
+- Boxes are ``[x1, y1, x2, y2]`` in original pixels of ``images[image]``, pixel-edge coordinates (a box covering
+  pixel columns 3..7 is ``x1=3, x2=8``).
+- ``segmentation_path`` is a binary mask of the image of the first box (image 0 when there are no boxes).
+
+Rows in the reference (QoQ-Med) layout are accepted too: ``time-series`` is read as ``ecg``, ``bbox`` becomes one
+box on image 0 labelled with the answer (the reference's ``[0, 0, 0, 0]`` placeholder means no box), a missing
+``domain`` comes from the first path component of ``images[0]`` (``"ct/..." -> "ct"``), a missing ``dataset`` from
+the first two, and a missing ``id`` from the line number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DOMAINS: tuple[str, ...] = (
+    "ecg",
+    "chest_xray",
+    "mammography",
+    "dermoscopy",
+    "fundus",
+    "pathology",
+    "ct",
+    "ultrasound",
+    "mri",
+)
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+DIFFICULTIES: tuple[str, ...] = ("easy", "hard")
+IMAGE_TOKEN = "<image>"
+ECG_TOKEN = "<ecg>"
+
+# Keys this module reads; anything else in a row is kept verbatim in Record.extra.
+_KNOWN_KEYS = frozenset(
+    {
+        "id", "domain", "dataset", "split", "problem", "answer", "images", "ecg", "boxes",
+        "segmentation_path", "difficulty", "time-series", "bbox", "videos",
+    }
+)
+_LABEL_SEPARATORS = re.compile(r",|&|\s+and\s+")
+
+
+class DataError(ValueError):
+    """Bad input data: a missing or unreadable file, or a row that breaks the schema.
+
+    ``problems`` lists every problem found (one line each) when several were collected at once.
+    """
+
+    def __init__(self, message: str, problems: Iterable[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = list(problems) if problems is not None else [message]
+
+
+def split_labels(answer: str) -> list[str]:
+    """Split an answer string into labels on ``", "``, ``" and "``, ``"&"`` and ``","``.
+
+    Labels are stripped, empty pieces dropped, order kept and duplicates removed.
+    """
+    labels: list[str] = []
+    for piece in _LABEL_SEPARATORS.split(answer):
+        label = piece.strip()
+        if label and label not in labels:
+            labels.append(label)
+    return labels
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box around one finding: ``bbox_2d`` is ``[x1, y1, x2, y2]`` in original pixels of ``images[image]``."""
+
+    bbox_2d: tuple[float, float, float, float]
+    label: str
+    image: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The jsonl form of the box."""
+        return {"bbox_2d": list(self.bbox_2d), "label": self.label, "image": self.image}
+
+
+@dataclass
+class Record:
+    """One validated row. Paths stay relative; ``resolve`` joins them with ``base_dir``."""
+
+    id: str
+    domain: str
+    dataset: str
+    problem: str
+    answer: str
+    images: list[str] = field(default_factory=list)
+    ecg: list[str] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)
+    split: str | None = None
+    segmentation_path: str | None = None
+    difficulty: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    base_dir: Path | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def labels(self) -> list[str]:
+        """Ground-truth labels (``answer`` split with ``split_labels``)."""
+        return split_labels(self.answer)
+
+    @property
+    def mask_image(self) -> int | None:
+        """Index into ``images`` of the image that ``segmentation_path`` masks, or None without a mask."""
+        if self.segmentation_path is None:
+            return None
+        return self.boxes[0].image if self.boxes else 0
+
+    def resolve(self, path: str) -> Path:
+        """Absolute-or-relative-to-cwd path of a path stored in this record."""
+        if self.base_dir is None:
+            raise DataError(f"record {self.id!r}: cannot resolve {path!r}: the record has no base_dir")
+        return self.base_dir / path
+
+    def files(self) -> list[tuple[str, str]]:
+        """``(field, relative path)`` of every file the record references."""
+        out = [(f"images[{i}]", p) for i, p in enumerate(self.images)]
+        out += [(f"ecg[{i}]", p) for i, p in enumerate(self.ecg)]
+        if self.segmentation_path is not None:
+            out.append(("segmentation_path", self.segmentation_path))
+        return out
+
+    def to_dict(self, base_dir: str | Path | None = None) -> dict[str, Any]:
+        """The jsonl form. With ``base_dir``, paths are rewritten relative to that folder."""
+
+        def rel(p: str) -> str:
+            if base_dir is None or self.base_dir is None:
+                return p
+            return Path(os.path.relpath(self.base_dir / p, Path(base_dir))).as_posix()
+
+        row: dict[str, Any] = {"id": self.id, "domain": self.domain, "dataset": self.dataset}
+        if self.split is not None:
+            row["split"] = self.split
+        row["problem"] = self.problem
+        row["answer"] = self.answer
+        row["images"] = [rel(p) for p in self.images]
+        row["ecg"] = [rel(p) for p in self.ecg]
+        row["boxes"] = [b.to_dict() for b in self.boxes]
+        row["segmentation_path"] = None if self.segmentation_path is None else rel(self.segmentation_path)
+        if self.difficulty is not None:
+            row["difficulty"] = self.difficulty
+        for key, value in self.extra.items():
+            row.setdefault(key, value)
+        return row
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parsing
+
+
+class _Problems:
+    """Collects ``(field, reason)`` pairs while a row is parsed."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str]] = []
+
+    def add(self, field_name: str, reason: str) -> None:
+        self.items.append((field_name, reason))
+
+
+def _where(line_no: int | None, obj: Any) -> str:
+    if line_no is not None:
+        return f"line {line_no}"
+    if isinstance(obj, Mapping) and isinstance(obj.get("id"), str):
+        return f"record {obj['id']!r}"
+    return "record"
+
+
+def _string(obj: Mapping[str, Any], key: str, probs: _Problems, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            probs.add(key, "missing")
+        return None
+    if not isinstance(value, str):
+        probs.add(key, f"must be a string, got {type(value).__name__}")
+        return None
+    if not value.strip():
+        probs.add(key, "must not be empty")
+        return None
+    return value
+
+
+def _choice(obj: Mapping[str, Any], key: str, allowed: tuple[str, ...], probs: _Problems) -> str | None:
+    value = _string(obj, key, probs, required=False)
+    if value is not None and value not in allowed:
+        probs.add(key, f"{value!r} is not one of {', '.join(allowed)}")
+        return None
+    return value
+
+
+def _path_list(value: Any, key: str, probs: _Problems) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        probs.add(key, f"must be a list of paths, got {type(value).__name__}")
+        return []
+    paths: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            probs.add(f"{key}[{i}]", f"must be a non-empty path string, got {item!r:.60}")
+        elif _is_absolute(item):
+            probs.add(f"{key}[{i}]", f"{item!r} is absolute; paths must be relative to the jsonl's folder")
+        else:
+            paths.append(item)
+    return paths
+
+
+def _is_absolute(path: str) -> bool:
+    return path.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", path))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _coords(value: Any, key: str, probs: _Problems) -> tuple[float, float, float, float] | None:
+    if not isinstance(value, (list, tuple)) or len(value) != 4 or not all(_number(v) for v in value):
+        probs.add(key, f"must be 4 finite numbers [x1, y1, x2, y2], got {value!r:.80}")
+        return None
+    x1, y1, x2, y2 = value
+    if min(x1, y1) < 0:
+        probs.add(key, f"coordinates must be >= 0, got {list(value)}")
+        return None
+    if not (x1 < x2 and y1 < y2):
+        probs.add(key, f"needs x1 < x2 and y1 < y2, got {list(value)}")
+        return None
+    return (x1, y1, x2, y2)
+
+
+def _boxes(value: Any, n_images: int, probs: _Problems) -> list[Box]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        probs.add("boxes", f"must be a list, got {type(value).__name__}")
+        return []
+    if value and n_images == 0:
+        probs.add("boxes", "boxes need an image, but `images` is empty")
+        return []
+    boxes: list[Box] = []
+    for i, item in enumerate(value):
+        key = f"boxes[{i}]"
+        if not isinstance(item, Mapping):
+            probs.add(key, f"must be an object with bbox_2d, label, image; got {type(item).__name__}")
+            continue
+        n_before = len(probs.items)
+        coords = _coords(item.get("bbox_2d"), f"{key}.bbox_2d", probs)
+        label = _string(item, "label", _Relabel(probs, key))
+        image = item.get("image")
+        if image is None:
+            if n_images == 1:
+                image = 0
+            else:
+                probs.add(f"{key}.image", f"missing; required when the record has {n_images} images")
+        elif not isinstance(image, int) or isinstance(image, bool):
+            probs.add(f"{key}.image", f"must be an integer index, got {image!r}")
+        elif not 0 <= image < n_images:
+            probs.add(f"{key}.image", f"index {image} out of range for {n_images} image(s)")
+        if len(probs.items) == n_before and coords is not None and label is not None:
+            boxes.append(Box(coords, label, image))
+    return boxes
+
+
+class _Relabel(_Problems):
+    """Prefixes field names with a parent key (for fields nested in a box)."""
+
+    def __init__(self, parent: _Problems, prefix: str) -> None:
+        self.parent, self.prefix = parent, prefix
+
+    def add(self, field_name: str, reason: str) -> None:
+        self.parent.add(f"{self.prefix}.{field_name}", reason)
+
+
+def _reference_box(obj: Mapping[str, Any], answer: str | None, probs: _Problems) -> list[Box]:
+    value = obj.get("bbox")
+    if value is None or value == [] or (isinstance(value, list) and value == [0, 0, 0, 0]):
+        return []
+    coords = _coords(value, "bbox", probs)
+    if coords is None or answer is None:
+        return []
+    return [Box(coords, answer, 0)]
+
+
+def _placeholders(problem: str, token: str, n: int, key: str, probs: _Problems, before: bool) -> str:
+    count = problem.count(token)
+    if count == n:
+        return problem
+    if count == 0 and n > 0:
+        # The reference put images before the question and ECG after it when the text had no placeholder.
+        return token * n + "\n" + problem if before else problem + "\n" + token * n
+    probs.add("problem", f"has {count} {token} placeholder(s) but {key} lists {n} file(s)")
+    return problem
+
+
+def _infer_domain(images: list[str]) -> str | None:
+    return images[0].split("/")[0] if images else None
+
+
+def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None, list[tuple[str, str]]]:
+    probs = _Problems()
+    if not isinstance(obj, Mapping):
+        probs.add("<row>", f"must be a JSON object, got {type(obj).__name__}")
+        return None, probs.items
+
+    rid = _string(obj, "id", probs, required=line_no is None)
+    if rid is None and obj.get("id") is None and line_no is not None:
+        rid = f"row-{line_no}"
+    problem = _string(obj, "problem", probs)
+    answer = _string(obj, "answer", probs)
+    if answer is not None and not split_labels(answer):
+        probs.add("answer", f"{answer!r} holds no label")
+
+    images = _path_list(obj.get("images"), "images", probs)
+    if obj.get("videos"):
+        probs.add("videos", "video files are not read; sample frames into `images` instead")
+    if "ecg" in obj and "time-series" in obj:
+        probs.add("time-series", "given together with `ecg`; use one of them")
+    ecg_key = "ecg" if "ecg" in obj else "time-series"
+    ecg = _path_list(obj.get(ecg_key), ecg_key, probs)
+
+    domain = _string(obj, "domain", probs, required=False)
+    source = ""
+    if domain is None and obj.get("domain") is None:
+        domain, source = _infer_domain(images), " (from images[0])"
+        if domain is None and ecg:
+            domain, source = "ecg", ""
+        if domain is None:
+            probs.add("domain", "missing and cannot be derived (no images and no ECG)")
+    if domain is not None and domain not in DOMAINS:
+        probs.add("domain", f"{domain!r}{source} is not one of {', '.join(DOMAINS)}")
+
+    dataset = _string(obj, "dataset", probs, required=False)
+    if dataset is None and obj.get("dataset") is None:
+        parts = images[0].split("/") if images else []
+        if len(parts) >= 3:
+            dataset = f"{parts[0]}/{parts[1]}"
+        else:
+            probs.add("dataset", "missing and cannot be derived from images[0] (needs <domain>/<dataset>/...)")
+
+    split = _choice(obj, "split", SPLITS, probs)
+    difficulty = _choice(obj, "difficulty", DIFFICULTIES, probs)
+
+    if "boxes" in obj and obj.get("bbox"):
+        probs.add("bbox", "given together with `boxes`; use one of them")
+    boxes = _boxes(obj.get("boxes"), len(images), probs) if "boxes" in obj else _reference_box(obj, answer, probs)
+    if boxes and not images and "boxes" not in obj:
+        probs.add("bbox", "a box needs an image, but `images` is empty")
+
+    seg = obj.get("segmentation_path")
+    if seg is not None:
+        if not isinstance(seg, str) or not seg.strip():
+            probs.add("segmentation_path", f"must be a path string or null, got {seg!r:.60}")
+            seg = None
+        elif _is_absolute(seg):
+            probs.add("segmentation_path", f"{seg!r} is absolute; paths must be relative to the jsonl's folder")
+            seg = None
+        elif not images:
+            probs.add("segmentation_path", "a mask needs an image, but `images` is empty")
+
+    if problem is not None:
+        problem = _placeholders(problem, IMAGE_TOKEN, len(images), "images", probs, before=True)
+        problem = _placeholders(problem, ECG_TOKEN, len(ecg), ecg_key, probs, before=False)
+
+    if probs.items:
+        return None, probs.items
+    extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
+    record = Record(
+        id=rid, domain=domain, dataset=dataset, problem=problem, answer=answer, images=images, ecg=ecg,
+        boxes=boxes, split=split, segmentation_path=seg, difficulty=difficulty, extra=extra, base_dir=Path(base_dir),
+    )
+    return record, []
+
+
+def parse_record(obj: Any, base_dir: str | Path, line_no: int | None = None) -> Record:
+    """Validate one row (a parsed JSON object) and return it as a ``Record``.
+
+    Raises ``DataError`` listing every problem of the row as ``<where>: <field>: <reason>``.
+    """
+    record, problems = _parse(obj, Path(base_dir), line_no)
+    if problems:
+        where = _where(line_no, obj)
+        lines = [f"{where}: {f}: {reason}" for f, reason in problems]
+        raise DataError("\n".join(lines), lines)
+    assert record is not None
+    return record
+
+
+def load_records(path: str | Path, check_files: bool = True) -> list[Record]:
+    """Read and validate a jsonl file; with ``check_files``, also check that every referenced file exists.
+
+    Every problem of every row is collected and raised at once in one ``DataError`` whose lines read
+    ``<file>:<line>: <field>: <reason>``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found" if not path.exists() else f"{path}: not a regular file")
+    base_dir = path.parent
+    problems: list[str] = []
+    records: list[Record] = []
+    first_line: dict[str, int] = {}
+    try:
+        with path.open(encoding="utf-8") as fh:
+            lines = list(enumerate(fh, start=1))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+    for line_no, line in lines:
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(f"{path}:{line_no}: <json>: invalid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        record, row_problems = _parse(obj, base_dir, line_no)
+        problems += [f"{path}:{line_no}: {f}: {reason}" for f, reason in row_problems]
+        if record is None:
+            continue
+        if record.id in first_line:
+            problems.append(f"{path}:{line_no}: id: {record.id!r} duplicates line {first_line[record.id]}")
+            continue
+        first_line[record.id] = line_no
+        if check_files:
+            for key, rel in record.files():
+                full = base_dir / rel
+                if not full.is_file():
+                    reason = "not a regular file" if full.exists() else "file not found"
+                    problems.append(f"{path}:{line_no}: {key}: {reason}: {full}")
+        records.append(record)
+
+    if problems:
+        raise DataError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems), problems)
+    if not records:
+        raise DataError(f"{path}: no records (the file is empty)")
+    return records
+
+
+def write_records(records: Iterable[Record], path: str | Path) -> Path:
+    """Write records as jsonl (UTF-8, one row per line), paths rewritten relative to the file's folder.
+
+    The file is written to a temporary name first and renamed, so readers never see half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8", newline="\n") as fh:
+        for record in records:
+            fh.write(json.dumps(record.to_dict(base_dir=path.parent), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,288 @@
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from qoqmed.data import DOMAINS, Box, DataError, Record, load_records, parse_record, split_labels, write_records
+
+
+def _row(**over):
+    row = {
+        "id": "ct-000001",
+        "domain": "ct",
+        "dataset": "climb_mini/ct",
+        "split": "train",
+        "problem": "<image><image>\nWhich hemorrhage? Options: a, b.",
+        "answer": "subdural hemorrhage",
+        "images": ["ct/x/000001/slice_0.png", "ct/x/000001/slice_1.png"],
+        "ecg": [],
+        "boxes": [{"bbox_2d": [1, 2, 10, 20], "label": "subdural hemorrhage", "image": 1}],
+        "segmentation_path": "ct/x/000001/mask.png",
+        "difficulty": "easy",
+    }
+    row.update(over)
+    return row
+
+
+def _write_jsonl(path: Path, rows) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(row if isinstance(row, str) else json.dumps(row))
+            fh.write("\n")
+    return path
+
+
+def _touch(base: Path, *rels: str) -> None:
+    for rel in rels:
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_bytes(b"x")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# split_labels
+
+
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("Pleural Effusion, Cardiomegaly", ["Pleural Effusion", "Cardiomegaly"]),
+        ("A and B & C,D", ["A", "B", "C", "D"]),
+        ("  A ,, B , A ", ["A", "B"]),
+        ("A. Fib/Aflutter", ["A. Fib/Aflutter"]),
+        ("Sandy band", ["Sandy band"]),  # "and" inside words does not split
+        ("", []),
+        (" , & ", []),
+    ],
+)
+def test_split_labels(answer, expected):
+    assert split_labels(answer) == expected
+
+
+@given(st.lists(st.text(alphabet="abcdefgh XYZ./-", min_size=1, max_size=12), min_size=1, max_size=5))
+def test_split_labels_round_trips_joined_labels(labels):
+    clean = [" ".join(lab.split()) for lab in labels]
+    clean = [lab for lab in clean if lab and lab != "and" and not lab.startswith("and ") and not lab.endswith(" and")
+             and " and " not in lab]
+    expected = list(dict.fromkeys(clean))
+    assert split_labels(", ".join(clean)) == expected
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parse_record
+
+
+def test_parse_native_row(tmp_path):
+    rec = parse_record(_row(), tmp_path)
+    assert isinstance(rec, Record)
+    assert rec.domain == "ct" and rec.split == "train" and rec.difficulty == "easy"
+    assert rec.boxes == [Box((1, 2, 10, 20), "subdural hemorrhage", 1)]
+    assert rec.labels == ["subdural hemorrhage"]
+    assert rec.mask_image == 1
+    assert rec.resolve(rec.images[0]) == tmp_path / "ct/x/000001/slice_0.png"
+    assert rec.to_dict() == _row()
+
+
+def test_domains_constant():
+    assert DOMAINS == ("ecg", "chest_xray", "mammography", "dermoscopy", "fundus", "pathology", "ct", "ultrasound",
+                       "mri")
+
+
+def test_parse_collects_every_problem_with_field_and_reason(tmp_path):
+    bad = _row(
+        domain="xray",
+        answer=" ",
+        split="dev",
+        boxes=[
+            {"bbox_2d": [10, 2, 5, 20], "label": "x", "image": 0},
+            {"bbox_2d": [1, 2, 3], "label": "x", "image": 0},
+            {"bbox_2d": [1, 2, 3, 4], "label": "x", "image": 7},
+            {"bbox_2d": [1, 2, 3, 4], "label": "", "image": 0},
+        ],
+        problem="<image>\nonly one placeholder",
+    )
+    with pytest.raises(DataError) as info:
+        parse_record(bad, tmp_path, line_no=12)
+    msg = str(info.value)
+    expected = [
+        "line 12: domain: 'xray' is not one of",
+        "line 12: answer: must not be empty",
+        "line 12: split: 'dev' is not one of train, val, test",
+        "line 12: boxes[0].bbox_2d: needs x1 < x2 and y1 < y2",
+        "line 12: boxes[1].bbox_2d: must be 4 finite numbers",
+        "line 12: boxes[2].image: index 7 out of range for 2 image(s)",
+        "line 12: boxes[3].label: must not be empty",
+        "line 12: problem: has 1 <image> placeholder(s) but images lists 2 file(s)",
+    ]
+    for part in expected:
+        assert part in msg
+    assert len(info.value.problems) == len(expected)
+
+
+@pytest.mark.parametrize(
+    "over, field, reason",
+    [
+        ({"problem": None}, "problem", "missing"),
+        ({"images": "a/b/c.png", "problem": "<image> q", "boxes": []}, None, None),  # one path string is accepted
+        ({"images": [3]}, "images[0]", "must be a non-empty path string"),
+        ({"images": ["/abs/x.png", "ct/x/1.png"]}, "images[0]", "absolute"),
+        ({"ecg": ["e.npy", "f.npy"], "problem": "<image><image><ecg> q"}, "problem", "1 <ecg> placeholder(s) but ecg"),
+        ({"boxes": {"bbox_2d": [1, 2, 3, 4]}}, "boxes", "must be a list"),
+        ({"boxes": [{"bbox_2d": [1, 2, 3, 4], "label": "x"}]}, "boxes[0].image", "required when the record has 2"),
+        ({"boxes": [{"bbox_2d": [-1, 2, 3, 4], "label": "x", "image": 0}]}, "boxes[0].bbox_2d", ">= 0"),
+        ({"boxes": [{"bbox_2d": [True, 2, 3, 4], "label": "x", "image": 0}]}, "boxes[0].bbox_2d", "finite numbers"),
+        ({"boxes": [{"bbox_2d": [1, 2, 3, 4], "label": "x", "image": 1.0}]}, "boxes[0].image", "integer index"),
+        ({"segmentation_path": 5}, "segmentation_path", "path string or null"),
+        ({"difficulty": "medium"}, "difficulty", "not one of easy, hard"),
+        ({"id": 17}, "id", "must be a string"),
+        ({"videos": ["v.mp4"]}, "videos", "sample frames"),
+    ],
+)
+def test_parse_single_problems(tmp_path, over, field, reason):
+    row = _row(**over)
+    if field is None:
+        parse_record(row, tmp_path)
+        return
+    with pytest.raises(DataError) as info:
+        parse_record(row, tmp_path)
+    assert any(p.startswith(f"record") and f": {field}: " in p and reason in p for p in info.value.problems), (
+        info.value.problems
+    )
+
+
+def test_parse_rejects_non_object(tmp_path):
+    with pytest.raises(DataError, match="must be a JSON object"):
+        parse_record(["not", "a", "dict"], tmp_path, line_no=3)
+
+
+def test_missing_id_is_an_error_without_line_number(tmp_path):
+    row = _row()
+    del row["id"]
+    with pytest.raises(DataError, match="id: missing"):
+        parse_record(row, tmp_path)
+    assert parse_record(row, tmp_path, line_no=9).id == "row-9"
+
+
+def test_reference_image_row_is_accepted(tmp_path):
+    ref = {
+        "problem": "<image>\nWhat is shown? Options: Cardiomegaly, No Finding.",
+        "answer": "Cardiomegaly",
+        "images": ["chest_xray/chexpert/p1/view1.jpg"],
+        "bbox": [10, 20, 110, 90],
+        "segmentation_path": None,
+        "conversations": [{"from": "human", "value": "?"}],
+    }
+    rec = parse_record(ref, tmp_path, line_no=4)
+    assert rec.id == "row-4"
+    assert rec.domain == "chest_xray" and rec.dataset == "chest_xray/chexpert"
+    assert rec.boxes == [Box((10, 20, 110, 90), "Cardiomegaly", 0)]
+    assert rec.split is None and rec.difficulty is None
+    assert rec.extra == {"conversations": [{"from": "human", "value": "?"}]}
+
+
+def test_reference_ecg_row_is_accepted(tmp_path):
+    ref = {
+        "problem": "What is the rhythm? Options: Normal, A. Fib/Aflutter.",
+        "answer": "Normal",
+        "images": [],
+        "time-series": ["ecg/ptbxl/00001.npy"],
+        "dataset": "ecg/ptbxl",
+    }
+    rec = parse_record(ref, tmp_path, line_no=1)
+    assert rec.domain == "ecg" and rec.dataset == "ecg/ptbxl"
+    assert rec.ecg == ["ecg/ptbxl/00001.npy"] and rec.images == []
+    # the reference feeds the series after the text
+    assert rec.problem.endswith("\n<ecg>") and rec.problem.count("<ecg>") == 1
+    assert rec.boxes == []
+
+
+def test_reference_placeholder_conventions(tmp_path):
+    ref = {"problem": "Which?", "answer": "glioma", "images": ["mri/brain/1/a.png", "mri/brain/1/b.png"],
+           "bbox": [0, 0, 0, 0]}
+    rec = parse_record(ref, tmp_path, line_no=2)
+    assert rec.problem == "<image><image>\nWhich?"
+    assert rec.boxes == []  # the reference's [0, 0, 0, 0] means "no box"
+
+
+def test_reference_row_without_domain_source(tmp_path):
+    with pytest.raises(DataError) as info:
+        parse_record({"problem": "q", "answer": "a", "images": []}, tmp_path, line_no=1)
+    text = str(info.value)
+    assert "domain: missing and cannot be derived" in text
+    assert "dataset: missing and cannot be derived" in text
+
+
+def test_derived_domain_must_be_known(tmp_path):
+    with pytest.raises(DataError, match=r"domain: 'radiology' \(from images\[0\]\) is not one of"):
+        parse_record({"problem": "<image>q", "answer": "a", "images": ["radiology/x/1.png"]}, tmp_path, line_no=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# load_records / write_records
+
+
+def test_load_records_reports_all_problems_at_once(tmp_path):
+    good = _row()
+    _touch(tmp_path, *good["images"], good["segmentation_path"])
+    rows = [
+        good,
+        "{not json",
+        _row(id="ct-2", domain="bone"),
+        "",
+        _row(),  # duplicate id
+        _row(id="ct-3", images=["ct/x/000001/slice_0.png", "ct/missing.png"]),
+        "[1, 2]",
+    ]
+    path = _write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataError) as info:
+        load_records(path)
+    problems = info.value.problems
+    assert len(problems) == 5, problems
+    assert problems[0].startswith(f"{path}:2: <json>: invalid JSON")
+    assert problems[1].startswith(f"{path}:3: domain: 'bone' is not one of")
+    assert problems[2] == f"{path}:5: id: 'ct-000001' duplicates line 1"
+    assert problems[3].startswith(f"{path}:6: images[1]: file not found: ")
+    assert problems[3].endswith("missing.png")
+    assert problems[4].startswith(f"{path}:7: <row>: must be a JSON object")
+    assert "5 problem(s)" in str(info.value)
+
+
+def test_load_records_check_files_toggle(tmp_path):
+    path = _write_jsonl(tmp_path / "val.jsonl", [_row()])
+    with pytest.raises(DataError) as info:
+        load_records(path)
+    assert {p.split(": ")[1] for p in info.value.problems} == {"images[0]", "images[1]", "segmentation_path"}
+    recs = load_records(path, check_files=False)
+    assert len(recs) == 1 and recs[0].base_dir == tmp_path
+
+
+def test_load_records_missing_and_empty_files(tmp_path):
+    with pytest.raises(DataError, match="file not found"):
+        load_records(tmp_path / "nope.jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(DataError, match="no records"):
+        load_records(empty)
+    binary = tmp_path / "bin.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_records(binary)
+
+
+def test_write_then_load_round_trip_and_rebase(tmp_path):
+    src = tmp_path / "data"
+    row = _row()
+    _touch(src, *row["images"], row["segmentation_path"])
+    path = _write_jsonl(src / "train.jsonl", [row, _row(id="ct-2", boxes=[], segmentation_path=None)])
+    recs = load_records(path)
+
+    same = write_records(recs, src / "copy.jsonl")
+    assert same.read_text(encoding="utf-8").splitlines()[0] == json.dumps(recs[0].to_dict(), ensure_ascii=False)
+    assert load_records(same) == recs
+
+    moved = write_records(recs, tmp_path / "elsewhere" / "sub" / "train.jsonl")
+    again = load_records(moved)  # files still resolve from the new folder
+    assert again[0].images[0] == "../../data/ct/x/000001/slice_0.png"
+    assert again[0].resolve(again[0].images[0]).resolve() == (src / row["images"][0]).resolve()
+    assert [r.id for r in again] == ["ct-000001", "ct-2"]
