@@ -1,0 +1,79 @@
+"""The command line end to end: the quickstart at smoke size, eval on its output, data validation, help."""
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from qoqmed.cli import app
+from qoqmed.data.schema import DOMAINS
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    result = runner.invoke(app, ["quickstart", "--smoke", "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return out
+
+
+def test_quickstart_writes_report_metrics_and_plots(smoke_run):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    assert set(metrics["domains"]) == set(DOMAINS)
+    for domain in DOMAINS:
+        d = metrics["domains"][domain]
+        assert d["n"] > 0
+        assert 0.0 <= d["macro_f1"] <= 1.0 and 0.0 <= d["paper_balanced_accuracy"] <= 1.0
+    assert 0.0 <= metrics["overall"]["macro_f1"] <= 1.0
+    assert "iou_mean" in metrics["overall"]
+    assert metrics["wall_time_seconds"] > 0
+    report = (smoke_run / "report.md").read_text()
+    for domain in DOMAINS:
+        assert domain in report
+    for png in ("per_domain_f1.png", "rl_reward_by_domain.png"):
+        with Image.open(smoke_run / png) as img:
+            assert img.size[0] > 300 and img.size[1] > 200
+    predictions = (smoke_run / "eval" / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == sum(metrics["domains"][d]["n"] for d in DOMAINS)
+    assert (smoke_run / "rl" / "model" / "config.json").exists()
+
+
+def test_eval_command_on_the_quickstart_model(smoke_run, tmp_path):
+    result = runner.invoke(app, ["eval", "--model", str(smoke_run / "rl" / "model"),
+                                 "--data", str(smoke_run / "data" / "val.jsonl"), "--out", str(tmp_path),
+                                 "--max-new-tokens", "16"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["n"] == len((smoke_run / "data" / "val.jsonl").read_text().splitlines())
+    assert (tmp_path / "report.md").exists() and (tmp_path / "predictions.jsonl").exists()
+
+
+def test_data_validate_reports_every_problem(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    rows = [
+        {"id": "a", "domain": "ct", "dataset": "x/ct", "problem": "<image>\nQ?", "answer": "A",
+         "images": ["missing.png"]},
+        {"id": "b", "domain": "ct", "dataset": "x/ct", "problem": "Q?"},
+    ]
+    bad.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    result = runner.invoke(app, ["data", "validate", str(bad)])
+    assert result.exit_code == 1
+    assert "missing.png" in result.output and "answer" in result.output
+    assert result.output.count("bad.jsonl") >= 3  # one line per problem, each naming the file
+    as_json = runner.invoke(app, ["data", "validate", str(bad), "--json"])
+    assert as_json.exit_code == 1 and json.loads(as_json.output)["ok"] is False
+
+
+def test_eval_with_a_folder_that_is_not_a_model(tmp_path, mini_records_path):
+    result = runner.invoke(app, ["eval", "--model", str(tmp_path), "--data", str(mini_records_path),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "config.json" in result.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["quickstart", "--help"], ["data", "--help"], ["eval", "--help"]])
+def test_help(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "Usage" in result.output
