@@ -83,8 +83,9 @@ def encode_batch(processor: QoQMedProcessor, batch: Sequence[LoadedRecord], with
         texts.append(text)
         images.extend(item.images)
         ecgs.extend(item.ecgs)
+    # Left padding: generation appends to the right end of every row.
     enc = processor(text=texts, images=images or None, ecg=ecgs if ecgs else None, padding=True,
-                    return_tensors="pt")
+                    padding_side="left", return_tensors="pt")
     if with_targets:
         enc["labels"] = _answer_labels(enc["input_ids"], enc["attention_mask"], processor)
     return dict(enc)

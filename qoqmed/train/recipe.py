@@ -192,11 +192,34 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
                          context=context, rows=rows)
     from ..eval.curves import plot_rl_curves
 
-    plot_rl_curves(rl_logs, run / "rl_reward_by_domain.png")
+    curve = plot_rl_curves(rl_logs, run / "rl_reward_by_domain.png")
+    _append_training_section(paths.get("report", run / "report.md"), sft_metrics, metrics, curve)
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print_summary(metrics)
     console.print(f"[bold green]done[/] in {timings['total']:.0f} s: {paths.get('report', run / 'report.md')}")
     return metrics
+
+
+def _append_training_section(report: Path, before: dict | None, after: dict, curve: Path | None) -> None:
+    """Add what RL changed (warm start vs final, per domain) and the reward curves to the report."""
+    lines = ["", "## Warm start vs after RL", ""]
+    if before is not None:
+        lines += ["| domain | macro-F1 warm start | macro-F1 final | change | mean IoU warm start | mean IoU final |",
+                  "|---|---|---|---|---|---|"]
+        for d, a in after["domains"].items():
+            b = before["domains"].get(d, {})
+            f0, f1 = b.get("macro_f1"), a.get("macro_f1")
+            delta = "-" if f0 is None or f1 is None else f"{f1 - f0:+.3f}"
+            lines.append(f"| {d} | {_fmt(f0)} | {_fmt(f1)} | {delta} | {_fmt(b.get('iou_mean'))} | "
+                         f"{_fmt(a.get('iou_mean'))} |")
+        o0, o1 = before["overall"].get("macro_f1"), after["overall"].get("macro_f1")
+        lines.append(f"| **overall** | {_fmt(o0)} | {_fmt(o1)} | "
+                     f"{'-' if o0 is None or o1 is None else f'{o1 - o0:+.3f}'} | "
+                     f"{_fmt(before['overall'].get('iou_mean'))} | {_fmt(after['overall'].get('iou_mean'))} |")
+    if curve is not None:
+        lines += ["", f"![RL reward by domain]({curve.name})"]
+    with open(report, "a") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def _fmt(x) -> str:
