@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Optional
@@ -20,6 +21,8 @@ app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
 console = Console()
 err = Console(stderr=True)
+# Deprecation notices raised inside transformers/TRL about their own arguments; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*", category=FutureWarning)
 
 
 def bundled_config(name: str) -> Path:

@@ -57,7 +57,7 @@ class RLSettings:
     reward_preset: str = "paper"       # weights of accuracy / IoU / format (see qoqmed.rewards.WEIGHTS)
     iou_reduce: str = "max"
     seed: int = 0
-    logging_steps: int = 5
+    logging_steps: int = 10
     save_steps: int | None = None
 
     def __post_init__(self) -> None:

@@ -141,8 +141,11 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
 
     ev = cfg.eval
     expected = [d for d in DOMAINS if any(r.domain == d for r in test)]
+    # With the benchmark's label sets, a predicted label outside a dataset's set is an error, not a new label.
+    label_sets = ({r.dataset: data_info["labels"][r.domain] for r in test}
+                  if data_info and "labels" in data_info else None)
     eval_kwargs = dict(batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, preset=ev.reward_preset,
-                       iou_reduce=ev.iou_reduce, expected_domains=expected)
+                       iou_reduce=ev.iou_reduce, expected_domains=expected, label_sets=label_sets)
     sft_metrics = None
     if ev.evaluate_warm_start:
         console.rule("evaluating the warm-started model")
