@@ -134,3 +134,26 @@ def test_ecg_reaches_every_trl_forward_and_rl_trains_the_encoder(records, tiny, 
     # the ECGs of all 4 rollouts
     assert seen == [4, 4] and ref_seen == [4]
     assert not torch.equal(before, loaded.model.ecg_encoder.patch_embed.weight.detach())
+
+
+def test_drpo_gets_per_rollout_kl_when_generations_are_reused(records, tiny, tmp_path):
+    processor, model = tiny
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    from qoqmed.algos.drpo import DRPO
+
+    seen_kl = []
+    original = DRPO.__call__
+
+    def spy(self, rewards, question_ids, domains, kl=None):
+        seen_kl.append(kl)
+        return original(self, rewards, question_ids, domains, kl=kl)
+
+    DRPO.__call__ = spy
+    try:
+        settings = RLSettings(num_generations=2, num_iterations=2, batch_size=4, max_steps=2,
+                              max_completion_length=8, beta=0.1)
+        train_rl(tmp_path / "start", records, tmp_path / "rl", settings)
+    finally:
+        DRPO.__call__ = original
+    assert seen_kl and all(k is not None and k.shape == (4,) and torch.isfinite(k).all() for k in seen_kl)

@@ -45,6 +45,7 @@ class RLSettings:
     drpo_history: int | None = None    # paper mode: keep the last H questions per domain
     drpo_kl_quantile: float | None = 0.75
     num_generations: int = 4
+    num_iterations: int = 1            # policy updates per generation batch (GRPO's mu)
     batch_size: int = 16               # rollouts per device per step (a multiple of num_generations)
     max_steps: int = 40
     learning_rate: float = 5e-4
@@ -177,7 +178,7 @@ class QoQMedGRPOTrainer(GRPOTrainer):
                                                           batch_size=batch_size, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._active_ecg = self._concat(inputs.pop("ecg_rows"))
+        self._active_ecg = self._concat(inputs["ecg_rows"])
         try:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         finally:
@@ -204,7 +205,7 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         domains = [m[1] for m in meta]
         # TRL lays rollouts of one prompt out as consecutive blocks of num_generations rows
         groups = [f"{i}@{n // self.num_generations}" for n, i in enumerate(ids)]
-        advantages = self._advantages(rewards, groups, domains) if mode == "train" else None
+        advantages = self._advantages(rewards, groups, domains, self._rollout_kl(out)) if mode == "train" else None
         if advantages is not None:
             n = len(inputs)
             local = advantages[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n]
@@ -212,13 +213,28 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         self._log_domains(mode, rewards, domains)
         return out
 
-    def _advantages(self, rewards: torch.Tensor, groups: list[str], domains: list[str]) -> torch.Tensor:
+    def _rollout_kl(self, out: dict) -> torch.Tensor | None:
+        """Per-rollout k3 KL(policy at sampling time || reference), mean over completion tokens, all processes.
+
+        Needs the sampling-time log-probs, which TRL computes only when a generation batch is reused
+        (``num_iterations > 1`` or several steps per generation); otherwise DRPO runs without KL damping.
+        """
+        old, ref = out.get("old_per_token_logps"), out.get("ref_per_token_logps")
+        if old is None or ref is None:
+            return None
+        mask = out["completion_mask"].float()
+        k3 = torch.exp(ref - old) - (ref - old) - 1
+        kl = (k3 * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return self.accelerator.gather(kl.detach()).cpu()
+
+    def _advantages(self, rewards: torch.Tensor, groups: list[str], domains: list[str],
+                    kl: torch.Tensor | None = None) -> torch.Tensor:
         est = self.settings.estimator
         if est == "grpo":
             return group_advantages(rewards, groups, scale=True)
         if est == "drgrpo":
             return group_advantages(rewards, groups, scale=False)
-        return self.estimator(rewards, groups, domains)
+        return self.estimator(rewards, groups, domains, kl=kl)
 
     def _log_domains(self, mode: str, rewards: torch.Tensor, domains: list[str]) -> None:
         by_domain = defaultdict(list)
@@ -267,7 +283,8 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
     dataset, facts = build_rl_dataset(records, processor)
     args = GRPOConfig(
         output_dir=str(out_dir), max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
-        num_generations=s.num_generations, learning_rate=s.learning_rate, beta=s.beta, epsilon=s.epsilon_low,
+        num_generations=s.num_generations, num_iterations=s.num_iterations, learning_rate=s.learning_rate,
+        beta=s.beta, epsilon=s.epsilon_low,
         epsilon_high=s.epsilon_high, loss_type=s.loss_type, temperature=s.temperature,
         max_completion_length=s.max_completion_length, logging_steps=s.logging_steps, report_to=[],
         save_strategy="steps" if s.save_steps else "no", save_steps=s.save_steps or 500, seed=s.seed,
