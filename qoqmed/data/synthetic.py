@@ -2,9 +2,12 @@
 
 Nine clinical domains with real label names (taken from the public datasets that CLIMB builds on), rendered as
 cheap modality-looking images, head/brain volumes as slice stacks, breast ultrasound clips and simulated 8-lead
-ECGs. Each abnormal class leaves a strong, localised, class-specific cue (colour, intensity, shape, texture) at a
-random position, so that a tiny model can learn the task and be graded on grounding. The data carry no clinical
-meaning and must never be used to judge a real model's medical ability.
+ECGs. Each abnormal class paints a large lesion (in easy rows a quarter to a half of the image side) in its own
+colour or grey level, with the modality's typical shape or texture on top, on a low-variance background; ECG classes
+differ in rate, QRS width and amplitude, baseline and ST level. The cues are meant to show in coarse statistics of
+14-28 pixel patches and 200 ms signal windows, so that a tiny model trained for minutes on a CPU can learn the task
+and be graded on grounding. The data carry no clinical meaning and must never be used to judge a real model's
+medical ability.
 
 Output (``generate_climb_mini``)::
 
@@ -37,7 +40,7 @@ from scipy import ndimage
 
 from .schema import DOMAINS, ECG_TOKEN, IMAGE_TOKEN, SPLITS, Box, Record, split_labels, write_records
 
-CLIMB_MINI_VERSION = 1
+CLIMB_MINI_VERSION = 2
 ECG_FS = 250
 ECG_SAMPLES = 2500
 ECG_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -68,11 +71,13 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         modality="This is a 12-lead ECG (8 leads shown: I, II, V1-V6; 10 s at 250 Hz).",
         question="What is the diagnosis?",
         cues={
-            "Normal": "regular sinus rhythm 60-90 bpm, P before every QRS, narrow QRS",
-            "A. Fib/Aflutter": "irregularly irregular RR, no P waves, 4-8 Hz fibrillatory baseline (largest in V1, II)",
-            "Conduction Delay": "wide QRS (about 130-160 ms) with RSR' in V1-V2 and a broad S in I, V5-V6",
-            "Myocardial Infarction": "pathological Q waves and ST elevation in an anterior (V1-V4) or lateral "
-            "(I, V5, V6) territory",
+            "Normal": "regular sinus rhythm 62-78 bpm, P before every QRS, narrow QRS, flat baseline",
+            "A. Fib/Aflutter": "fast (140-170 bpm), irregularly irregular RR, no P waves, coarse 4-8 Hz fibrillatory "
+            "or sawtooth flutter baseline in every lead",
+            "Conduction Delay": "slow (48-58 bpm); very wide (about 200 ms), tall, notched R in I, II, V5-V6 and deep "
+            "broad QS in V1-V3, discordant T",
+            "Myocardial Infarction": "deep wide Q waves, small R and strong ST elevation merging into T in an anterior "
+            "(V1-V5) or anterolateral (I, V3-V6) territory; reciprocal ST depression and inverted T elsewhere",
         },
     ),
     "chest_xray": DomainSpec(
@@ -82,10 +87,12 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         modality="This is a frontal chest X-ray.",
         question="Which findings are present? Select all that apply.",
         cues={
-            "No Finding": "two dark lungs with rib markings, normal heart shadow",
-            "Cardiomegaly": "heart shadow wider than half the chest (box: the heart)",
-            "Pleural Effusion": "homogeneous white-out of one lung base with a meniscus rising laterally",
-            "Pneumothorax": "black crescent without lung markings at one apex, edged by a thin pleural line",
+            "No Finding": "two dark-grey lungs with faint rib markings, normal mid-grey heart shadow",
+            "Cardiomegaly": "very bright central heart shadow wider than half the chest (box: the heart)",
+            "Pleural Effusion": "light-grey, homogeneous band filling the lower half of one lung, meniscus rising "
+            "laterally",
+            "Pneumothorax": "black region without lung markings over the upper lateral part of one lung, the "
+            "collapsed lung pushed towards the hilum behind a thin pleural line",
         },
         multi_label=True,
     ),
@@ -96,9 +103,9 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         modality="This is a mammogram (mediolateral oblique view).",
         question="What is the BI-RADS assessment category?",
         cues={
-            "BI-RADS 1": "fibroglandular texture and pectoral muscle only",
-            "BI-RADS 2": "oval, smooth, circumscribed mass with a dark fat halo",
-            "BI-RADS 5": "dense spiculated mass with clustered bright microcalcifications",
+            "BI-RADS 1": "smooth fibroglandular texture and pectoral muscle only",
+            "BI-RADS 2": "large oval, smooth, circumscribed mid-grey mass with a dark fat halo",
+            "BI-RADS 5": "very bright (dense) spiculated mass with clustered microcalcifications",
         },
     ),
     "dermoscopy": DomainSpec(
@@ -108,9 +115,9 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         modality="This is a dermoscopic image of a skin lesion.",
         question="What is the diagnosis?",
         cues={
-            "melanoma": "large asymmetric lesion with an irregular border and black, dark-brown, blue-grey and red "
-            "areas",
-            "melanocytic nevus": "round symmetric lesion of uniform medium brown with a smooth border",
+            "melanoma": "large asymmetric, mostly near-black lesion with an irregular border and dark-brown, "
+            "blue-grey and red areas",
+            "melanocytic nevus": "round symmetric lesion of uniform mid brown with a smooth border",
             "basal cell carcinoma": "pink pearly nodule with red arborizing vessels and blue-grey ovoid nests",
         },
     ),
@@ -122,8 +129,10 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         question="What is the diabetic retinopathy grade?",
         cues={
             "No DR": "orange retina, yellow optic disc, vessels, darker macula",
-            "Moderate DR": "cluster of dark-red dot-blot haemorrhages and yellow hard exudates",
-            "Proliferative DR": "tangle of fine new vessels next to a large dark-red preretinal haemorrhage",
+            "Moderate DR": "large bright-yellow patch of confluent hard exudates dotted with dark-red dot-blot "
+            "haemorrhages",
+            "Proliferative DR": "large dark-red, boat-shaped preretinal haemorrhage under a tangle of fine new "
+            "vessels",
         },
     ),
     "pathology": DomainSpec(
@@ -133,9 +142,9 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         modality="This is an H&E-stained lung tissue tile.",
         question="What is the tissue type?",
         cues={
-            "lung adenocarcinoma": "purple region of glands: white lumens ringed by dense dark nuclei",
-            "lung squamous cell carcinoma": "solid pink sheet of large dark nuclei with concentric keratin pearls",
-            "benign lung tissue": "white alveolar spaces with thin pink walls and sparse nuclei",
+            "lung adenocarcinoma": "large dark-purple region of glands: small white lumens ringed by dark nuclei",
+            "lung squamous cell carcinoma": "large solid red-pink sheet of dark nuclei with orange keratin pearls",
+            "benign lung tissue": "pale pink-white alveolar spaces with thin pink walls and sparse nuclei",
         },
     ),
     "ct": DomainSpec(
@@ -145,8 +154,9 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         modality="These are {n} axial slices of a non-contrast head CT, from inferior to superior.",
         question="Is there an intracranial hemorrhage, and of which type?",
         cues={
-            "intraparenchymal hemorrhage": "round bright (hyperdense) blob inside the brain on 1-2 slices",
-            "subdural hemorrhage": "bright crescent along the inner skull on 1-2 slices",
+            "intraparenchymal hemorrhage": "large round, very bright (hyperdense) blob inside the brain on 2 "
+            "consecutive slices",
+            "subdural hemorrhage": "thick, moderately bright crescent along the inner skull on 2 consecutive slices",
             "no hemorrhage": "skull ring, grey brain, dark ventricles",
         },
     ),
@@ -158,8 +168,9 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         question="What is the finding?",
         cues={
             "normal": "speckled tissue layers in a fan-shaped field",
-            "benign": "oval, wider-than-tall, smooth dark mass with bright posterior enhancement",
-            "malignant": "irregular, spiculated, taller-than-wide very dark mass with a posterior shadow",
+            "benign": "large oval, wider-than-tall, smooth dark-grey mass over a bright band of posterior "
+            "enhancement",
+            "malignant": "irregular, spiculated, taller-than-wide black mass over a dark posterior shadow",
         },
     ),
     "mri": DomainSpec(
@@ -170,8 +181,10 @@ DOMAIN_SPECS: dict[str, DomainSpec] = {
         "superior.",
         question="What is the diagnosis?",
         cues={
-            "glioma": "irregular ring-enhancing mass with a dark necrotic centre inside the brain, on 1-2 slices",
-            "meningioma": "smooth, homogeneously bright mass against the inner skull, on 1-2 slices",
+            "glioma": "large irregular mass inside the brain, mostly dark (necrotic) within a thin enhancing rim, on "
+            "2 consecutive slices",
+            "meningioma": "large smooth, homogeneously very bright mass against the inner skull, on 2 consecutive "
+            "slices",
             "no tumor": "brain with dark ventricles only",
         },
     ),
@@ -343,6 +356,7 @@ _GAINS = np.array(
 )
 _W = {name: i for i, name in enumerate(_WAVES)}
 _L = {name: i for i, name in enumerate(ECG_LEADS)}
+_MI_TERRITORIES = (("V1", "V2", "V3", "V4", "V5"), ("I", "V3", "V4", "V5", "V6"))  # anterior, anterolateral
 
 
 def _beat_times(rng: np.random.Generator, mean_rr: float, cv: float, duration: float) -> np.ndarray:
@@ -357,10 +371,21 @@ def _beat_times(rng: np.random.Generator, mean_rr: float, cv: float, duration: f
 def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np.ndarray:
     """Simulate a 10 s, 250 Hz, 8-lead (I, II, V1..V6) ECG of one class, in millivolts, shape (8, 2500).
 
-    Every beat is a sum of Gaussian P, Q, R, S and T waves with lead-specific gains; the class changes rhythm
-    (AF: irregular RR, no P, fibrillatory baseline), QRS width and shape (conduction delay: wide QRS, RSR' in V1),
-    or adds Q waves and ST elevation in one territory (MI). ``hard`` makes the cue smaller, adds more noise and,
-    outside AF, one premature beat as a distractor.
+    Every beat is a sum of Gaussian P, Q, R, S and T waves with lead-specific gains. The classes differ in ways
+    that show in simple statistics (mean, spread, extremes) of short (200 ms) windows of each lead, not only in fine
+    wave shapes:
+
+    - Normal: regular sinus rhythm at 62-78 bpm, narrow QRS, flat baseline.
+    - A. Fib/Aflutter: fast (140-170 bpm) irregularly irregular rhythm without P waves, on a coarse 4-8 Hz
+      fibrillatory (or sawtooth flutter) baseline present in every window.
+    - Conduction Delay: slow (48-58 bpm) rhythm with very wide (about 200 ms), tall, notched R waves in I, II,
+      V5-V6, deep broad QS in V1-V3 and discordant T waves.
+    - Myocardial Infarction: deep wide Q waves, small R and strong ST elevation merging into the T wave in one
+      territory (anterior V1-V5 or anterolateral I, V3-V6); reciprocal ST depression and inverted T elsewhere.
+
+    ``hard`` keeps each class's character but shrinks the differences (rates closer to normal, smaller QRS
+    widening, ST shift and fibrillation), doubles the white noise and, outside AF, adds one premature beat as a
+    distractor.
     """
     if label not in LABELS["ecg"]:
         raise ValueError(f"unknown ECG label {label!r}; expected one of {LABELS['ecg']}")
@@ -369,22 +394,40 @@ def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np
     width = {"P": 0.022, "Q": 0.008, "R": 0.010, "S": 0.009, "T": 0.045, "R2": 0.014, "ST": 0.05}
     offset = {"P": -0.16, "Q": -0.022, "R": 0.0, "S": 0.024, "R2": 0.075, "ST": 0.13}
 
-    if label == "A. Fib/Aflutter":
-        mean_rr, cv = 60.0 / rng.uniform(85, 130), (rng.uniform(0.08, 0.13) if hard else rng.uniform(0.16, 0.26))
+    def pick(easy: tuple[float, float], faint: tuple[float, float]) -> float:
+        return float(rng.uniform(*(faint if hard else easy)))
+
+    cv = 0.02
+    if label == "Normal":
+        hr = rng.uniform(62, 78)
+    elif label == "A. Fib/Aflutter":
+        hr, cv = pick((140, 170), (105, 120)), pick((0.18, 0.26), (0.10, 0.15))
         gains[:, _W["P"]] = 0.0
-    else:
-        hr = rng.uniform(60, 90) if label == "Normal" else rng.uniform(55, 95)
-        mean_rr, cv = 60.0 / hr, 0.02
-    if label == "Conduction Delay":
-        width["R"] = rng.uniform(0.016, 0.019) if hard else rng.uniform(0.021, 0.026)
-        width["S"], offset["S"] = 0.02, 0.05
-        gains[[_L["V1"], _L["V2"]], _W["R2"]] = [0.7, 0.45] if not hard else [0.4, 0.25]
-        gains[[_L["I"], _L["V5"], _L["V6"]], _W["S"]] = -0.45
-    if label == "Myocardial Infarction":
-        territory = ["V1", "V2", "V3", "V4"] if rng.random() < 0.5 else ["I", "V5", "V6"]
+    elif label == "Conduction Delay":  # left-bundle-branch-block-like: slow, very wide, tall QRS
+        hr = pick((48, 58), (55, 64))
+        grow = pick((1.9, 2.2), (1.3, 1.45))
+        width["R"], width["R2"], width["S"] = pick((0.034, 0.04), (0.018, 0.022)), 0.024, 0.032
+        offset["R2"], offset["S"] = 0.06, 0.04
+        lateral, septal = [_L["I"], _L["II"], _L["V5"], _L["V6"]], [_L["V1"], _L["V2"], _L["V3"]]
+        gains[:, _W["R"]] *= grow
+        gains[lateral, _W["R2"]] = 0.7 * grow  # notched (M-shaped) broad R
+        gains[lateral, _W["S"]] = 0.0
+        gains[septal, _W["R"]] *= 0.3
+        gains[septal, _W["S"]] = -1.3 * grow  # deep broad QS
+        gains[lateral, _W["T"]] = -0.25  # discordant T
+    else:  # Myocardial Infarction
+        hr = rng.uniform(65, 85)
+        territory = _MI_TERRITORIES[int(rng.integers(len(_MI_TERRITORIES)))]
         leads = [_L[name] for name in territory]
-        gains[leads, _W["Q"]] = -rng.uniform(0.15, 0.22) if hard else -rng.uniform(0.3, 0.45)
-        gains[leads, _W["ST"]] = rng.uniform(0.10, 0.16) if hard else rng.uniform(0.25, 0.40)
+        others = [i for i in range(len(ECG_LEADS)) if i not in leads]
+        # ST elevation merging into the T wave, held over most of each beat (a level shift, not a spike)
+        width["Q"], width["ST"], offset["ST"] = 0.016, 0.1, 0.21
+        gains[leads, _W["Q"]] = -pick((0.7, 0.95), (0.3, 0.4))
+        gains[leads, _W["R"]] *= 0.35 if not hard else 0.7
+        gains[leads, _W["ST"]] = pick((0.7, 0.9), (0.22, 0.3))
+        gains[others, _W["ST"]] = -pick((0.25, 0.35), (0.08, 0.12))  # reciprocal ST depression
+        gains[others, _W["T"]] = -pick((0.3, 0.45), (0.1, 0.15))  # and inverted T
+    mean_rr = 60.0 / hr
 
     beats = _beat_times(rng, mean_rr, cv, t[-1])
     if hard and label != "A. Fib/Aflutter":
@@ -402,11 +445,15 @@ def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np
     ecg = gains @ waves
 
     if label == "A. Fib/Aflutter":
-        f = sum(rng.uniform(0.4, 1.0) * np.sin(2 * np.pi * rng.uniform(4, 8) * t + rng.uniform(0, 2 * np.pi))
-                for _ in range(3)) / 3
-        f_amp = rng.uniform(0.03, 0.06) if hard else rng.uniform(0.07, 0.13)
-        f_gain = np.array([0.4, 0.7, 1.0, 0.8, 0.5, 0.4, 0.3, 0.3])
-        ecg += f_amp * f_gain[:, None] * f[None, :] * (1 + 0.3 * np.sin(2 * np.pi * 0.3 * t))[None, :]
+        if rng.random() < 0.3:  # flutter: sawtooth at 4-5.5 Hz
+            phase = rng.uniform(4.0, 5.5) * t + rng.uniform(0, 1)
+            f = 2.0 * (phase - np.floor(phase)) - 1.0
+        else:
+            f = sum(rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * rng.uniform(4, 8) * t + rng.uniform(0, 2 * np.pi))
+                    for _ in range(3)) / 2
+        f_amp = pick((0.35, 0.5), (0.08, 0.12))
+        f_gain = np.array([0.6, 0.9, 1.0, 0.9, 0.7, 0.6, 0.5, 0.5])
+        ecg += f_amp * f_gain[:, None] * f[None, :] * (1 + 0.2 * np.sin(2 * np.pi * 0.3 * t))[None, :]
     ecg += _ecg_noise(rng, t, hard)
     return ecg.astype(np.float32)
 
@@ -415,8 +462,8 @@ def _ecg_noise(rng: np.random.Generator, t: np.ndarray, hard: bool) -> np.ndarra
     """Baseline wander, mains hum and white noise for 8 leads."""
     n_leads = len(ECG_LEADS)
     wander = sum(
-        rng.uniform(0.03, 0.08, (n_leads, 1))
-        * np.sin(2 * np.pi * rng.uniform(0.1, 0.5) * t + rng.uniform(0, 7, (n_leads, 1)))
+        rng.uniform(0.02, 0.05, (n_leads, 1))
+        * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * t + rng.uniform(0, 7, (n_leads, 1)))
         for _ in range(2)
     )
     hum = rng.uniform(0.0, 0.01) * np.sin(2 * np.pi * rng.choice([50.0, 60.0]) * t + rng.uniform(0, 7))
@@ -553,56 +600,72 @@ class _Drawn:
 
 
 def _contrast(hard: bool) -> float:
-    return 0.6 if hard else 0.95
+    """Opacity of a lesion's class colour: hard rows keep each class's colour but show it fainter."""
+    return 0.7 if hard else 0.95
+
+
+def _size(rng: np.random.Generator, hard: bool, easy: tuple[float, float], faint: tuple[float, float]) -> float:
+    """A lesion radius as a fraction of the image side: large in easy rows, smaller in hard ones."""
+    return float(rng.uniform(*(faint if hard else easy)))
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Renderers, one per image domain: (rng, labels, hard, cfg) -> _Drawn
+#
+# Each abnormal class paints a large region (easy rows: about a quarter to a half of the image side, several
+# 28x28-pixel cells) in its own colour or grey level, so classes differ in the mean and contrast of whole patches,
+# with the modality's typical shape or texture drawn on top. Backgrounds are kept low in variance.
 
 
 def _render_chest_xray(rng: np.random.Generator, labels: tuple[str, ...], hard: bool, cfg: ClimbMiniConfig) -> _Drawn:
     s = cfg.image_size
     yy, xx = _grid(s)
-    img = np.full((s, s), 0.06, dtype=np.float32)
-    img[_ellipse(s, 0.56 * s, 0.5 * s, 0.52 * s, 0.47 * s)] = 0.5
+    k = _contrast(hard)
+    img = np.full((s, s), 0.05, dtype=np.float32)
+    img[_ellipse(s, 0.56 * s, 0.5 * s, 0.52 * s, 0.47 * s)] = 0.48
     cy, ry, rx = 0.46 * s, 0.30 * s, 0.16 * s
     jitter = rng.uniform(-0.02, 0.02) * s
     lungs = [(cy, 0.30 * s + jitter, -1), (cy, 0.70 * s + jitter, 1)]  # (cy, cx, side: -1 left of image)
-    ribs = 0.05 * np.sin(2 * np.pi * (yy + 0.3 * s * ((xx - 0.5 * s) / s) ** 2) / (s / 6.5))
-    ribs += 0.025 * _smooth_noise(rng, s, 10)
+    ribs = 0.03 * np.sin(2 * np.pi * (yy + 0.3 * s * ((xx - 0.5 * s) / s) ** 2) / (s / 6.5))
+    ribs += 0.015 * _smooth_noise(rng, s, 10)
     masks = [_ellipse(s, ly, lx, ry, rx) for ly, lx, _ in lungs]
     for m in masks:
-        img[m] = 0.2 + ribs[m]
-    img[(np.abs(xx - 0.5 * s - jitter) < 0.06 * s) & (yy > 0.12 * s)] = 0.62  # mediastinum / spine
-    heart_rx = (0.20 if hard else 0.245) * s if "Cardiomegaly" in labels else rng.uniform(0.13, 0.15) * s
-    heart = _ellipse(s, 0.66 * s, 0.53 * s + jitter, 0.14 * s, heart_rx)
-    _paint(img, heart, 0.62)
+        img[m] = 0.28 + ribs[m]
+    img[(np.abs(xx - 0.5 * s - jitter) < 0.06 * s) & (yy > 0.12 * s)] = 0.58  # mediastinum / spine
+    # Heart: normal size and grey; cardiomegaly makes it much wider and brighter.
+    big = "Cardiomegaly" in labels
+    heart_rx = _size(rng, hard, (0.25, 0.28), (0.19, 0.21)) * s if big else rng.uniform(0.13, 0.15) * s
+    heart = _ellipse(s, 0.68 * s, 0.53 * s + jitter, (0.15 if hard else 0.18) * s if big else 0.14 * s, heart_rx)
+    _paint(img, heart, 0.58)
     drawn = _Drawn([img])
-    if "Cardiomegaly" in labels:
+    if big:
+        _paint(img, heart, 0.96, alpha=k)
         drawn.lesions.append(_Lesion(0, heart, "Cardiomegaly"))
     sides = rng.permutation(2)
-    if "Pleural Effusion" in labels:
+    if "Pleural Effusion" in labels:  # homogeneous bright band filling one lung base, meniscus rising laterally
         (ly, lx, side), lung = lungs[sides[0]], masks[sides[0]]
-        level = ly + ry * (rng.uniform(0.45, 0.6) if hard else rng.uniform(0.15, 0.4))
+        level = ly + ry * _size(rng, hard, (-0.2, 0.05), (0.35, 0.5))
         lateral = lx + side * rx
         d = np.clip(1.0 - np.abs(xx - lateral) / (2 * rx), 0.0, 1.0)
-        effusion = lung & (yy > level - 0.12 * s * d**2)
-        _paint(img, effusion, 0.7, alpha=_contrast(hard))
+        effusion = lung & (yy > level - 0.12 * s * d**2) & ~heart  # the heart stays in front: one colour each
+        _paint(img, effusion, 0.78, alpha=k)
         drawn.lesions.append(_Lesion(0, effusion, "Pleural Effusion"))
-    if "Pneumothorax" in labels:
+    if "Pneumothorax" in labels:  # black lateral region without markings, lung collapsed towards the hilum
         (ly, lx, side), lung = lungs[sides[1]], masks[sides[1]]
-        f = rng.uniform(0.45, 0.6) if hard else rng.uniform(0.8, 1.1)
-        collapsed = _ellipse(s, ly + 0.25 * ry * f, lx - side * 0.3 * rx * f, ry * (1 - 0.3 * f), rx * (1 - 0.45 * f))
-        ptx = lung & ~collapsed & (yy < ly + 0.3 * ry)
-        _paint(img, ptx, 0.03, alpha=_contrast(hard))
-        pleura = ndimage.binary_dilation(ptx) & collapsed
-        _paint(img, pleura, 0.5, alpha=0.8, soften=0.0)
+        f = _size(rng, hard, (1.0, 1.2), (0.55, 0.7))
+        collapsed = _ellipse(s, ly + 0.2 * ry * f, lx - side * 0.35 * rx * f, ry * (1 - 0.3 * f),
+                             rx * (1 - 0.5 * f))
+        ptx = lung & ~collapsed & (yy < ly + 0.45 * ry) & ~heart
+        _paint(img, collapsed & lung & ~heart, 0.42, alpha=0.6 * k)
+        _paint(img, ptx, 0.0, alpha=k)
+        pleura = ndimage.binary_dilation(ptx) & collapsed & lung & ~heart
+        _paint(img, pleura, 0.6, alpha=0.8, soften=0.0)
         drawn.lesions.append(_Lesion(0, ptx, "Pneumothorax"))
     if hard:  # ECG electrode on the chest wall
         ey, ex = _place(rng, s, 0.05 * s, lambda y, x: 0.15 * s < y < 0.9 * s and 0.15 * s < x < 0.85 * s)
         r = 0.035 * s
         _paint(img, _ellipse(s, ey, ex, r, r) & ~_ellipse(s, ey, ex, 0.55 * r, 0.55 * r), 0.95, alpha=0.8)
-    drawn.images[0] = _finish(img + 0.02 * _smooth_noise(rng, s, 6), rng, 0.02)
+    drawn.images[0] = _finish(img + 0.01 * _smooth_noise(rng, s, 6), rng, 0.015)
     return drawn
 
 
@@ -611,33 +674,41 @@ def _render_mammography(rng: np.random.Generator, labels: tuple[str, ...], hard:
     yy, xx = _grid(s)
     right = bool(rng.random() < 0.5)  # chest wall on the right edge
     depth = (s - xx) if right else xx  # distance from the chest wall
-    breast = _ellipse(s, 0.5 * s, s if right else 0.0, 0.46 * s, rng.uniform(0.72, 0.82) * s)
+    reach = rng.uniform(0.78, 0.86) * s
+    breast = _ellipse(s, 0.5 * s, s if right else 0.0, 0.47 * s, reach)
     img = np.full((s, s), 0.02, dtype=np.float32)
-    tissue = 0.3 + 0.08 * _smooth_noise(rng, s, 5) + 0.04 * _smooth_noise(rng, s, 14) - 0.12 * depth / s
+    tissue = 0.3 + 0.035 * _smooth_noise(rng, s, 5) + 0.015 * _smooth_noise(rng, s, 14) - 0.08 * depth / s
     img[breast] = tissue[breast]
-    pectoral = breast & (depth < 0.32 * s * (1.0 - yy / (0.5 * s)))
-    img[pectoral] = 0.55
+    pectoral = breast & (depth < 0.3 * s * (1.0 - yy / (0.45 * s)))
+    img[pectoral] = 0.45
     drawn = _Drawn([img])
-    label = labels[0]
+    label, k = labels[0], _contrast(hard)
     if label != DOMAIN_SPECS["mammography"].normal:
-        k = 0.6 if hard else 1.0
-        if label == "BI-RADS 2":
-            r, aspect, lobes, spikes = rng.uniform(0.09, 0.11) * s, rng.uniform(0.65, 0.85), 0.04, 0.0
-        else:
-            r, aspect, lobes, spikes = rng.uniform(0.05, 0.065) * s, rng.uniform(0.85, 1.0), 0.2, 1.0
+        benign = label == "BI-RADS 2"
+        if benign:  # large, smooth, mid-grey oval
+            r, aspect, lobes, spikes = _size(rng, hard, (0.18, 0.21), (0.11, 0.13)), rng.uniform(0.7, 0.85), 0.04, 0.0
+        else:  # very dense spiculated mass
+            r, aspect, lobes, spikes = _size(rng, hard, (0.14, 0.16), (0.09, 0.1)), rng.uniform(0.85, 1.0), 0.1, 0.4
+        r *= s
         ext = _extent(r, 1.0, lobes, spikes)
-        cy, cx = _place(rng, s, ext, lambda y, x: 0.3 * s < (s - x if right else x) < 0.55 * s)
-        mass = _blob(rng, s, cy, cx, r, aspect=aspect, lobes=lobes, spikes=spikes, n_spikes=int(rng.integers(9, 14)))
-        if label == "BI-RADS 2":
+
+        def inside(y: float, x: float) -> bool:
+            d = s - x if right else x
+            return ((y - 0.5 * s) / (0.47 * s - ext)) ** 2 + (d / (reach - ext)) ** 2 < 1 and d > 0.3 * s + 0.5 * ext
+
+        cy, cx = _place(rng, s, ext, inside)
+        mass = _blob(rng, s, cy, cx, r, aspect=aspect, lobes=lobes, spikes=spikes,
+                     n_spikes=int(rng.integers(9, 14))) & breast
+        if benign:
             halo = ndimage.binary_dilation(mass, iterations=2) & ~mass
-            _paint(img, halo, 0.12, alpha=0.8 * k)
-            _paint(img, mass, 0.7, alpha=0.95 * k)
+            _paint(img, halo, 0.1, alpha=0.8 * k)
+            _paint(img, mass, 0.62, alpha=k)
         else:
-            _paint(img, mass, 0.85, alpha=0.95 * k)
-            n = int(rng.integers(6, 11))
+            _paint(img, mass, 0.96, alpha=k)
+            n = int(rng.integers(8, 14))
             ang, rad = rng.uniform(0, 2 * np.pi, n), r * 0.7 * np.sqrt(rng.uniform(0, 1, n))
             calc = _dots(s, list(zip(cy + rad * np.sin(ang), cx + rad * np.cos(ang))), [0.8] * n) & mass
-            _paint(img, calc, 1.0, alpha=0.9 * k, soften=0.0)
+            _paint(img, calc, 1.0, alpha=k, soften=0.0)
         drawn.lesions.append(_Lesion(0, mass, label))
     if hard:  # skin marker (metal BB) near the skin line
         by, bx = _place(rng, s, 0.04 * s,
@@ -647,54 +718,54 @@ def _render_mammography(rng: np.random.Generator, labels: tuple[str, ...], hard:
     return drawn
 
 
-_SKIN_TONES = ((0.93, 0.78, 0.68), (0.87, 0.68, 0.55), (0.75, 0.55, 0.42), (0.58, 0.41, 0.30))
+_SKIN_TONES = ((0.94, 0.80, 0.70), (0.91, 0.75, 0.63), (0.86, 0.68, 0.56))
 
 
 def _render_dermoscopy(rng: np.random.Generator, labels: tuple[str, ...], hard: bool, cfg: ClimbMiniConfig) -> _Drawn:
     s = cfg.image_size
     yy, xx = _grid(s)
     tone = np.asarray(_SKIN_TONES[int(rng.integers(len(_SKIN_TONES)))], dtype=np.float32)
-    img = tone[None, None, :] * (1.0 + 0.04 * _smooth_noise(rng, s, 8)[..., None])
+    img = tone[None, None, :] * (1.0 + 0.025 * _smooth_noise(rng, s, 8)[..., None])
     img = img.astype(np.float32)
-    label, k = labels[0], (0.55 if hard else 0.95)
-    cy, cx = s / 2 + rng.uniform(-0.12, 0.12, 2) * s
-    if label == "melanoma":
-        r = rng.uniform(0.21, 0.25) * s
-        lesion = _blob(rng, s, cy, cx, r, aspect=rng.uniform(1.15, 1.35), lobes=0.3)
-        base = np.broadcast_to(np.array([0.32, 0.18, 0.11], np.float32), img.shape).copy()
+    label, k = labels[0], _contrast(hard)
+    cy, cx = s / 2 + rng.uniform(-0.08, 0.08, 2) * s
+    if label == "melanoma":  # large, asymmetric, near-black with blue-grey and red areas
+        r = _size(rng, hard, (0.2, 0.23), (0.12, 0.14)) * s
+        lesion = _blob(rng, s, cy, cx, r, aspect=rng.uniform(1.1, 1.3), lobes=0.3)
+        base = np.broadcast_to(np.array([0.22, 0.12, 0.09], np.float32), img.shape).copy()
         n1, n2 = _smooth_noise(rng, s, 7), _smooth_noise(rng, s, 7)
-        base[n1 > 0.5] = (0.08, 0.06, 0.06)  # black
-        base[n2 > 0.7] = (0.45, 0.50, 0.62)  # blue-grey veil
-        base[(n1 < -0.9) & (n2 < 0)] = (0.72, 0.32, 0.32)  # red
+        base[n1 > 0.6] = (0.07, 0.05, 0.05)  # black
+        base[n2 > 0.9] = (0.36, 0.40, 0.52)  # blue-grey veil
+        base[(n1 < -1.0) & (n2 < 0)] = (0.55, 0.18, 0.18)  # red
         _paint(img, lesion, base, alpha=k)
-    elif label == "melanocytic nevus":
-        r = rng.uniform(0.15, 0.18) * s
-        lesion = _blob(rng, s, cy, cx, r, aspect=rng.uniform(0.9, 1.1), lobes=0.04)
+    elif label == "melanocytic nevus":  # round, symmetric, uniform medium brown
+        r = _size(rng, hard, (0.17, 0.2), (0.1, 0.12)) * s
+        lesion = _blob(rng, s, cy, cx, r, aspect=rng.uniform(0.92, 1.08), lobes=0.04)
         dist = np.hypot(yy - cy, xx - cx) / r
-        shade = (0.50 - 0.08 * np.clip(1 - dist, 0, 1))[..., None] * np.array([1.0, 0.64, 0.40], np.float32)
+        shade = (0.54 - 0.05 * np.clip(1 - dist, 0, 1))[..., None] * np.array([1.0, 0.6, 0.32], np.float32)
         _paint(img, lesion, shade, alpha=k, soften=1.0)
-    else:  # basal cell carcinoma
-        r = rng.uniform(0.14, 0.17) * s
+    else:  # basal cell carcinoma: pink pearly nodule, red arborizing vessels, blue-grey nests
+        r = _size(rng, hard, (0.17, 0.2), (0.1, 0.12)) * s
         lesion = _blob(rng, s, cy, cx, r, aspect=rng.uniform(0.9, 1.15), lobes=0.1)
-        _paint(img, lesion, (0.96, 0.62, 0.70), alpha=k, soften=1.2)
+        _paint(img, lesion, (0.95, 0.45, 0.6), alpha=k, soften=1.2)
         paths = []
-        for _ in range(int(rng.integers(3, 6))):
+        for _ in range(int(rng.integers(4, 7))):
             a = rng.uniform(0, 2 * np.pi)
             start = (cx + 0.1 * r * math.cos(a), cy + 0.1 * r * math.sin(a))
             end = (cx + 0.85 * r * math.cos(a + 0.4), cy + 0.85 * r * math.sin(a + 0.4))
             paths.append(_curve(rng, start, end, rng.uniform(-0.3, 0.3)))
-        _paint(img, _lines(s, paths) & lesion, (0.78, 0.10, 0.15), alpha=k, soften=0.0)
-        n = int(rng.integers(2, 5))
-        ang, rad = rng.uniform(0, 2 * np.pi, n), rng.uniform(0.3, 0.7, n) * r
-        nests = _dots(s, list(zip(cy + rad * np.sin(ang), cx + rad * np.cos(ang))), rng.uniform(1.5, 2.5, n) * s / 112)
-        _paint(img, nests & lesion, (0.35, 0.40, 0.52), alpha=k)
+        _paint(img, _lines(s, paths) & lesion, (0.72, 0.06, 0.12), alpha=k, soften=0.0)
+        n = int(rng.integers(4, 7))
+        ang, rad = rng.uniform(0, 2 * np.pi, n), rng.uniform(0.2, 0.7, n) * r
+        nests = _dots(s, list(zip(cy + rad * np.sin(ang), cx + rad * np.cos(ang))), rng.uniform(0.12, 0.2, n) * r)
+        _paint(img, nests & lesion, (0.48, 0.52, 0.70), alpha=k)
     drawn = _Drawn([img], [_Lesion(0, lesion, label)])
     if hard:  # hairs across the field
         paths = [_curve(rng, tuple(rng.uniform(0, s, 2)), tuple(rng.uniform(0, s, 2)), rng.uniform(-0.2, 0.2))
                  for _ in range(int(rng.integers(2, 5)))]
         _paint(img, _lines(s, paths), (0.15, 0.10, 0.08), alpha=0.8, soften=0.0)
     vignette = np.clip((np.hypot(yy - s / 2, xx - s / 2) - 0.48 * s) / (0.08 * s), 0, 1)[..., None]
-    drawn.images[0] = _finish(img * (1 - vignette), rng, 0.015)
+    drawn.images[0] = _finish(img * (1 - vignette), rng, 0.012)
     return drawn
 
 
@@ -704,51 +775,50 @@ def _render_fundus(rng: np.random.Generator, labels: tuple[str, ...], hard: bool
     rr = np.hypot(yy - s / 2, xx - s / 2) / (0.46 * s)
     retina = rr <= 1.0
     base = np.array([0.80, 0.36, 0.15], np.float32)
-    img = base * (1.0 - 0.35 * rr**2 + 0.03 * _smooth_noise(rng, s, 6))[..., None]
+    img = base * (1.0 - 0.2 * rr**2 + 0.02 * _smooth_noise(rng, s, 6))[..., None]
     img[~retina] = 0.0
     img = img.astype(np.float32)
     left = bool(rng.random() < 0.5)
     dy, dx = s / 2 + rng.uniform(-0.04, 0.04) * s, (0.27 if left else 0.73) * s
     my, mx = s / 2 + rng.uniform(-0.03, 0.03) * s, (0.55 if left else 0.45) * s
-    _paint(img, _ellipse(s, my, mx, 0.08 * s, 0.08 * s), (0.55, 0.22, 0.08), alpha=0.6, soften=2.0)  # macula
+    _paint(img, _ellipse(s, my, mx, 0.08 * s, 0.08 * s), (0.62, 0.26, 0.10), alpha=0.6, soften=2.0)  # macula
     vessels = []
     for up in (-1, 1):
         for reach in (0.62, 0.4):
             end = (mx + (0.35 if left else -0.35) * s * reach / 0.62, my + up * reach * 0.55 * s)
             vessels.append(_curve(rng, (dx, dy), end, up * (0.25 if left else -0.25)))
-    _paint(img, _lines(s, vessels, width=max(1, s // 56)) & retina, (0.55, 0.10, 0.05), alpha=0.8, soften=0.0)
-    _paint(img, _ellipse(s, dy, dx, 0.07 * s, 0.065 * s), (0.98, 0.86, 0.58), alpha=0.95, soften=1.0)  # disc
+    _paint(img, _lines(s, vessels, width=max(1, s // 56)) & retina, (0.58, 0.14, 0.06), alpha=0.8, soften=0.0)
+    _paint(img, _ellipse(s, dy, dx, 0.065 * s, 0.06 * s), (0.98, 0.88, 0.68), alpha=0.95, soften=1.0)  # disc
     drawn = _Drawn([img])
     label, k = labels[0], _contrast(hard)
+    if label != DOMAIN_SPECS["fundus"].normal:
+        r = _size(rng, hard, (0.17, 0.2), (0.11, 0.13)) * s
+        ext = _extent(r, lobes=0.2)
 
-    def away_from_disc(y: float, x: float) -> bool:
-        return math.hypot(y - s / 2, x - s / 2) < 0.3 * s and math.hypot(y - dy, x - dx) > 0.16 * s
+        def away_from_disc(y: float, x: float) -> bool:
+            return (math.hypot(y - s / 2, x - s / 2) < 0.44 * s - ext
+                    and math.hypot(y - dy, x - dx) > 0.07 * s + ext)
 
-    if label == "Moderate DR":
-        cy, cx = _place(rng, s, 0.14 * s, away_from_disc)
-        n_h = int(rng.integers(4, 7)) if hard else int(rng.integers(6, 10))
-        n_e = int(rng.integers(3, 6)) if hard else int(rng.integers(4, 8))
+        cy, cx = _place(rng, s, ext, away_from_disc)
         unit = s / 112
-        def spots(n: int) -> list[tuple[float, float]]:
-            ang, rad = rng.uniform(0, 2 * np.pi, n), 0.12 * s * np.sqrt(rng.uniform(0, 1, n))
-            return list(zip(cy + rad * np.sin(ang), cx + rad * np.cos(ang)))
-        haem = _dots(s, spots(n_h), rng.uniform(1.5, 3.0, n_h) * unit)
-        exud = _dots(s, spots(n_e), rng.uniform(1.0, 2.2, n_e) * unit)
-        _paint(img, haem, (0.42, 0.04, 0.04), alpha=k, soften=0.0)
-        _paint(img, exud, (1.0, 0.95, 0.55), alpha=k, soften=0.0)
-        drawn.lesions.append(_Lesion(0, haem | exud, label))
-    elif label == "Proliferative DR":
-        cy, cx = _place(rng, s, 0.14 * s, away_from_disc)
-        paths = [_curve(rng, (cx + rng.uniform(-0.08, 0.08) * s, cy + rng.uniform(-0.08, 0.08) * s),
-                        (cx + rng.uniform(-0.08, 0.08) * s, cy + rng.uniform(-0.08, 0.08) * s), rng.uniform(-0.6, 0.6))
-                 for _ in range(int(rng.integers(8, 13)))]
-        nv = _lines(s, paths)
-        hy, hx = cy + rng.uniform(0.02, 0.05) * s, cx + rng.uniform(-0.03, 0.03) * s
-        hr = (0.06 if hard else 0.08) * s
-        haem = _ellipse(s, hy, hx, 0.7 * hr, hr) & (yy > hy - 0.25 * hr)  # boat shape: flat upper level
-        _paint(img, nv, (0.55, 0.02, 0.06), alpha=k, soften=0.0)
-        _paint(img, haem, (0.38, 0.02, 0.02), alpha=k)
-        drawn.lesions.append(_Lesion(0, nv | haem, label))
+        if label == "Moderate DR":  # confluent yellow hard exudates with dark-red dot-blot haemorrhages
+            region = _blob(rng, s, cy, cx, r, lobes=0.2) & retina
+            canvas = np.broadcast_to(np.array([1.0, 0.86, 0.28], np.float32), img.shape).copy()
+            n = int(rng.integers(8, 14))
+            ang, rad = rng.uniform(0, 2 * np.pi, n), 0.85 * r * np.sqrt(rng.uniform(0, 1, n))
+            canvas[_dots(s, list(zip(cy + rad * np.sin(ang), cx + rad * np.cos(ang))),
+                         rng.uniform(1.5, 3.0, n) * unit)] = (0.45, 0.04, 0.04)
+            _paint(img, region, canvas, alpha=k)
+        else:  # Proliferative DR: large dark-red preretinal haemorrhage with a tangle of new vessels
+            haem = _ellipse(s, cy, cx, 0.75 * r, r) & (yy > cy - 0.45 * r) & retina  # boat shape: flat top
+            paths = [_curve(rng, (cx + rng.uniform(-1, 1) * r, cy + rng.uniform(-1, 0) * r),
+                            (cx + rng.uniform(-1, 1) * r, cy + rng.uniform(-1, 0.2) * r), rng.uniform(-0.6, 0.6))
+                     for _ in range(int(rng.integers(8, 13)))]
+            nv = _lines(s, paths, width=max(1, round(unit))) & retina
+            _paint(img, nv, (0.55, 0.02, 0.06), alpha=k, soften=0.0)
+            _paint(img, haem, (0.30, 0.02, 0.02), alpha=k)
+            region = nv | haem
+        drawn.lesions.append(_Lesion(0, region, label))
     if hard:  # dust on the lens: a soft grey spot
         gy, gx = _place(rng, s, 0.06 * s, lambda y, x: math.hypot(y - s / 2, x - s / 2) < 0.35 * s)
         _paint(img, _ellipse(s, gy, gx, 0.04 * s, 0.04 * s), (0.35, 0.3, 0.28), alpha=0.35, soften=1.5)
@@ -759,65 +829,67 @@ def _render_fundus(rng: np.random.Generator, labels: tuple[str, ...], hard: bool
 def _render_pathology(rng: np.random.Generator, labels: tuple[str, ...], hard: bool, cfg: ClimbMiniConfig) -> _Drawn:
     s = cfg.image_size
     unit = s / 112
-    stroma = np.array([0.92, 0.68, 0.80], np.float32)
-    img = np.broadcast_to(stroma, (s, s, 3)) * (1.0 + 0.03 * _smooth_noise(rng, s, 10)[..., None])
+    stroma = np.array([0.93, 0.74, 0.85], np.float32)
+    img = np.broadcast_to(stroma, (s, s, 3)) * (1.0 + 0.02 * _smooth_noise(rng, s, 10)[..., None])
     img = img.astype(np.float32)
     alveoli = _smooth_noise(rng, s, 9) > 0.15
-    _paint(img, alveoli, (0.97, 0.92, 0.96), alpha=0.95, soften=0.5)
-    n = int(60 * unit * unit)
+    _paint(img, alveoli, (0.98, 0.93, 0.97), alpha=0.6, soften=0.8)
+    n = int(30 * unit * unit)
     pts = rng.uniform(0, s, (n, 2))
     walls = ~alveoli[pts[:, 0].astype(int), pts[:, 1].astype(int)]
-    nuclei = _dots(s, [tuple(p) for p in pts[walls]], [1.4 * unit] * int(walls.sum()))
-    _paint(img, nuclei, (0.40, 0.22, 0.58), alpha=0.9, soften=0.0)
+    nuclei = _dots(s, [tuple(p) for p in pts[walls]], [1.2 * unit] * int(walls.sum()))
+    _paint(img, nuclei, (0.45, 0.28, 0.62), alpha=0.8, soften=0.0)
     label, k = labels[0], _contrast(hard)
     drawn = _Drawn([img])
     if label != DOMAIN_SPECS["pathology"].normal:
-        r = rng.uniform(0.2, 0.25) * s
+        r = _size(rng, hard, (0.23, 0.26), (0.13, 0.15)) * s
         cy, cx = _place(rng, s, _extent(r, lobes=0.2))
         region = _blob(rng, s, cy, cx, r, lobes=0.2)
         yy, xx = _grid(s)
-        if label == "lung adenocarcinoma":
-            canvas = np.broadcast_to(np.array([0.70, 0.50, 0.78], np.float32), img.shape).copy()
-            m = int(rng.integers(4, 8))
-            ang, rad = rng.uniform(0, 2 * np.pi, m), 0.6 * r * np.sqrt(rng.uniform(0, 1, m))
+        if label == "lung adenocarcinoma":  # dense dark-purple sheet of glands with small white lumens
+            canvas = np.broadcast_to(np.array([0.42, 0.22, 0.62], np.float32), img.shape).copy()
+            m = int(rng.integers(4, 7))
+            ang, rad = rng.uniform(0, 2 * np.pi, m), 0.65 * r * np.sqrt(rng.uniform(0, 1, m))
             cen = list(zip(cy + rad * np.sin(ang), cx + rad * np.cos(ang)))
-            lumen_r = rng.uniform(3.0, 5.0, m) * unit
-            ring = _dots(s, cen, lumen_r + 2.0 * unit) & ~_dots(s, cen, lumen_r)
-            canvas[ring] = (0.30, 0.14, 0.50)
-            canvas[_dots(s, cen, lumen_r)] = (0.98, 0.95, 0.98)
-        else:  # squamous cell carcinoma
-            canvas = np.broadcast_to(np.array([0.90, 0.50, 0.62], np.float32), img.shape).copy()
-            m = int(45 * unit * unit)
+            lumen_r = rng.uniform(2.0, 3.5, m) * unit
+            canvas[_dots(s, cen, lumen_r + 1.5 * unit) & ~_dots(s, cen, lumen_r)] = (0.25, 0.10, 0.45)
+            canvas[_dots(s, cen, lumen_r)] = (0.96, 0.93, 0.97)
+        else:  # squamous cell carcinoma: solid red-pink keratinising sheet, dark nuclei, keratin pearls
+            canvas = np.broadcast_to(np.array([0.90, 0.30, 0.40], np.float32), img.shape).copy()
+            m = int(30 * unit * unit)
             nuc = rng.uniform(cy - r, cy + r, m), rng.uniform(cx - r, cx + r, m)
-            canvas[_dots(s, list(zip(*nuc)), [2.0 * unit] * m)] = (0.26, 0.10, 0.42)
+            canvas[_dots(s, list(zip(*nuc)), [1.6 * unit] * m)] = (0.45, 0.10, 0.30)
             for _ in range(int(rng.integers(1, 3))):
                 py, px = cy + rng.uniform(-0.5, 0.5) * r, cx + rng.uniform(-0.5, 0.5) * r
                 d = np.hypot(yy - py, xx - px)
                 pearl = d < 5.5 * unit
-                canvas[pearl & (np.sin(d / unit * 1.6) > 0)] = (0.99, 0.62, 0.55)
-                canvas[pearl & (np.sin(d / unit * 1.6) <= 0)] = (0.86, 0.40, 0.52)
+                canvas[pearl & (np.sin(d / unit * 1.6) > 0)] = (0.99, 0.55, 0.40)
+                canvas[pearl & (np.sin(d / unit * 1.6) <= 0)] = (0.85, 0.32, 0.36)
         _paint(img, region, canvas, alpha=k, soften=0.8)
         drawn.lesions.append(_Lesion(0, region, label))
     if hard:  # tissue fold: a darker pink band
         p0, p1 = tuple(rng.uniform(0, s, 2)), tuple(rng.uniform(0, s, 2))
-        _paint(img, _lines(s, [_curve(rng, p0, p1, 0.1)], width=int(4 * unit)), (0.78, 0.42, 0.66), alpha=0.45)
+        _paint(img, _lines(s, [_curve(rng, p0, p1, 0.1)], width=int(4 * unit)), (0.80, 0.50, 0.70), alpha=0.45)
     drawn.images[0] = _finish(img, rng, 0.012)
     return drawn
 
 
-def _slice_plan(rng: np.random.Generator, n: int) -> list[tuple[int, float]]:
-    """Slices showing the lesion as (index, size factor): 1 or 2 consecutive slices, the larger first."""
-    if n == 1 or rng.random() < 0.35:
-        return [(int(rng.integers(n)), 1.0)]
+def _slice_plan(rng: np.random.Generator, n: int, hard: bool) -> list[tuple[int, float]]:
+    """Slices showing the lesion as (index, size factor), the larger first: 2 consecutive slices (1 if n == 1).
+
+    Two, not more, so that the reference answer (one box per slice) stays short.
+    """
+    if n == 1:
+        return [(0, 1.0)]
     k = int(rng.integers(n - 1))
     main, other = (k, k + 1) if rng.random() < 0.5 else (k + 1, k)
-    return [(main, 1.0), (other, 0.65)]
+    return [(main, 1.0), (other, 0.7 if hard else 0.85)]
 
 
 def _head(s: int, k: int, n: int) -> tuple[float, float, float]:
     """(centre, ry, rx) of the inner skull on slice k of n (the head is widest near the middle)."""
-    f = 0.78 + 0.22 * math.sin(math.pi * (k + 0.5) / n)
-    return s / 2, 0.40 * s * f, 0.33 * s * f
+    f = 0.84 + 0.16 * math.sin(math.pi * (k + 0.5) / n)
+    return s / 2, 0.40 * s * f, 0.34 * s * f
 
 
 def _render_volume(rng: np.random.Generator, labels: tuple[str, ...], hard: bool, cfg: ClimbMiniConfig,
@@ -826,10 +898,11 @@ def _render_volume(rng: np.random.Generator, labels: tuple[str, ...], hard: bool
     ct = domain == "ct"
     label = labels[0]
     normal = label == DOMAIN_SPECS[domain].normal
-    plan = [] if normal else _slice_plan(rng, n)
+    plan = [] if normal else _slice_plan(rng, n, hard)
     # One lesion geometry for the volume; slices show it at different sizes.
     angle = rng.uniform(0, 2 * np.pi)
-    rel = rng.uniform(0.0, 0.45)  # intra-axial centre, as a fraction of the brain radius
+    rel = rng.uniform(0.0, 0.25)  # intra-axial centre, as a fraction of the brain radius
+    radius = _size(rng, hard, (0.17, 0.2), (0.11, 0.13))
     slices, lesions = [], []
     for k in range(n):
         c, ry, rx = _head(s, k, n)
@@ -837,67 +910,69 @@ def _render_volume(rng: np.random.Generator, labels: tuple[str, ...], hard: bool
         skull = _ellipse(s, c, c, ry + 0.05 * s, rx + 0.05 * s) & ~brain
         img = np.zeros((s, s), np.float32)
         if ct:
-            img[brain] = 0.45 + 0.025 * _smooth_noise(rng, s, 6)[brain]
-            img[skull] = 0.95
+            img[brain] = 0.4 + 0.015 * _smooth_noise(rng, s, 6)[brain]
+            img[skull] = 1.0
         else:
-            img[brain] = 0.42 + 0.04 * _smooth_noise(rng, s, 6)[brain]
+            img[brain] = 0.45 + 0.02 * _smooth_noise(rng, s, 6)[brain]
             cortex = brain & ~_ellipse(s, c, c, ry - 0.04 * s, rx - 0.04 * s)
-            img[cortex] = 0.34
+            img[cortex] = 0.38
             scalp = _ellipse(s, c, c, ry + 0.08 * s, rx + 0.08 * s) & ~_ellipse(s, c, c, ry + 0.05 * s, rx + 0.05 * s)
             img[scalp] = 0.5
         if 0 < k < n - 1 or n <= 2:  # ventricles on the middle slices
-            vent = (_ellipse(s, c - 0.02 * s, c - 0.06 * s, 0.1 * s, 0.035 * s)
-                    | _ellipse(s, c - 0.02 * s, c + 0.06 * s, 0.1 * s, 0.035 * s))
-            img[vent & brain] = 0.18 if ct else 0.12
+            vent = (_ellipse(s, c - 0.02 * s, c - 0.06 * s, 0.09 * s, 0.03 * s)
+                    | _ellipse(s, c - 0.02 * s, c + 0.06 * s, 0.09 * s, 0.03 * s))
+            img[vent & brain] = 0.15
         size = dict(plan).get(k)
         if size is not None:
-            mask = _volume_lesion(rng, img, s, c, ry, rx, brain, label, hard, size, angle, rel, ct)
+            mask = _volume_lesion(rng, img, s, c, ry, rx, brain, label, hard, radius * size, angle, rel)
             lesions.append(_Lesion(k, mask, label))
         slices.append(img)
     if hard:  # a small dark lacune on a random slice
         k = int(rng.integers(n))
         c, ry, rx = _head(s, k, n)
         ly, lx = _place(rng, s, 0.05 * s, lambda y, x: ((y - c) / ry) ** 2 + ((x - c) / rx) ** 2 < 0.4)
-        _paint(slices[k], _ellipse(s, ly, lx, 0.04 * s, 0.04 * s), 0.2 if ct else 0.1, alpha=0.8)
-    slices = [_finish(img, rng, 0.02) for img in slices]
+        _paint(slices[k], _ellipse(s, ly, lx, 0.035 * s, 0.035 * s), 0.25 if ct else 0.2, alpha=0.7)
+    slices = [_finish(img, rng, 0.015) for img in slices]
     order = {k: i for i, (k, _) in enumerate(plan)}
     lesions.sort(key=lambda les: order[les.image])
     return _Drawn(slices, lesions)
 
 
 def _volume_lesion(rng: np.random.Generator, img: np.ndarray, s: int, c: float, ry: float, rx: float,
-                   brain: np.ndarray, label: str, hard: bool, size: float, angle: float, rel: float,
-                   ct: bool) -> np.ndarray:
-    """Draw one slice's cross-section of a CT/MRI lesion into ``img``; return its mask."""
+                   brain: np.ndarray, label: str, hard: bool, radius: float, angle: float, rel: float) -> np.ndarray:
+    """Draw one slice's cross-section of a CT/MRI lesion (radius: fraction of the side) into ``img``; return its mask.
+
+    Grey levels tell the classes apart: CT subdural blood is moderately bright (0.68), intraparenchymal blood very
+    bright (0.95); an MRI meningioma is homogeneously very bright (0.95), a glioma mostly dark (necrosis) inside a
+    thin bright rim.
+    """
     yy, xx = _grid(s)
     k = _contrast(hard)
-    if label == "subdural hemorrhage":
-        width = (0.07 if hard else 0.1) * s * size
+    r = radius * s
+    if label == "subdural hemorrhage":  # thick crescent along the inner skull
+        width = r
         inner = _ellipse(s, c - 0.9 * width * math.sin(angle), c - 0.9 * width * math.cos(angle), ry - 0.2 * width,
                          rx - 0.2 * width)  # shifted away from the lesion side
         theta = np.arctan2(yy - c, xx - c)
-        arc = np.cos(theta - angle) > 0.55
-        mask = brain & ~inner & arc
-        _paint(img, mask, 0.82, alpha=k)
+        mask = brain & ~inner & (np.cos(theta - angle) > 0.05)
+        _paint(img, mask, 0.68, alpha=k)
         return mask
-    if label == "meningioma":
-        r = (0.12 if not hard else 0.1) * s * size
-        cy, cx = c + (ry - 0.3 * r) * math.sin(angle), c + (rx - 0.3 * r) * math.cos(angle)
+    if label == "meningioma":  # dural-based, against the inner skull
+        r *= 1.15
+        cy, cx = c + (ry - 0.75 * r) * math.sin(angle), c + (rx - 0.75 * r) * math.cos(angle)
         mask = _blob(rng, s, cy, cx, r, lobes=0.05) & brain
-        _paint(img, mask, 0.92, alpha=k)
+        _paint(img, mask, 0.95, alpha=k)
         return mask
     cy, cx = c + rel * ry * math.sin(angle), c + rel * rx * math.cos(angle)
     if label == "intraparenchymal hemorrhage":
-        r = (0.07 if hard else 0.09) * s * size
-        mask = _blob(rng, s, cy, cx, r, lobes=0.12, aspect=rng.uniform(0.75, 1.0)) & brain
-        _paint(img, mask, 0.85, alpha=k)
+        mask = _blob(rng, s, cy, cx, r, lobes=0.12, aspect=rng.uniform(0.8, 1.0)) & brain
+        _paint(img, mask, 0.95, alpha=k)
         return mask
-    # glioma: ring enhancement around a dark necrotic core
-    r = (0.11 if hard else 0.13) * s * size
-    mask = _blob(rng, s, cy, cx, r, lobes=0.3) & brain
-    core = ndimage.binary_erosion(mask, iterations=max(1, round(0.35 * r)))
-    _paint(img, mask, 0.88, alpha=k, soften=0.4)
-    _paint(img, core, 0.12, alpha=k, soften=0.4)
+    # glioma: thin enhancing rim around a large dark necrotic core
+    mask = _blob(rng, s, cy, cx, r, lobes=0.25) & brain
+    core = ndimage.binary_erosion(mask, iterations=max(1, round(0.12 * r)))
+    _paint(img, mask, 0.95, alpha=k, soften=0.4)
+    _paint(img, core, 0.06, alpha=k, soften=0.4)
     return mask
 
 
@@ -914,38 +989,39 @@ def _render_ultrasound(rng: np.random.Generator, labels: tuple[str, ...], hard: 
     pad = max(2, s // 28)  # probe motion between frames, in pixels
     big = s + 2 * pad
     yy, xx = _grid(big)
-    tissue = np.full((big, big), 0.42, np.float32)
-    tissue[yy < 0.12 * big] = 0.7  # skin
-    tissue[(yy >= 0.12 * big) & (yy < 0.3 * big)] = 0.25  # subcutaneous fat
-    tissue += 0.08 * _smooth_noise(rng, big, 7)
+    tissue = np.full((big, big), 0.5, np.float32)
+    tissue[yy < 0.12 * big] = 0.75  # skin
+    tissue[(yy >= 0.12 * big) & (yy < 0.3 * big)] = 0.35  # subcutaneous fat
+    tissue += 0.04 * _smooth_noise(rng, big, 7)
     label, k = labels[0], _contrast(hard)
     lesion = None
     if label != DOMAIN_SPECS["ultrasound"].normal:
-        if label == "benign":
-            r, aspect, lobes, spikes, angle = rng.uniform(0.11, 0.14) * s, rng.uniform(0.55, 0.7), 0.05, 0.0, 0.0
-        else:
-            r, aspect, lobes, spikes, angle = rng.uniform(0.07, 0.09) * s, rng.uniform(1.25, 1.45), 0.25, 0.5, 0.0
+        if label == "benign":  # wide, smooth, grey (hypoechoic) oval over a bright posterior band
+            r, aspect, lobes, spikes = _size(rng, hard, (0.19, 0.22), (0.12, 0.14)), rng.uniform(0.6, 0.7), 0.05, 0.0
+        else:  # taller-than-wide, spiculated, black mass over a dark posterior shadow
+            r, aspect, lobes, spikes = _size(rng, hard, (0.12, 0.14), (0.075, 0.09)), rng.uniform(1.3, 1.5), 0.2, 0.4
+        r *= s
         ext = _extent(r, aspect, lobes, spikes)
-        cy, cx = _place(rng, big, ext, lambda y, x: 0.4 * big < y < 0.7 * big and 0.3 * big < x < 0.7 * big,
+        cy, cx = _place(rng, big, ext, lambda y, x: 0.36 * big < y < 0.6 * big and 0.3 * big < x < 0.7 * big,
                         margin=pad + 1)
-        lesion = _blob(rng, big, cy, cx, r, aspect=aspect, angle=angle, lobes=lobes, spikes=spikes,
+        lesion = _blob(rng, big, cy, cx, r, aspect=aspect, angle=0.0, lobes=lobes, spikes=spikes,
                        n_spikes=int(rng.integers(7, 12)))
         cols = lesion.any(axis=0)
-        below = (yy > cy + 0.5 * ext) & cols[None, :] & (yy < cy + 2.5 * ext)
+        below = (yy > cy) & cols[None, :] & (yy < cy + 2.2 * ext) & ~lesion
         if label == "benign":
-            _paint(tissue, below, 0.62, alpha=0.6 * k, soften=1.5)  # posterior enhancement
-            _paint(tissue, lesion, 0.12, alpha=k)
+            _paint(tissue, below, 0.9, alpha=0.8 * k, soften=1.5)  # posterior enhancement
+            _paint(tissue, lesion, 0.25, alpha=k)
         else:
-            _paint(tissue, below, 0.08, alpha=0.6 * k, soften=1.5)  # posterior shadow
-            _paint(tissue, lesion, 0.05, alpha=k)
+            _paint(tissue, below, 0.1, alpha=0.8 * k, soften=1.5)  # posterior shadow
+            _paint(tissue, lesion, 0.0, alpha=k)
     if hard:  # hyperechoic fat lobule
         hy, hx = _place(rng, big, 0.06 * s, lambda y, x: 0.35 * big < y < 0.85 * big, margin=pad + 1)
-        _paint(tissue, _ellipse(big, hy, hx, 0.035 * s, 0.055 * s), 0.75, alpha=0.6)
+        _paint(tissue, _ellipse(big, hy, hx, 0.035 * s, 0.055 * s), 0.8, alpha=0.6)
     sy, sx = _grid(s)
     ang = np.arctan2(sx - s / 2, sy + 0.15 * s)
     dist = np.hypot(sx - s / 2, sy + 0.15 * s)
     fan = (np.abs(ang) < math.radians(40)) & (dist > 0.2 * s) & (dist < 1.12 * s)
-    gain = np.exp(-0.6 * sy / s)  # depth attenuation
+    gain = np.exp(-0.3 * sy / s)  # depth attenuation
     drawn = _Drawn([])
     for f in range(n):
         oy, ox = pad, pad
@@ -953,7 +1029,7 @@ def _render_ultrasound(rng: np.random.Generator, labels: tuple[str, ...], hard: 
             oy, ox = pad + int(rng.integers(-pad, pad + 1)), pad + int(rng.integers(-pad, pad + 1))
         frame = tissue[oy:oy + s, ox:ox + s] * gain
         speckle = rng.rayleigh(1.0, (s, s)).astype(np.float32) / math.sqrt(math.pi / 2)
-        frame = np.where(fan, frame * (0.55 + 0.45 * speckle), 0.0).astype(np.float32)
+        frame = np.where(fan, frame * (0.6 + 0.4 * speckle), 0.0).astype(np.float32)
         drawn.images.append(_finish(frame, rng, 0.01))
         if lesion is not None:
             drawn.lesions.append(_Lesion(f, lesion[oy:oy + s, ox:ox + s] & fan, label))
@@ -1080,13 +1156,18 @@ def _datasheet(stats: Mapping[str, Any]) -> str:
         f"at least {cfg['min_per_domain']} rows per domain per split",
         f"- 2D images and ultrasound frames {cfg['image_size']}x{cfg['image_size']} px; CT/MRI: "
         f"{cfg['volume_slices']} slices of {cfg['volume_size']}x{cfg['volume_size']} px (inferior to superior), "
-        f"lesion on 1-2 consecutive slices; ultrasound: clips of {cfg['ultrasound_frames']} frame(s) with probe "
+        f"lesion on 2 consecutive slices; ultrasound: clips of {cfg['ultrasound_frames']} frame(s) with probe "
         "motion, lesion on every frame; ECG: float32 (8, 2500), leads I, II, V1-V6, 250 Hz, 10 s, millivolts",
         "- train mix (weights): " + ", ".join(f"{d} {w:g}" for d, w in cfg["domain_weights"].items()),
         "- val/test mix (weights): " + ", ".join(f"{d} {w:g}" for d, w in cfg["eval_domain_weights"].items()),
-        f"- difficulty: {cfg['hard_fraction']:.0%} of each domain's rows are `hard` (fainter or smaller cue, "
-        "plus a distractor that is not a finding: ECG electrode, skin marker, hairs, lens dust, tissue fold, "
-        "lacune, fat lobule, premature beat); the rest are `easy`",
+        "- cues: in `easy` rows each abnormal class paints a large lesion (about a quarter to a half of the image "
+        "side, several 28x28-pixel cells) in its own colour or grey level on a low-variance background, so classes "
+        "differ in the mean and contrast of whole patches; shape and texture come on top. ECG classes differ in "
+        "rate, QRS width and amplitude, baseline activity and ST level, visible in 200 ms windows of each lead",
+        f"- difficulty: {cfg['hard_fraction']:.0%} of each domain's rows are `hard` (the same class colour, "
+        "fainter and smaller; ECG differences shrunk, more noise; plus a distractor that is not a finding: ECG "
+        "electrode, skin marker, hairs, lens dust, tissue fold, lacune, fat lobule, premature beat); the rest are "
+        "`easy`",
         f"- chest X-ray is multi-label: an abnormal row gets a second finding with probability "
         f"{cfg['multi_label_prob']:g}; the answer lists labels in option order, joined by \", \"",
         "",
