@@ -159,10 +159,12 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         return args, kwargs
 
     def _ecg_rows(self, inputs) -> list[torch.Tensor]:
+        """Per row, its ECG records stacked (n_i, leads, samples); rows without ECG get an empty (0, ...) tensor."""
+        shape = (self.processing_class.ecg_num_leads, self.processing_class.ecg_num_samples)
         out = []
         for x in inputs:
             paths = self.facts[x["id"]].ecg_paths
-            out.append(torch.stack([_load_ecg_tensor(p) for p in paths]) if paths else torch.empty(0, 8, 2500))
+            out.append(torch.stack([_load_ecg_tensor(p) for p in paths]) if paths else torch.empty(0, *shape))
         return out
 
     @staticmethod
