@@ -42,7 +42,8 @@ def main() -> None:
         # supervised: forward + backward + AdamW step on batches of 8 records
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         model.train()
-        batches = [encode_batch(processor, loaded[i:i + 8], with_targets=True) for i in range(0, 8 * args.steps, 8)]
+        batches = [encode_batch(processor, loaded[i:i + 8], with_targets=True)
+                   for i in range(0, len(loaded) - 7, 8)][:args.steps]
         t0 = time.perf_counter()
         for b in batches:
             loss = model(**b).loss

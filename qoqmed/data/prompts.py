@@ -75,6 +75,8 @@ def messages_for(loaded: LoadedRecord, system: str | None = SYSTEM_PROMPT) -> li
 def encode_batch(processor: QoQMedProcessor, batch: Sequence[LoadedRecord], with_targets: bool = False,
                  system: str | None = SYSTEM_PROMPT) -> dict[str, torch.Tensor]:
     """Tokenise a batch (left-padded). With targets, append the answer and build ``labels`` for the answer only."""
+    if not batch:
+        raise ValueError("encode_batch needs at least one record")
     texts, images, ecgs = [], [], []
     for item in batch:
         text = processor.apply_chat_template(messages_for(item, system), add_generation_prompt=True)
