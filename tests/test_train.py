@@ -157,3 +157,35 @@ def test_drpo_gets_per_rollout_kl_when_generations_are_reused(records, tiny, tmp
     finally:
         DRPO.__call__ = original
     assert seen_kl and all(k is not None and k.shape == (4,) and torch.isfinite(k).all() for k in seen_kl)
+
+
+def test_checkpoints_carry_the_drpo_state_and_resume_restores_it(records, tiny, tmp_path):
+    processor, model = tiny
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    from qoqmed.algos.drpo import DRPO
+
+    settings = RLSettings(num_generations=2, batch_size=4, max_steps=2, max_completion_length=8, save_steps=1,
+                          drpo_mode="reference")
+    train_rl(tmp_path / "start", records, tmp_path / "rl", settings)
+    saved = torch.load(tmp_path / "rl" / "checkpoint-2" / "drpo_state.pt", weights_only=False)
+    assert sum(len(v) for v in saved["domains"].values()) == 4  # 2 steps x 2 questions of history
+
+    restored = []
+    original = DRPO.load_state_dict
+
+    def spy(self, state):
+        restored.append(state)
+        return original(self, state)
+
+    DRPO.load_state_dict = spy
+    try:
+        settings = RLSettings(num_generations=2, batch_size=4, max_steps=3, max_completion_length=8,
+                              save_steps=1, drpo_mode="reference")
+        train_rl(tmp_path / "start", records, tmp_path / "rl", settings,
+                 resume_from=str(tmp_path / "rl" / "checkpoint-2"))
+    finally:
+        DRPO.load_state_dict = original
+    assert restored and sum(len(v) for v in restored[0]["domains"].values()) == 4
+    final = torch.load(tmp_path / "rl" / "checkpoint-3" / "drpo_state.pt", weights_only=False)
+    assert sum(len(v) for v in final["domains"].values()) == 6

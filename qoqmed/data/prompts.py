@@ -46,6 +46,28 @@ def load_record(record: Record) -> LoadedRecord:
                         [load_ecg(record.resolve(p)) for p in record.ecg])
 
 
+@dataclass(frozen=True)
+class Grounding:
+    """What the IoU reward compares against: the boxes and mask of the image that holds the findings."""
+
+    boxes: tuple[tuple[float, float, float, float], ...]
+    mask_path: str | None
+    image_size: tuple[int, int] | None   # (w, h) original pixels
+    model_size: tuple[int, int] | None   # (w, h) as the model sees the image
+
+
+def grounding(loaded: LoadedRecord, processor: QoQMedProcessor) -> Grounding:
+    """Ground truth for scoring boxes; predicted boxes are taken to refer to the first box's image."""
+    rec = loaded.record
+    index = rec.boxes[0].image if rec.boxes else rec.mask_image
+    size = loaded.images[index].size if index is not None else None
+    return Grounding(
+        boxes=tuple(tuple(b.bbox_2d) for b in rec.boxes if b.image == index),
+        mask_path=str(rec.resolve(rec.segmentation_path)) if rec.segmentation_path else None,
+        image_size=size, model_size=processor.model_image_size(*size) if size else None,
+    )
+
+
 def model_boxes(loaded: LoadedRecord, processor: QoQMedProcessor) -> list[dict]:
     """Ground-truth boxes converted from original pixels to the model's resized-image pixels."""
     out = []

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..data.prompts import encode_batch, load_record
+from ..data.prompts import encode_batch, grounding, load_record
 from ..data.readers import load_mask
 from ..data.schema import Record
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
@@ -47,13 +47,10 @@ def score_records(records: Sequence[Record], responses: Sequence[str], processor
     """One prediction row per record: labels, boxes (original pixels), reward components."""
     rows = []
     for rec, text in zip(records, responses, strict=True):
-        loaded = load_record(rec)
-        ground = rec.boxes[0].image if rec.boxes else rec.mask_image
-        size = loaded.images[ground].size if ground is not None else None
-        mask = load_mask(rec.resolve(rec.segmentation_path)) if rec.segmentation_path else None
-        s = score(text, rec.answer, gt_boxes=[b.bbox_2d for b in rec.boxes if b.image == ground] or None,
-                  gt_mask=mask, image_size=size, model_size=processor.model_image_size(*size) if size else None,
-                  weights=preset, iou_reduce=iou_reduce)
+        g = grounding(load_record(rec), processor)
+        mask = load_mask(g.mask_path) if g.mask_path else None
+        s = score(text, rec.answer, gt_boxes=list(g.boxes) or None, gt_mask=mask, image_size=g.image_size,
+                  model_size=g.model_size, weights=preset, iou_reduce=iou_reduce)
         rows.append({
             "id": rec.id, "domain": rec.domain, "dataset": rec.dataset, "true_labels": rec.labels,
             "pred_labels": s["pred_labels"], "iou": s["iou"], "format_ok": s["format"] >= 1.0,

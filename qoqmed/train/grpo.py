@@ -28,7 +28,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from ..algos.drpo import DRPO
 from ..algos.grpo import group_advantages
-from ..data.prompts import SYSTEM_PROMPT, load_record, messages_for
+from ..data.prompts import SYSTEM_PROMPT, Grounding, grounding, load_record, messages_for
 from ..data.readers import load_ecg, load_mask
 from ..data.schema import Record
 from ..modeling import QoQMedProcessor
@@ -73,34 +73,24 @@ class RLSettings:
 # Data: records -> a datasets.Dataset TRL can sample prompts from; grounding facts stay in Python by row id.
 
 @dataclass(frozen=True)
-class _Grounding:
+class _RowFacts:
     answer: str
-    boxes: tuple[tuple[float, float, float, float], ...]
-    mask_path: str | None
-    image_size: tuple[int, int] | None
-    model_size: tuple[int, int] | None
+    grounding: Grounding
     ecg_paths: tuple[str, ...]
 
 
 def build_rl_dataset(records: Sequence[Record], processor: QoQMedProcessor,
-                     system: str | None = SYSTEM_PROMPT) -> tuple[Dataset, dict[str, _Grounding]]:
+                     system: str | None = SYSTEM_PROMPT) -> tuple[Dataset, dict[str, _RowFacts]]:
     """One row per record: chat prompt with images, id, domain; plus the facts rewards need, keyed by id."""
     rows, facts = [], {}
     for rec in records:
         loaded = load_record(rec)
-        ground = rec.boxes[0].image if rec.boxes else rec.mask_image
-        size = loaded.images[ground].size if ground is not None else None
         msgs = messages_for(loaded, system)
         for m in msgs:  # images travel in the `images` column; TRL puts them back into the placeholders
             m["content"] = [{k: v for k, v in part.items() if k != "image"} for part in m["content"]]
         rows.append({"prompt": msgs, "images": loaded.images, "id": rec.id, "domain": rec.domain})
-        facts[rec.id] = _Grounding(
-            answer=rec.answer,
-            boxes=tuple(tuple(b.bbox_2d) for b in rec.boxes if b.image == ground),
-            mask_path=str(rec.resolve(rec.segmentation_path)) if rec.segmentation_path else None,
-            image_size=size, model_size=processor.model_image_size(*size) if size else None,
-            ecg_paths=tuple(str(rec.resolve(p)) for p in rec.ecg),
-        )
+        facts[rec.id] = _RowFacts(rec.answer, grounding(loaded, processor),
+                                  tuple(str(rec.resolve(p)) for p in rec.ecg))
     if len(set(r["id"] for r in rows)) != len(rows):
         raise ValueError("record ids must be unique within a training set")
     return Dataset.from_list(rows), facts
@@ -111,7 +101,7 @@ def _cached_mask(path: str) -> np.ndarray:
     return load_mask(path)
 
 
-def make_reward_function(facts: dict[str, _Grounding], preset: str = "paper", iou_reduce: str = "max"):
+def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou_reduce: str = "max"):
     """A TRL reward function scoring each completion against its row's answer, boxes and mask."""
 
     def qoqmed_reward(completions, id, **_) -> list[float]:  # noqa: A002 - TRL passes dataset columns by name
@@ -119,9 +109,10 @@ def make_reward_function(facts: dict[str, _Grounding], preset: str = "paper", io
         for completion, row_id in zip(completions, id, strict=True):
             text = completion[0]["content"] if isinstance(completion, list) else completion
             f = facts[row_id]
-            mask = _cached_mask(f.mask_path) if f.mask_path else None
-            s = score(text, f.answer, gt_boxes=list(f.boxes) or None, gt_mask=mask, image_size=f.image_size,
-                      model_size=f.model_size, weights=preset, iou_reduce=iou_reduce)
+            g = f.grounding
+            mask = _cached_mask(g.mask_path) if g.mask_path else None
+            s = score(text, f.answer, gt_boxes=list(g.boxes) or None, gt_mask=mask, image_size=g.image_size,
+                      model_size=g.model_size, weights=preset, iou_reduce=iou_reduce)
             out.append(s["overall"])
         return out
 
@@ -134,7 +125,7 @@ def make_reward_function(facts: dict[str, _Grounding], preset: str = "paper", io
 class QoQMedGRPOTrainer(GRPOTrainer):
     """GRPOTrainer + ECG inputs + pluggable advantage estimator computed on the gathered global batch."""
 
-    def __init__(self, *args, settings: RLSettings, facts: dict[str, _Grounding], **kwargs):
+    def __init__(self, *args, settings: RLSettings, facts: dict[str, _RowFacts], **kwargs):
         super().__init__(*args, **kwargs)
         self.settings = settings
         self.facts = facts
