@@ -145,6 +145,44 @@ def data_validate(
         console.print(f"{path}: {len(records)} records, no problems")
 
 
+@data_app.command("stats")
+def data_stats(
+    path: Annotated[Path, typer.Argument(help="A jsonl file of records.")],
+    plot: Annotated[Optional[Path], typer.Option(help="Write a bar chart of rows per domain to this PNG.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+) -> None:
+    """Rows per domain, dataset and label, and how imbalanced the domains are."""
+    from rich.table import Table
+
+    from .data.schema import DataError, load_records
+    from .data.stats import plot_domain_counts, record_stats
+
+    try:
+        records = load_records(path, check_files=False)
+    except DataError as exc:
+        _fail(f"{exc}\n(run `qoqmed data validate {path}` for every problem)")
+    stats = record_stats(records)
+    if plot is not None:
+        plot_domain_counts(stats, plot, title=path.name)
+    if as_json:
+        console.print_json(json.dumps(stats))
+        return
+    table = Table(title=f"{path} ({stats['n']} rows)")
+    for col in ("domain", "rows", "share"):
+        table.add_column(col, justify="left" if col == "domain" else "right")
+    for d, v in stats["domains"].items():
+        table.add_row(d, str(v["rows"]), f"{v['share']:.1%}")
+    console.print(table)
+    labels = Table(title="labels per dataset")
+    labels.add_column("dataset")
+    labels.add_column("label counts")
+    for ds, v in stats["datasets"].items():
+        labels.add_row(ds, ", ".join(f"{k}: {c}" for k, c in v["labels"].items()))
+    console.print(labels)
+    console.print(f"largest/smallest domain: {stats['imbalance_ratio']:.1f}x; rows with images "
+                  f"{stats['with_images']}, with ECG {stats['with_ecg']}, with boxes {stats['with_boxes']}")
+
+
 @model_app.command("tiny")
 def model_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to save the model, processor and tokenizer.")],

@@ -77,3 +77,20 @@ def test_eval_with_a_folder_that_is_not_a_model(tmp_path, mini_records_path):
 def test_help(args):
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_data_stats_counts_and_plot(smoke_run, tmp_path):
+    path = smoke_run / "data" / "train.jsonl"
+    result = runner.invoke(app, ["data", "stats", str(path), "--json", "--plot", str(tmp_path / "d.png")])
+    assert result.exit_code == 0, result.output
+    stats = json.loads(result.output)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert stats["n"] == len(rows)
+    for domain in DOMAINS:
+        assert stats["domains"][domain]["rows"] == sum(r["domain"] == domain for r in rows)
+    counts = [v["rows"] for v in stats["domains"].values()]
+    assert stats["imbalance_ratio"] == max(counts) / min(counts)
+    with Image.open(tmp_path / "d.png") as img:
+        assert img.size[0] > 300
+    table = runner.invoke(app, ["data", "stats", str(path)])
+    assert table.exit_code == 0 and "largest/smallest" in table.output
