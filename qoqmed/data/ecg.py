@@ -1,0 +1,386 @@
+"""ECG readers: WFDB, DICOM 12-lead waveforms, ``.npy`` and ``.csv`` -> a fixed lead set, rate and length in mV.
+
+The ECG encoder (ECG-JEPA) was pretrained on 8 leads (I, II, V1..V6) x 10 s at 250 Hz, which is the default
+``ECGSpec``. ``ECGSpec.reference_compat()`` reproduces the reference loader's 500 Hz x 5 s window; it is offered
+only for comparison with that implementation, because it does not match the encoder's pretraining.
+
+Every problem (missing or unreadable file, missing lead, unknown units, non-finite values, a too-short record)
+raises ``DataError`` naming the file and the reason; a short record is padded only when asked for, never silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy.signal import resample_poly
+
+from .schema import DataError
+
+__all__ = ["ECGSpec", "ECGSignal", "read_ecg", "canonical_lead", "STANDARD_LEADS", "ENCODER_LEADS"]
+
+STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+ENCODER_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
+MIN_SECONDS = 1.0
+
+_CANON = {name.lower(): name for name in STANDARD_LEADS}
+# Scale factor to millivolts, keyed by lower-cased UCUM code or DICOM code meaning / WFDB unit string.
+_TO_MV = {
+    "nv": 1e-6, "nanovolt": 1e-6, "nanovolts": 1e-6,
+    "uv": 1e-3, "µv": 1e-3, "μv": 1e-3, "microvolt": 1e-3, "microvolts": 1e-3,
+    "mv": 1.0, "millivolt": 1.0, "millivolts": 1.0,
+    "v": 1e3, "volt": 1e3, "volts": 1e3,
+}
+# Einthoven's law (II = I + III): how to rebuild a missing I or II from the other two limb leads.
+_DERIVATIONS = {
+    "II": ("I + III", (("I", 1.0), ("III", 1.0))),
+    "I": ("II - III", (("II", 1.0), ("III", -1.0))),
+}
+
+
+@dataclass(frozen=True)
+class ECGSpec:
+    """Target layout of a decoded ECG: sampling rate (Hz), window length (s), lead order and optional z-score."""
+
+    sampling_rate: int = 250
+    seconds: float = 10.0
+    leads: tuple[str, ...] = ENCODER_LEADS
+    normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if not (self.sampling_rate > 0 and self.seconds > 0):
+            raise ValueError(
+                f"ECGSpec needs a positive rate and length, got {self.sampling_rate} Hz x {self.seconds} s"
+            )
+        leads = tuple(canonical_lead(name) or name for name in self.leads)
+        unknown = [name for name in leads if name not in STANDARD_LEADS]
+        if unknown or not leads or len(set(leads)) != len(leads):
+            raise ValueError(f"ECGSpec leads must be distinct standard leads, got {self.leads!r}")
+        object.__setattr__(self, "leads", leads)
+
+    @property
+    def samples(self) -> int:
+        return int(round(self.sampling_rate * self.seconds))
+
+    @classmethod
+    def reference_compat(cls, normalize: bool = False) -> "ECGSpec":
+        """500 Hz x 5 s (2500 samples): the window the reference QoQ-Med loader cut; not the encoder's pretraining."""
+        return cls(sampling_rate=500, seconds=5.0, normalize=normalize)
+
+
+@dataclass
+class ECGSignal:
+    """A decoded ECG: ``data`` is float32 ``(n_leads, samples)`` in millivolts (z-scored per lead if ``normalized``)."""
+
+    data: np.ndarray
+    sampling_rate: int
+    leads: tuple[str, ...]
+    source: str
+    original_rate: float
+    original_seconds: float
+    units: str = "mV"
+    format: str = ""
+    derived: dict[str, str] = field(default_factory=dict)  # lead -> formula, e.g. {"II": "I + III"}
+    padded_samples: int = 0
+    normalized: bool = False
+
+
+def canonical_lead(label: str) -> str | None:
+    """Map a lead label such as "Lead II", "ii", "MDC_ECG_LEAD_V1" or "Lead I (Einthoven)" to its standard name."""
+    text = re.sub(r"\(.*?\)", " ", str(label)).lower()
+    text = re.sub(r"^\s*(mdc_ecg_lead_|ecg[\s_-]*lead|lead)", "", text.strip())
+    text = re.sub(r"[^0-9a-z]", "", text)
+    return _CANON.get(text)
+
+
+def read_ecg(
+    path: str | Path,
+    spec: ECGSpec | None = None,
+    *,
+    fs: float | None = None,
+    lead_names: Sequence[str] | None = None,
+    pad: bool = False,
+) -> ECGSignal:
+    """Read an ECG file and return it in ``spec``'s lead order, rate and length, in millivolts.
+
+    Formats, by suffix: ``.hea``/``.dat`` or a record name without suffix -> WFDB; ``.dcm`` -> DICOM waveform
+    (the longest multiplex group holding the needed leads); ``.npy`` -> ``(leads, samples)`` array in mV, ``fs``
+    required, ``lead_names`` default I, II, V1..V6; ``.csv`` -> one column per lead named in a header row, in mV,
+    ``fs`` required. ``lead_names`` relabels the channels of any format.
+
+    The first ``spec.samples`` samples after resampling are kept. A shorter record raises ``DataError`` unless
+    ``pad=True``, which repeats the last value of each lead and records the count in ``padded_samples``.
+    """
+    spec = spec or ECGSpec()
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".dcm":
+        fmt, (signal, labels, rate) = "dicom", _read_dicom(_check_file(path), spec)
+    elif suffix == ".npy":
+        fmt, (signal, labels, rate) = "npy", _read_npy(_check_file(path), fs, lead_names)
+    elif suffix == ".csv":
+        fmt, (signal, labels, rate) = "csv", _read_csv(_check_file(path), fs)
+    elif suffix in (".hea", ".dat") or path.with_name(path.name + ".hea").exists():
+        fmt, (signal, labels, rate) = "wfdb", _read_wfdb(path)
+    elif not path.exists():
+        raise DataError(f"{path}: ECG file not found")
+    else:
+        raise DataError(
+            f"{path}: unsupported ECG file type {path.suffix!r}; expected .hea/.dat (WFDB), .dcm, .npy or .csv"
+        )
+
+    if lead_names is not None and fmt != "npy":
+        labels = _relabel(path, labels, lead_names)
+    if fs is not None and fmt in ("wfdb", "dicom"):
+        raise DataError(f"{path}: fs is read from the {fmt} file; do not pass it")
+
+    data, derived = _select_leads(path, signal, labels, spec.leads)
+    n_orig = data.shape[1]
+    seconds = n_orig / rate
+    if seconds < MIN_SECONDS:
+        raise DataError(
+            f"{path}: ECG is {seconds:.3f} s long ({n_orig} samples at {rate:g} Hz); need at least {MIN_SECONDS:g} s"
+        )
+
+    data = _resample(data, rate, spec.sampling_rate)
+    target = spec.samples
+    padded = 0
+    if data.shape[1] < target:
+        if not pad:
+            raise DataError(
+                f"{path}: ECG is {seconds:.2f} s long, shorter than the {spec.seconds:g} s window "
+                f"({data.shape[1]} < {target} samples at {spec.sampling_rate} Hz); "
+                "pass pad=True to pad with edge values"
+            )
+        padded = target - data.shape[1]
+        data = np.pad(data, ((0, 0), (0, padded)), mode="edge")
+    data = data[:, :target]
+
+    if spec.normalize:
+        mean = data.mean(axis=1, keepdims=True)
+        std = data.std(axis=1, keepdims=True)
+        # A flat lead stays all zeros rather than dividing by zero.
+        data = (data - mean) / np.where(std > 0, std, 1.0)
+
+    out = np.ascontiguousarray(data, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise DataError(f"{path}: ECG values overflow float32 after conversion to mV")
+    return ECGSignal(
+        data=out,
+        sampling_rate=spec.sampling_rate,
+        leads=spec.leads,
+        source=str(path),
+        original_rate=float(rate),
+        original_seconds=float(seconds),
+        format=fmt,
+        derived=derived,
+        padded_samples=padded,
+        normalized=spec.normalize,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# format readers: each returns (signal (channels, samples) float64 in mV, channel labels, sampling rate in Hz)
+
+
+def _check_file(path: Path) -> Path:
+    if not path.exists():
+        raise DataError(f"{path}: ECG file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: ECG path is not a regular file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: ECG file is empty (0 bytes)")
+    return path
+
+
+def _check_rate(path: Path, fs: float | None) -> float:
+    if fs is None:
+        raise DataError(f"{path}: the sampling rate is not stored in {path.suffix} files; pass fs=<Hz>")
+    try:
+        rate = float(fs)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if not (math.isfinite(rate) and rate > 0):
+        raise DataError(f"{path}: invalid sampling rate fs={fs!r}")
+    return rate
+
+
+def _unit_scale(path: Path, unit: str | None, channel: str) -> float:
+    key = (unit or "").strip().lower()
+    if key not in _TO_MV:
+        raise DataError(f"{path}: unknown units {unit!r} for channel {channel!r}; expected V, mV, uV or nV")
+    return _TO_MV[key]
+
+
+def _read_wfdb(path: Path) -> tuple[np.ndarray, list[str], float]:
+    import wfdb  # optional dependency, needed only for WFDB records
+
+    base = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
+    header = base.with_name(base.name + ".hea")
+    _check_file(header)
+    try:
+        record = wfdb.rdrecord(str(base))
+    except Exception as exc:  # wfdb raises many unrelated types (ValueError, IndexError, OSError...) on bad records
+        raise DataError(f"{path}: cannot read WFDB record: {type(exc).__name__}: {exc}") from exc
+    if record.p_signal is None or record.p_signal.ndim != 2 or record.p_signal.size == 0:
+        raise DataError(f"{path}: WFDB record has no signal samples")
+    labels = [str(name) for name in record.sig_name]
+    scales = np.array([_unit_scale(path, unit, name) for unit, name in zip(record.units, labels)])
+    signal = np.asarray(record.p_signal, dtype=np.float64).T * scales[:, None]
+    return signal, labels, float(record.fs)
+
+
+def _read_dicom(path: Path, spec: ECGSpec) -> tuple[np.ndarray, list[str], float]:
+    import pydicom  # optional dependency, needed only for DICOM waveforms
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path)
+    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read DICOM file: {exc}") from exc
+    groups = ds.get("WaveformSequence")
+    if not groups:
+        raise DataError(f"{path}: DICOM file has no waveform (WaveformSequence)")
+
+    # A 12-lead ECG object may hold several multiplex groups (e.g. 10 s rhythm and a 1.2 s median beat):
+    # use the longest one that carries every lead the spec needs.
+    candidates = []
+    for index, group in enumerate(groups):
+        labels = [_dicom_channel_label(ch) for ch in group.get("ChannelDefinitionSequence", [])]
+        try:
+            _plan_leads(path, labels, spec.leads)
+        except DataError as exc:
+            candidates.append((None, index, labels, str(exc)))
+            continue
+        duration = float(group.NumberOfWaveformSamples) / float(group.SamplingFrequency)
+        candidates.append((duration, index, labels, ""))
+    usable = [c for c in candidates if c[0] is not None]
+    if not usable:
+        raise DataError(candidates[0][3] if len(candidates) == 1 else
+                        f"{path}: no DICOM waveform group has the leads {', '.join(spec.leads)}; "
+                        f"groups hold {[c[2] for c in candidates]}")
+    _, index, labels, _ = max(usable, key=lambda c: c[0])
+    group = groups[index]
+    try:
+        scaled = ds.waveform_array(index)  # applies channel sensitivity, correction factor and baseline
+    except Exception as exc:  # pydicom raises ValueError/AttributeError/NotImplementedError on malformed groups
+        raise DataError(f"{path}: cannot decode DICOM waveform group {index}: {exc}") from exc
+    scales = []
+    for channel, label in zip(group.ChannelDefinitionSequence, labels):
+        units = channel.get("ChannelSensitivityUnitsSequence")
+        if not units:
+            raise DataError(f"{path}: DICOM channel {label!r} has no sensitivity units")
+        code = units[0]
+        value = str(code.get("CodeValue", ""))
+        unit = value if value.strip().lower() in _TO_MV else code.get("CodeMeaning")
+        scales.append(_unit_scale(path, unit, label))
+    signal = np.asarray(scaled, dtype=np.float64).T * np.asarray(scales)[:, None]
+    return signal, labels, float(group.SamplingFrequency)
+
+
+def _dicom_channel_label(channel) -> str:
+    source = channel.get("ChannelSourceSequence")
+    if source and source[0].get("CodeMeaning"):
+        return str(source[0].CodeMeaning)
+    return str(channel.get("ChannelLabel", ""))
+
+
+def _read_npy(path: Path, fs: float | None, lead_names: Sequence[str] | None) -> tuple[np.ndarray, list[str], float]:
+    rate = _check_rate(path, fs)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read ECG array: {exc}") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
+        kind = getattr(arr, "dtype", type(arr).__name__)
+        raise DataError(f"{path}: ECG must be one array of real numbers, got {kind}")
+    labels = list(lead_names) if lead_names is not None else list(ENCODER_LEADS)
+    if arr.ndim != 2 or arr.shape[0] != len(labels):
+        hint = " (transposed? save it as leads x samples)" if arr.ndim == 2 and arr.shape[1] == len(labels) else ""
+        raise DataError(f"{path}: ECG array shape {arr.shape} does not match {len(labels)} leads {labels}{hint}")
+    return arr.astype(np.float64), labels, rate
+
+
+def _read_csv(path: Path, fs: float | None) -> tuple[np.ndarray, list[str], float]:
+    rate = _check_rate(path, fs)
+    try:
+        with path.open(newline="") as fh:
+            header = next(csv.reader(fh), None)
+        if not header:
+            raise DataError(f"{path}: CSV has no header row naming the leads")
+        values = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read ECG CSV: {exc}") from exc
+    labels = [name.strip() for name in header]
+    if values.size == 0:
+        raise DataError(f"{path}: ECG CSV has no data rows")
+    if values.shape[1] != len(labels):
+        raise DataError(f"{path}: CSV has {values.shape[1]} data columns but {len(labels)} header names")
+    return values.T, labels, rate
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# lead selection and resampling
+
+
+def _relabel(path: Path, labels: list[str], lead_names: Sequence[str]) -> list[str]:
+    if len(lead_names) != len(labels):
+        raise DataError(f"{path}: lead_names has {len(lead_names)} names but the file has {len(labels)} channels")
+    return list(lead_names)
+
+
+def _plan_leads(path: Path, labels: Sequence[str], wanted: Sequence[str]) -> tuple[dict[str, int], dict[str, str]]:
+    """Map each wanted lead to a channel index; plan Einthoven derivations for a missing I or II."""
+    index: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        name = canonical_lead(label)
+        if name is None:
+            continue
+        if name in index:
+            raise DataError(f"{path}: lead {name} appears twice (channels {labels[index[name]]!r} and {label!r})")
+        index[name] = i
+    derived: dict[str, str] = {}
+    missing = []
+    for name in wanted:
+        if name in index:
+            continue
+        formula, recipe = _DERIVATIONS.get(name, ("", ()))
+        if recipe and all(src in index for src, _ in recipe):
+            derived[name] = formula
+        else:
+            missing.append(name)
+    if missing:
+        present = sorted(index, key=STANDARD_LEADS.index)
+        raise DataError(f"{path}: ECG is missing lead(s) {', '.join(missing)} (has {', '.join(present) or 'none'})")
+    return index, derived
+
+
+def _select_leads(path: Path, signal: np.ndarray, labels: Sequence[str], wanted: Sequence[str]):
+    index, derived = _plan_leads(path, labels, wanted)
+    rows = []
+    for name in wanted:
+        if name in index:
+            rows.append(signal[index[name]])
+        else:
+            rows.append(sum(w * signal[index[src]] for src, w in _DERIVATIONS[name][1]))
+    data = np.stack(rows).astype(np.float64)
+    if data.shape[1] == 0:
+        raise DataError(f"{path}: ECG has no samples")
+    bad = data.size - int(np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise DataError(f"{path}: ECG has {bad} non-finite value(s) (NaN or inf) in the leads used")
+    return data, derived
+
+
+def _resample(data: np.ndarray, rate: float, target: int) -> np.ndarray:
+    ratio = Fraction(target) / Fraction(rate).limit_denominator(1000)
+    if ratio == 1:
+        return data
+    # Polyphase FIR resampling is anti-aliased; "line" padding avoids a dip toward zero at the record ends.
+    return resample_poly(data, ratio.numerator, ratio.denominator, axis=1, padtype="line")
