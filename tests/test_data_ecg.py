@@ -216,3 +216,13 @@ def test_normalize_z_scores_each_lead(tmp_path):
     assert sig.normalized
     np.testing.assert_allclose(sig.data.mean(axis=1), 0, atol=1e-3)
     np.testing.assert_allclose(sig.data.std(axis=1), 1, atol=1e-3)
+
+
+def test_record_readers_take_dicom_waveforms():
+    from pydicom.data import get_testdata_file
+
+    from qoqmed.data.readers import load_ecg
+
+    arr = load_ecg(get_testdata_file("waveform_ecg.dcm"))
+    assert arr.shape == (8, 2500) and arr.dtype == np.float32
+    assert np.allclose(arr, read_ecg(get_testdata_file("waveform_ecg.dcm")).data)

@@ -75,13 +75,22 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 def load_ecg(path: str | Path, leads: int = 8, samples: int = ECG_SAMPLES) -> np.ndarray:
-    """Load an ECG saved with ``numpy.save`` as a float32 array of shape ``(leads, samples)``.
+    """Load an ECG as a float32 array of shape ``(leads, samples)``: 8 leads (I, II, V1..V6) x 2500 samples
+    (10 s at 250 Hz), in millivolts.
 
-    The default layout is 8 leads (I, II, V1..V6) x 2500 samples (10 s at 250 Hz), in millivolts.
+    A ``.npy`` array must already have that layout. WFDB (``.hea``/``.dat``) and DICOM waveform (``.dcm``)
+    records are read with :func:`qoqmed.data.ecg.read_ecg`: leads picked by name, resampled, cropped.
     """
     path = _check_file(path, "ECG")
+    if path.suffix.lower() in (".hea", ".dat", ".dcm"):
+        from .ecg import ECGSpec, read_ecg
+
+        spec = ECGSpec(sampling_rate=ECG_SAMPLE_RATE, seconds=samples / ECG_SAMPLE_RATE)
+        if len(spec.leads) != leads:
+            raise DataError(f"{path}: {leads} leads requested; WFDB/DICOM records are read as {spec.leads}")
+        return read_ecg(path, spec).data
     if path.suffix.lower() != ".npy":
-        raise DataError(f"{path}: unsupported ECG file type {path.suffix!r}; expected a .npy array")
+        raise DataError(f"{path}: unsupported ECG file type {path.suffix!r}; expected .npy, .hea/.dat or .dcm")
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
