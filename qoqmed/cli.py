@@ -99,6 +99,24 @@ def evaluate_cmd(
     print_summary(metrics)
 
 
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (or metrics.json files); the first is the baseline.")],
+    out: Annotated[Path, typer.Option(help="Folder for compare.md and compare.png.")] = Path("compare_out"),
+    names: Annotated[Optional[str], typer.Option(help="Comma-separated display names, one per run.")] = None,
+) -> None:
+    """Side-by-side per-domain macro-F1 and paper balanced accuracy of runs, with change vs the first run."""
+    from .eval.compare import compare_runs, format_compare_table
+
+    labels = names.split(",") if names else None
+    try:
+        result = compare_runs(runs, names=labels, out_dir=out)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    console.print(format_compare_table(result), markup=False)
+    console.print(f"wrote {out / 'compare.md'} and {out / 'compare.png'}")
+
+
 @data_app.command("generate")
 def data_generate(
     out: Annotated[Path, typer.Argument(help="Folder to write train/val/test.jsonl, files and datasheet.md.")],

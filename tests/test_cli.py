@@ -94,3 +94,14 @@ def test_data_stats_counts_and_plot(smoke_run, tmp_path):
         assert img.size[0] > 300
     table = runner.invoke(app, ["data", "stats", str(path)])
     assert table.exit_code == 0 and "largest/smallest" in table.output
+
+
+def test_compare_two_runs(smoke_run, tmp_path):
+    result = runner.invoke(app, ["compare", str(smoke_run), str(smoke_run / "metrics.json"), "--out",
+                                 str(tmp_path), "--names", "a,b"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    table = (tmp_path / "compare.md").read_text()
+    assert "+0.0%" in table and "ct" in table
+    assert (tmp_path / "compare.png").exists()
+    missing = runner.invoke(app, ["compare", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert missing.exit_code == 2 and "nope" in missing.output
