@@ -77,9 +77,9 @@ def test_reward_function_reads_grounding(records, tiny):
     assert good == pytest.approx(1.0) and bad < 0.25
 
 
-def test_warm_start_lowers_loss(records, tiny):
+def test_warm_start_lowers_loss(records, tiny, tmp_path):
     processor, model = tiny
-    history = warm_start(model, processor, records, "unused-sft-dir",
+    history = warm_start(model, processor, records, tmp_path / "sft",
                          SFTSettings(epochs=4, batch_size=4, logging_steps=1, learning_rate=3e-3))
     assert history[-1]["loss"] < history[0]["loss"]
 
