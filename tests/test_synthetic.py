@@ -322,6 +322,19 @@ def _st_elevation(x: np.ndarray) -> float:
     return float(st.max())
 
 
+def _st_depression(x: np.ndarray) -> float:
+    """Most negative mean ST level (80-180 ms after R, against the PR segment) over the leads, in mV."""
+    peaks, _ = signal.find_peaks(x[1], height=0.5 * x[1].max(), distance=int(0.25 * 250))
+    peaks = peaks[(peaks > 25) & (peaks < 2500 - 50)]
+    st = np.mean([x[:, p + 20:p + 45].mean(axis=1) - x[:, p - 15:p - 10].mean(axis=1) for p in peaks], axis=0)
+    return float(st.min())
+
+
+def _voltage(x: np.ndarray) -> float:
+    """Sokolow-Lyon-like voltage: deepest S in V1/V2 plus tallest R in V5/V6 (robust 1st/99th percentiles), mV."""
+    return float(-np.percentile(x[2:4], 1, axis=1).min() + np.percentile(x[6:8], 99, axis=1).max())
+
+
 @pytest.fixture(scope="module")
 def ecgs():
     out = {}
@@ -337,6 +350,14 @@ def test_ecg_class_features_are_measurable(ecgs):
     assert width["Conduction Delay"] > 1.5 * width["Normal"]
     st = {lab: np.mean([_st_elevation(x) for x in xs]) for lab, xs in ecgs.items()}
     assert st["Myocardial Infarction"] > st["Normal"] + 0.1
+    assert st["ST/T change"] < st["Normal"] + 0.05  # depression only, never elevation
+    depression = {lab: np.mean([_st_depression(x) for x in xs]) for lab, xs in ecgs.items()}
+    assert depression["ST/T change"] < depression["Normal"] - 0.1
+    assert depression["Hypertrophy"] < depression["Normal"] - 0.05  # lateral strain
+    voltage = {lab: np.mean([_voltage(x) for x in xs]) for lab, xs in ecgs.items()}
+    assert voltage["Hypertrophy"] > 1.4 * voltage["Normal"]
+    assert voltage["ST/T change"] < 1.2 * voltage["Normal"]
+    assert width["Hypertrophy"] < 1.3 * width["Normal"] < width["Conduction Delay"]  # high voltage, narrow QRS
     for xs in ecgs.values():
         assert all(x.shape == (8, 2500) and x.dtype == np.float32 and np.isfinite(x).all() for x in xs)
 
