@@ -136,7 +136,16 @@ def test_parse_collects_every_problem_with_field_and_reason(tmp_path):
         ({"segmentation_path": 5}, "segmentation_path", "path string or null"),
         ({"difficulty": "medium"}, "difficulty", "not one of easy, hard"),
         ({"id": 17}, "id", "must be a string"),
-        ({"videos": ["v.mp4"]}, "videos", "sample frames"),
+        ({"videos": ["v.mp4"], "volumes": ["w.mp4"]}, "videos", "together with `volumes`"),
+        ({"volumes": [{"path": "ct/x/s", "slices": 0}]}, "volumes[0].slices", "integer 1..64"),
+        ({"volumes": [{"path": "ct/x/s", "window": "lungs"}]}, "volumes[0].window", "not a window preset"),
+        ({"volumes": [{"path": "ct/x/s", "window": [40, 0]}]}, "volumes[0].window", "width >= 1"),
+        ({"volumes": [{"path": "ct/x/s", "axis": "oblique"}]}, "volumes[0].axis", "must be axial"),
+        ({"volumes": [{"slices": 2}]}, "volumes[0].path", "missing"),
+        ({"volumes": [{"path": "ct/x/s", "frames": 2}]}, "volumes[0]", "unknown key(s) frames"),
+        ({"volumes": ["/abs/ct"]}, "volumes[0]", "absolute"),
+        ({"volumes": ["a", "b"], "problem": "<volume> q"}, "problem", "1 <volume> placeholder(s) but volumes"),
+        ({"volumes": ["a"], "problem": "<video> q"}, "problem", "rows with `volumes` use <volume>"),
     ],
 )
 def test_parse_single_problems(tmp_path, over, field, reason):

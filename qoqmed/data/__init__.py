@@ -1,6 +1,7 @@
-"""Data: the record schema, file readers and the synthetic CLIMB-mini benchmark."""
+"""Data: the record schema, file readers (images, DICOM, volumes, ECG), boxes, converters and CLIMB-mini."""
 
-from .readers import load_ecg, load_image, load_mask
+from .boxes import from_model_box, mask_box, mask_boxes, to_model_box
+from .readers import is_dicom, load_dicom_image, load_ecg, load_image, load_mask
 from .schema import (
     DIFFICULTIES,
     DOMAINS,
@@ -8,29 +9,42 @@ from .schema import (
     Box,
     DataError,
     Record,
+    VolumeRef,
     load_records,
     parse_record,
     split_labels,
     write_records,
 )
 from .synthetic import LABELS, ClimbMiniConfig, generate_climb_mini, simulate_ecg
+from .volumes import WINDOWS, Volume, load_volume, read_volume
 
 __all__ = [
     "DIFFICULTIES",
     "DOMAINS",
     "LABELS",
     "SPLITS",
+    "WINDOWS",
+    "Volume",
+    "VolumeRef",
     "Box",
     "ClimbMiniConfig",
     "DataError",
     "Record",
+    "from_model_box",
     "generate_climb_mini",
+    "is_dicom",
+    "load_dicom_image",
     "load_ecg",
     "load_image",
     "load_mask",
     "load_records",
+    "load_volume",
+    "mask_box",
+    "mask_boxes",
     "parse_record",
     "simulate_ecg",
+    "read_volume",
     "split_labels",
+    "to_model_box",
     "write_records",
 ]

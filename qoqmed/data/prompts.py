@@ -2,21 +2,27 @@
 
 Boxes in prompts and answers are in pixels of each image *as the model sees it* (after the processor's resize);
 :func:`target_text` converts the record's original-pixel boxes into that space.
+
+Volumes reach the model as images: :func:`load_record` replaces each ``<volume>`` of the problem with one
+``<image>`` per sampled slice, so the model, the processor and TRL only ever see images and ECG series.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from PIL import Image
 
 from ..modeling.processing_qoqmed import QoQMedProcessor, chat_messages
+from .boxes import to_model_box
 from .readers import load_ecg, load_image
-from .schema import Record
+from .schema import IMAGE_TOKEN, VOLUME_TOKEN, Record
+from .volumes import load_volume
 
 SYSTEM_PROMPT = (
     "You are a clinical reasoning assistant. Inside <think> </think>, first list the regions of interest as JSON "
@@ -33,17 +39,57 @@ MODALITY_NAMES = {
 
 @dataclass
 class LoadedRecord:
-    """A record with its files read: RGB images (original size) and ECG arrays (leads, samples)."""
+    """A record with its files read.
+
+    ``images`` are RGB images (original size) in prompt order: the record's images and each volume's sampled
+    slices; ``problem`` is the record's problem with every ``<volume>`` expanded into that many ``<image>``;
+    ``image_index[i]`` is the position in ``images`` of ``record.images[i]`` (boxes refer to those).
+    ``ecgs`` are ECG arrays (leads, samples).
+    """
 
     record: Record
     images: list[Image.Image]
     ecgs: list[np.ndarray]
+    problem: str | None = None
+    image_index: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.problem is None:
+            self.problem = self.record.problem
+        if not self.image_index:
+            self.image_index = list(range(len(self.record.images)))
+
+    def record_image(self, i: int) -> Image.Image:
+        """The image ``record.images[i]`` (what a box's ``image`` index points at)."""
+        return self.images[self.image_index[i]]
+
+
+_VISUAL = re.compile(f"({re.escape(IMAGE_TOKEN)}|{re.escape(VOLUME_TOKEN)})")
 
 
 def load_record(record: Record) -> LoadedRecord:
-    """Read every file a record refers to; a missing or malformed file raises a DataError naming it."""
-    return LoadedRecord(record, [load_image(record.resolve(p)) for p in record.images],
-                        [load_ecg(record.resolve(p)) for p in record.ecg])
+    """Read every file a record refers to; a missing or malformed file raises a DataError naming it.
+
+    Each volume is sampled to its ``slices`` frames (``qoqmed.data.volumes.load_volume``) and its ``<volume>``
+    placeholder becomes that many ``<image>`` placeholders, in place.
+    """
+    pieces = _VISUAL.split(record.problem)
+    images: list[Image.Image] = []
+    image_index: list[int] = []
+    n_image = n_volume = 0
+    for k, piece in enumerate(pieces):
+        if piece == IMAGE_TOKEN:
+            image_index.append(len(images))
+            images.append(load_image(record.resolve(record.images[n_image])))
+            n_image += 1
+        elif piece == VOLUME_TOKEN:
+            ref = record.volumes[n_volume]
+            frames = load_volume(record.resolve(ref.path), num_slices=ref.slices, window=ref.window, axis=ref.axis)
+            images.extend(frames)
+            pieces[k] = IMAGE_TOKEN * len(frames)
+            n_volume += 1
+    ecgs = [load_ecg(record.resolve(p)) for p in record.ecg]
+    return LoadedRecord(record, images, ecgs, problem="".join(pieces), image_index=image_index)
 
 
 @dataclass(frozen=True)
@@ -60,7 +106,7 @@ def grounding(loaded: LoadedRecord, processor: QoQMedProcessor) -> Grounding:
     """Ground truth for scoring boxes; predicted boxes are taken to refer to the first box's image."""
     rec = loaded.record
     index = rec.boxes[0].image if rec.boxes else rec.mask_image
-    size = loaded.images[index].size if index is not None else None
+    size = loaded.record_image(index).size if index is not None else None
     return Grounding(
         boxes=tuple(tuple(b.bbox_2d) for b in rec.boxes if b.image == index),
         mask_path=str(rec.resolve(rec.segmentation_path)) if rec.segmentation_path else None,
@@ -70,15 +116,8 @@ def grounding(loaded: LoadedRecord, processor: QoQMedProcessor) -> Grounding:
 
 def model_boxes(loaded: LoadedRecord, processor: QoQMedProcessor) -> list[dict]:
     """Ground-truth boxes converted from original pixels to the model's resized-image pixels."""
-    out = []
-    for box in loaded.record.boxes:
-        img = loaded.images[box.image]
-        mw, mh = processor.model_image_size(*img.size)
-        sx, sy = mw / img.size[0], mh / img.size[1]
-        x1, y1, x2, y2 = box.bbox_2d
-        out.append({"bbox_2d": [round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)],
-                    "label": box.label})
-    return out
+    return [{"bbox_2d": list(to_model_box(box.bbox_2d, loaded.record_image(box.image).size, processor)),
+             "label": box.label} for box in loaded.record.boxes]
 
 
 def target_text(loaded: LoadedRecord, processor: QoQMedProcessor) -> str:
@@ -91,7 +130,7 @@ def target_text(loaded: LoadedRecord, processor: QoQMedProcessor) -> str:
 
 
 def messages_for(loaded: LoadedRecord, system: str | None = SYSTEM_PROMPT) -> list[dict]:
-    return chat_messages(loaded.record.problem, loaded.images, system=system)
+    return chat_messages(loaded.problem, loaded.images, system=system)
 
 
 def encode_batch(processor: QoQMedProcessor, batch: Sequence[LoadedRecord], with_targets: bool = False,

@@ -5,23 +5,29 @@ A row looks like::
     {"id": "ct-000123", "domain": "ct", "dataset": "climb_mini/ct", "split": "train",
      "problem": "<image><image>\\nQuestion ... Options: A, B, C.", "answer": "A, B",
      "images": ["ct/climb_mini_ct/000123/slice_0.png", ...], "ecg": ["ecg/.../000012.npy"],
+     "volumes": ["ct/lidc/0007/series", {"path": "mri/brats/0001/t1.nii.gz", "slices": 4, "window": "brain"}],
      "boxes": [{"bbox_2d": [x1, y1, x2, y2], "label": "A", "image": 1}],
      "segmentation_path": "ct/climb_mini_ct/000123/mask.png", "difficulty": "easy"}
 
 Conventions:
 
 - Paths are relative to the folder of the jsonl file that holds the row.
-- ``problem`` holds one ``<image>`` per entry of ``images`` and one ``<ecg>`` per entry of ``ecg``, in prompt order.
-  A row with no placeholder of a kind gets them added the way the reference implementation does: images before the
-  text, ECG series after it. A row with some placeholders but the wrong count is an error.
+- ``problem`` holds one ``<image>`` per entry of ``images``, one ``<volume>`` per entry of ``volumes`` and one
+  ``<ecg>`` per entry of ``ecg``, in prompt order. A row with no placeholder of a kind gets them added the way the
+  reference implementation does: images and volumes before the text, ECG series after it. A row with some
+  placeholders but the wrong count is an error.
+- A volume (CT/MRI: a DICOM series folder, NIfTI, multi-frame DICOM; or an ultrasound video) is a path or an
+  object ``{"path", "slices", "window", "axis"}``; when the record is loaded its ``<volume>`` becomes ``slices``
+  (default 4) ``<image>`` placeholders, one per uniformly sampled slice (see ``qoqmed.data.volumes``).
 - Boxes are ``[x1, y1, x2, y2]`` in original pixels of ``images[image]``, pixel-edge coordinates (a box covering
   pixel columns 3..7 is ``x1=3, x2=8``).
 - ``segmentation_path`` is a binary mask of the image of the first box (image 0 when there are no boxes).
 
-Rows in the reference (QoQ-Med) layout are accepted too: ``time-series`` is read as ``ecg``, ``bbox`` becomes one
+Rows in the reference (QoQ-Med) layout are accepted too: ``time-series`` is read as ``ecg``, ``videos`` as
+``volumes`` (with ``<video>`` placeholders read as ``<volume>``), ``bbox`` becomes one
 box on image 0 labelled with the answer (the reference's ``[0, 0, 0, 0]`` placeholder means no box), a missing
-``domain`` comes from the first path component of ``images[0]`` (``"ct/..." -> "ct"``), a missing ``dataset`` from
-the first two, and a missing ``id`` from the line number.
+``domain`` comes from the first path component of ``images[0]`` (``"ct/..." -> "ct"``; ``volumes[0]`` for a row
+without images), a missing ``dataset`` from the first two, and a missing ``id`` from the line number.
 """
 
 from __future__ import annotations
@@ -50,12 +56,16 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 DIFFICULTIES: tuple[str, ...] = ("easy", "hard")
 IMAGE_TOKEN = "<image>"
 ECG_TOKEN = "<ecg>"
+VOLUME_TOKEN = "<volume>"
+VIDEO_TOKEN = "<video>"  # the reference's name for the same thing
+DEFAULT_VOLUME_SLICES = 4
+MAX_VOLUME_SLICES = 64
 
 # Keys this module reads; anything else in a row is kept verbatim in Record.extra.
 _KNOWN_KEYS = frozenset(
     {
         "id", "domain", "dataset", "split", "problem", "answer", "images", "ecg", "boxes",
-        "segmentation_path", "difficulty", "time-series", "bbox", "videos",
+        "segmentation_path", "difficulty", "time-series", "bbox", "videos", "volumes",
     }
 )
 _LABEL_SEPARATORS = re.compile(r",|&|\s+and\s+")
@@ -98,6 +108,29 @@ class Box:
         return {"bbox_2d": list(self.bbox_2d), "label": self.label, "image": self.image}
 
 
+@dataclass(frozen=True)
+class VolumeRef:
+    """A volume or video of a record and how to sample it: ``slices`` uniformly spaced slices, ``window`` a preset
+    name or (center, width) (None: the file's own or automatic), ``axis`` a plane name or array axis (None: as
+    acquired)."""
+
+    path: str
+    slices: int = DEFAULT_VOLUME_SLICES
+    window: str | tuple[float, float] | None = None
+    axis: str | int | None = None
+
+    def to_json(self) -> str | dict[str, Any]:
+        """A bare path when every option is the default, else an object."""
+        if self.slices == DEFAULT_VOLUME_SLICES and self.window is None and self.axis is None:
+            return self.path
+        out: dict[str, Any] = {"path": self.path, "slices": self.slices}
+        if self.window is not None:
+            out["window"] = self.window if isinstance(self.window, str) else list(self.window)
+        if self.axis is not None:
+            out["axis"] = self.axis
+        return out
+
+
 @dataclass
 class Record:
     """One validated row. Paths stay relative; ``resolve`` joins them with ``base_dir``."""
@@ -115,6 +148,7 @@ class Record:
     difficulty: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     base_dir: Path | None = field(default=None, compare=False, repr=False)
+    volumes: list[VolumeRef] = field(default_factory=list)
 
     @property
     def labels(self) -> list[str]:
@@ -137,6 +171,7 @@ class Record:
     def files(self) -> list[tuple[str, str]]:
         """``(field, relative path)`` of every file the record references."""
         out = [(f"images[{i}]", p) for i, p in enumerate(self.images)]
+        out += [(f"volumes[{i}]", v.path) for i, v in enumerate(self.volumes)]
         out += [(f"ecg[{i}]", p) for i, p in enumerate(self.ecg)]
         if self.segmentation_path is not None:
             out.append(("segmentation_path", self.segmentation_path))
@@ -157,6 +192,10 @@ class Record:
         row["answer"] = self.answer
         row["images"] = [rel(p) for p in self.images]
         row["ecg"] = [rel(p) for p in self.ecg]
+        if self.volumes:
+            row["volumes"] = [
+                rel(v.path) if isinstance(j := v.to_json(), str) else {**j, "path": rel(v.path)} for v in self.volumes
+            ]
         row["boxes"] = [b.to_dict() for b in self.boxes]
         row["segmentation_path"] = None if self.segmentation_path is None else rel(self.segmentation_path)
         if self.difficulty is not None:
@@ -230,6 +269,62 @@ def _path_list(value: Any, key: str, probs: _Problems) -> list[str]:
     return paths
 
 
+def _volumes(value: Any, key: str, probs: _Problems) -> list[VolumeRef]:
+    """Volume entries: a path string or {"path", "slices", "window", "axis"}."""
+    if value is None:
+        return []
+    if isinstance(value, (str, Mapping)):
+        value = [value]
+    if not isinstance(value, list):
+        probs.add(key, f"must be a list of paths or objects, got {type(value).__name__}")
+        return []
+    refs: list[VolumeRef] = []
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        n_before = len(probs.items)
+        if isinstance(item, str):
+            paths = _path_list([item], where, _Relabel(probs, where, strip_index=True))
+            if paths:
+                refs.append(VolumeRef(paths[0]))
+            continue
+        if not isinstance(item, Mapping):
+            probs.add(where, f"must be a path or an object with path, slices, window, axis; got {item!r:.60}")
+            continue
+        unknown = sorted(set(item) - {"path", "slices", "window", "axis"})
+        if unknown:
+            probs.add(where, f"unknown key(s) {', '.join(unknown)}; allowed: path, slices, window, axis")
+        paths = _path_list([item.get("path")] if item.get("path") is not None else None, where,
+                           _Relabel(probs, where, strip_index=True))
+        if item.get("path") is None:
+            probs.add(f"{where}.path", "missing")
+        slices = item.get("slices", DEFAULT_VOLUME_SLICES)
+        if isinstance(slices, bool) or not isinstance(slices, int) or not 1 <= slices <= MAX_VOLUME_SLICES:
+            probs.add(f"{where}.slices", f"must be an integer 1..{MAX_VOLUME_SLICES}, got {slices!r}")
+        window = _volume_window(item.get("window"), f"{where}.window", probs)
+        axis = item.get("axis")
+        if axis is not None and axis not in ("axial", "coronal", "sagittal", 0, 1, 2) or isinstance(axis, bool):
+            probs.add(f"{where}.axis", f"must be axial, coronal, sagittal, 0, 1, 2 or null; got {axis!r}")
+        if len(probs.items) == n_before and paths:
+            refs.append(VolumeRef(paths[0], slices, window, axis))
+    return refs
+
+
+def _volume_window(value: Any, key: str, probs: _Problems) -> str | tuple[float, float] | None:
+    from .volumes import WINDOWS  # volumes imports this module
+
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value not in WINDOWS:
+            probs.add(key, f"{value!r} is not a window preset ({', '.join(WINDOWS)}) or [center, width]")
+            return None
+        return value
+    if isinstance(value, (list, tuple)) and len(value) == 2 and all(_number(v) for v in value) and value[1] >= 1:
+        return (float(value[0]), float(value[1]))
+    probs.add(key, f"must be a preset name or [center, width] with width >= 1, got {value!r:.60}")
+    return None
+
+
 def _is_absolute(path: str) -> bool:
     return path.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", path))
 
@@ -286,13 +381,14 @@ def _boxes(value: Any, n_images: int, probs: _Problems) -> list[Box]:
 
 
 class _Relabel(_Problems):
-    """Prefixes field names with a parent key (for fields nested in a box)."""
+    """Prefixes field names with a parent key (for fields nested in a box); or, with ``strip_index``, reports
+    under the parent key alone (a one-element list parsed for an entry that is already indexed)."""
 
-    def __init__(self, parent: _Problems, prefix: str) -> None:
-        self.parent, self.prefix = parent, prefix
+    def __init__(self, parent: _Problems, prefix: str, strip_index: bool = False) -> None:
+        self.parent, self.prefix, self.strip_index = parent, prefix, strip_index
 
     def add(self, field_name: str, reason: str) -> None:
-        self.parent.add(f"{self.prefix}.{field_name}", reason)
+        self.parent.add(self.prefix if self.strip_index else f"{self.prefix}.{field_name}", reason)
 
 
 def _reference_box(obj: Mapping[str, Any], answer: str | None, probs: _Problems) -> list[Box]:
@@ -316,8 +412,8 @@ def _placeholders(problem: str, token: str, n: int, key: str, probs: _Problems, 
     return problem
 
 
-def _infer_domain(images: list[str]) -> str | None:
-    return images[0].split("/")[0] if images else None
+def _infer_domain(paths: list[str]) -> str | None:
+    return paths[0].split("/")[0] if paths else None
 
 
 def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None, list[tuple[str, str]]]:
@@ -335,8 +431,10 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None
         probs.add("answer", f"{answer!r} holds no label")
 
     images = _path_list(obj.get("images"), "images", probs)
-    if obj.get("videos"):
-        probs.add("videos", "video files are not read; sample frames into `images` instead")
+    if "volumes" in obj and "videos" in obj:
+        probs.add("videos", "given together with `volumes`; use one of them")
+    volume_key = "volumes" if "volumes" in obj else "videos"
+    volumes = _volumes(obj.get(volume_key), volume_key, probs)
     if "ecg" in obj and "time-series" in obj:
         probs.add("time-series", "given together with `ecg`; use one of them")
     ecg_key = "ecg" if "ecg" in obj else "time-series"
@@ -346,16 +444,19 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None
     source = ""
     if domain is None and obj.get("domain") is None:
         domain, source = _infer_domain(images), " (from images[0])"
+        if domain is None and volumes:
+            domain, source = _infer_domain([volumes[0].path]), f" (from {volume_key}[0])"
         if domain is None and ecg:
             domain, source = "ecg", ""
         if domain is None:
-            probs.add("domain", "missing and cannot be derived (no images and no ECG)")
+            probs.add("domain", "missing and cannot be derived (no images, volumes or ECG)")
     if domain is not None and domain not in DOMAINS:
         probs.add("domain", f"{domain!r}{source} is not one of {', '.join(DOMAINS)}")
 
     dataset = _string(obj, "dataset", probs, required=False)
     if dataset is None and obj.get("dataset") is None:
-        parts = images[0].split("/") if images else []
+        first = images[0] if images else volumes[0].path if volumes else ""
+        parts = first.split("/") if first else []
         if len(parts) >= 3:
             dataset = f"{parts[0]}/{parts[1]}"
         else:
@@ -382,6 +483,11 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None
             probs.add("segmentation_path", "a mask needs an image, but `images` is empty")
 
     if problem is not None:
+        if volume_key == "videos":
+            problem = problem.replace(VIDEO_TOKEN, VOLUME_TOKEN)
+        elif VIDEO_TOKEN in problem:
+            probs.add("problem", f"has {VIDEO_TOKEN} placeholder(s); rows with `volumes` use {VOLUME_TOKEN}")
+        problem = _placeholders(problem, VOLUME_TOKEN, len(volumes), volume_key, probs, before=True)
         problem = _placeholders(problem, IMAGE_TOKEN, len(images), "images", probs, before=True)
         problem = _placeholders(problem, ECG_TOKEN, len(ecg), ecg_key, probs, before=False)
 
@@ -391,6 +497,7 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None
     record = Record(
         id=rid, domain=domain, dataset=dataset, problem=problem, answer=answer, images=images, ecg=ecg,
         boxes=boxes, split=split, segmentation_path=seg, difficulty=difficulty, extra=extra, base_dir=Path(base_dir),
+        volumes=volumes,
     )
     return record, []
 
@@ -447,7 +554,9 @@ def load_records(path: str | Path, check_files: bool = True) -> list[Record]:
         if check_files:
             for key, rel in record.files():
                 full = base_dir / rel
-                if not full.is_file():
+                # A volume may be a folder (a DICOM series); every other reference is one file.
+                ok = full.is_file() or (key.startswith("volumes") and full.is_dir())
+                if not ok:
                     reason = "not a regular file" if full.exists() else "file not found"
                     problems.append(f"{path}:{line_no}: {key}: {reason}: {full}")
         records.append(record)
