@@ -3,9 +3,9 @@
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
 from .configuration_qoqmed import QoQMedConfig
-from .ecg_encoder import ECGEncoderConfig, ECGJEPAEncoder
-from .modeling_qoqmed import QoQMedForConditionalGeneration, QoQMedModel
-from .processing_qoqmed import CHAT_TEMPLATE, QoQMedProcessor, chat_messages
+from .ecg_encoder import ECGCheckpointError, ECGEncoderConfig, ECGJEPAEncoder, load_ecg_jepa_checkpoint
+from .modeling_qoqmed import QoQMedForConditionalGeneration, QoQMedModel, freeze
+from .processing_qoqmed import CHAT_TEMPLATE, QoQMedProcessor, chat_messages, volume_parts
 
 AutoConfig.register(QoQMedConfig.model_type, QoQMedConfig, exist_ok=True)
 AutoModel.register(QoQMedConfig, QoQMedModel, exist_ok=True)
@@ -15,6 +15,7 @@ AutoModelForCausalLM.register(QoQMedConfig, QoQMedForConditionalGeneration, exis
 AutoProcessor.register(QoQMedConfig, QoQMedProcessor, exist_ok=True)
 
 __all__ = [
-    "CHAT_TEMPLATE", "ECGEncoderConfig", "ECGJEPAEncoder", "QoQMedConfig", "QoQMedForConditionalGeneration",
-    "QoQMedModel", "QoQMedProcessor", "chat_messages",
+    "CHAT_TEMPLATE", "ECGCheckpointError", "ECGEncoderConfig", "ECGJEPAEncoder", "QoQMedConfig",
+    "QoQMedForConditionalGeneration", "QoQMedModel", "QoQMedProcessor", "chat_messages", "freeze",
+    "load_ecg_jepa_checkpoint", "volume_parts",
 ]

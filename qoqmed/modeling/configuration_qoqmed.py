@@ -7,6 +7,7 @@ from transformers import Qwen2_5_VLConfig
 from .ecg_encoder import TOKEN_MODES, ECGEncoderConfig, num_ecg_tokens
 
 ECG_PROJECTORS = ("linear", "mlp")
+FREEZABLE = ("vision", "ecg", "projector", "llm")
 
 
 class QoQMedConfig(Qwen2_5_VLConfig):
@@ -17,6 +18,8 @@ class QoQMedConfig(Qwen2_5_VLConfig):
     ecg_projector: "linear" (reference) or "mlp" (Linear-GELU-Linear) into the LLM width.
     ecg_sampling_rate: the rate (Hz) records are resampled to before encoding; recorded so inference matches training.
     ecg_normalize: per-lead z-scoring before encoding.
+    frozen_modules: parts kept frozen when the model is loaded, among "vision", "ecg", "projector", "llm"
+        (set through ``qoqmed.modeling.freeze``).
     """
 
     model_type = "qoqmed"
@@ -31,6 +34,7 @@ class QoQMedConfig(Qwen2_5_VLConfig):
     ecg_end_token_id: int | None = None
     ecg_sampling_rate: int = 250
     ecg_normalize: bool = False
+    frozen_modules: list | None = None
 
     def __post_init__(self, **kwargs):
         self.ecg_config = ECGEncoderConfig(**(self.ecg_config or {})).to_dict()
@@ -38,6 +42,9 @@ class QoQMedConfig(Qwen2_5_VLConfig):
             raise ValueError(f"ecg_token_mode={self.ecg_token_mode!r}; choose one of {TOKEN_MODES}")
         if self.ecg_projector not in ECG_PROJECTORS:
             raise ValueError(f"ecg_projector={self.ecg_projector!r}; choose one of {ECG_PROJECTORS}")
+        unknown = set(self.frozen_modules or []) - set(FREEZABLE)
+        if unknown:
+            raise ValueError(f"frozen_modules has {sorted(unknown)}; choose among {FREEZABLE}")
         super().__post_init__(**kwargs)
 
     @property

@@ -4,12 +4,17 @@ Input ``(batch, leads, samples)``; each lead is cut into non-overlapping patches
 embedded with one ``Linear``. Tokens sit on a (lead, patch) grid; a fixed 2D sin-cos position table is added
 before *every* block, and "cross-pattern" attention lets a token see only tokens of its own lead or of its own
 time patch in other leads. Blocks are pre-LN transformers without qkv bias, followed by a final LayerNorm.
-Module names follow the timm/I-JEPA layout so the official ``checkpoint['encoder']`` maps onto them.
+
+The official release stores the encoder as ``torch.load(path)['encoder']`` with the names of its ``MaskTransformer``
+(``W_P``, ``encoder_blocks.blocks.<i>.*``, ``norm``, ``pos_embed``); :func:`load_ecg_jepa_checkpoint` maps them onto
+this module, checks every key and shape, and checks the stored position table against the one computed here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +35,8 @@ class ECGEncoderConfig:
     num_heads: int = 16
     mlp_ratio: float = 4.0
     qkv_bias: bool = False
-    layer_norm_eps: float = 1e-6
+    # torch's LayerNorm default, which the official encoder uses everywhere
+    layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         if self.num_samples % self.patch_size:
@@ -68,11 +74,15 @@ def _sincos_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
 
 
 def sincos_2d_positions(hidden_size: int, num_leads: int, num_patches: int) -> torch.Tensor:
-    """Fixed (lead, patch) position table, lead-major: row ``lead * num_patches + patch``."""
+    """Fixed (lead, patch) position table, lead-major: row ``lead * num_patches + patch``.
+
+    The first half of the channels encodes the patch (time) index and the second half the lead, as the official
+    MAE-style table does (its meshgrid puts the width axis, here time, first).
+    """
     lead = torch.arange(num_leads).repeat_interleave(num_patches)
     patch = torch.arange(num_patches).repeat(num_leads)
     half = hidden_size // 2
-    return torch.cat([_sincos_1d(half, lead), _sincos_1d(half, patch)], dim=1).float()
+    return torch.cat([_sincos_1d(half, patch), _sincos_1d(half, lead)], dim=1).float()
 
 
 def cross_pattern_mask(num_leads: int, num_patches: int) -> torch.Tensor:
@@ -157,3 +167,128 @@ class ECGJEPAEncoder(nn.Module):
         if mode == "pooled":
             return x.mean(1, keepdim=True)
         raise ValueError(f"unknown ECG token mode {mode!r}; choose one of {TOKEN_MODES}")
+
+
+# --- official checkpoint ----------------------------------------------------------------------------------------
+
+class ECGCheckpointError(ValueError):
+    """An ECG-JEPA checkpoint that does not fit the encoder; the message lists every offending key."""
+
+
+_OFFICIAL_PREFIXES = (("W_P.", "patch_embed."), ("encoder_blocks.blocks.", "blocks."), ("norm.", "norm."))
+
+
+def official_to_native_key(key: str) -> str | None:
+    """Name in this module of a key of the official ``checkpoint['encoder']`` (None if it has no counterpart)."""
+    for official, native in _OFFICIAL_PREFIXES:
+        if key.startswith(official):
+            return native + key[len(official):]
+    return None
+
+
+def native_to_official_key(key: str) -> str:
+    for official, native in _OFFICIAL_PREFIXES:
+        if key.startswith(native):
+            return official + key[len(native):]
+    return key
+
+
+def _listing(title: str, items: list[str], limit: int = 12) -> str:
+    shown = "\n    ".join(items[:limit])
+    more = f"\n    ... and {len(items) - limit} more" if len(items) > limit else ""
+    return f"  {title} ({len(items)}):\n    {shown}{more}"
+
+
+def load_ecg_jepa_state_dict(encoder: ECGJEPAEncoder, state: Mapping[str, torch.Tensor],
+                             source: str = "state dict") -> None:
+    """Copy an ECG-JEPA encoder state dict into ``encoder`` after a strict key, shape and value check.
+
+    Accepts the official layout (``W_P``, ``encoder_blocks.blocks.<i>``, ``norm``, ``pos_embed``) or this module's
+    own names. Raises :class:`ECGCheckpointError` listing missing, unexpected and mismatched keys; nothing is copied
+    unless everything fits.
+    """
+    state = dict(state)
+    if state and all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel wrapper
+        state = {k[len("module."):]: v for k, v in state.items()}
+    official = any(k.startswith(("W_P.", "encoder_blocks.")) for k in state)
+    expected = encoder.state_dict()
+    name = native_to_official_key if official else (lambda k: k)
+    mapped, unexpected, problems = {}, [], []
+    for key, value in state.items():
+        if key == "pos_embed":
+            continue
+        native = official_to_native_key(key) if official else key
+        if native is None or native not in expected:
+            unexpected.append(key)
+            continue
+        if not isinstance(value, torch.Tensor):
+            problems.append(f"{key}: not a tensor ({type(value).__name__})")
+            continue
+        mapped[native] = value
+    missing = [name(k) for k in expected if k not in mapped]
+    mismatched = [f"{name(k)}: checkpoint {tuple(v.shape)}, encoder {tuple(expected[k].shape)}"
+                  for k, v in mapped.items() if v.shape != expected[k].shape]
+    problems += [f"{name(k)}: contains NaN or infinite values" for k, v in mapped.items()
+                 if v.is_floating_point() and not torch.isfinite(v).all()]
+    pos = state.get("pos_embed")
+    if official and pos is None:
+        missing.append("pos_embed")
+    elif pos is not None:
+        table = encoder.pos_embed
+        pos = pos.reshape(pos.shape[-2:]) if pos.ndim == 3 and pos.shape[0] == 1 else pos
+        if pos.shape != table.shape:
+            mismatched.append(f"pos_embed: checkpoint {tuple(pos.shape)}, encoder {tuple(table.shape)}")
+        elif not torch.allclose(pos.float(), table.float(), atol=1e-4):
+            diff = (pos.float() - table.float()).abs().max().item()
+            problems.append(f"pos_embed: differs from the fixed 2D sin-cos (lead, patch) table (max abs diff "
+                            f"{diff:.3g}); the checkpoint was trained with learnable or rotary positions, which "
+                            "this encoder does not implement")
+    if missing or unexpected or mismatched or problems:
+        cfg = encoder.config
+        parts = [f"{source} does not fit the ECG encoder (width {cfg.hidden_size}, depth {cfg.num_layers}, "
+                 f"{cfg.num_leads} leads x {cfg.num_patches} patches of {cfg.patch_size} samples):"]
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mismatched), ("bad values", problems)):
+            if items:
+                parts.append(_listing(title, items))
+        raise ECGCheckpointError("\n".join(parts))
+    encoder.load_state_dict(mapped, strict=True)  # copies into the existing parameters, casting the dtype
+
+
+def read_ecg_jepa_checkpoint(path: str | Path, key: str = "encoder", trust_pickle: bool = False
+                             ) -> dict[str, torch.Tensor]:
+    """The encoder state dict stored in an ECG-JEPA checkpoint file.
+
+    ``.pt``/``.pth`` files are read with ``torch.load(weights_only=True)`` and their ``[key]`` entry is used (a bare
+    state dict is accepted too); ``.safetensors`` files hold the state dict directly. ``trust_pickle`` allows full
+    unpickling, for checkpoints that also store Python objects: only for files of trusted origin.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: ECG encoder checkpoint not found")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except Exception as exc:  # unpickling errors come in several types
+        hint = ("; if you trust where this file comes from, allow full unpickling (trust_pickle=True, "
+                "CLI --trust-ecg-checkpoint)" if not trust_pickle else "")
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ECGCheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({first_line}){hint}") from exc
+    if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
+        return dict(obj[key])
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return dict(obj)
+    found = sorted(map(str, obj.keys())) if isinstance(obj, Mapping) else type(obj).__name__
+    raise ECGCheckpointError(f"{path}: no '{key}' state dict in the checkpoint (found {found}); the official "
+                             f"ECG-JEPA checkpoints store the encoder under '{key}'")
+
+
+def load_ecg_jepa_checkpoint(encoder: ECGJEPAEncoder, path: str | Path, key: str = "encoder",
+                             trust_pickle: bool = False) -> ECGJEPAEncoder:
+    """Load official ECG-JEPA weights (``torch.load(path)[key]``) into ``encoder``, strictly checked."""
+    state = read_ecg_jepa_checkpoint(path, key=key, trust_pickle=trust_pickle)
+    load_ecg_jepa_state_dict(encoder, state, source=f"{path} ['{key}']")
+    return encoder

@@ -2,7 +2,12 @@
 
 ECG tokens are spliced in at the backbone (``QoQMedModel``), not only in the outer model, because training
 libraries compute log-probabilities through ``model.model`` directly. ECG tokens use ordinary text rotary
-positions (one step per token), like any text token between vision blocks.
+positions (one step per token), like any text token between vision blocks: the processor marks them as text in
+``mm_token_type_ids``, so Qwen2.5-VL's ``get_rope_index`` advances them one position each.
+
+Qwen2.5-VL checkpoints on disk use the original names (``model.layers.*``, ``visual.*``); the same renaming that
+transformers applies to ``Qwen2_5_VLForConditionalGeneration`` is registered for this class, so a Qwen2.5-VL or
+QoQ-Med-VL checkpoint loads straight into it and saved QoQ-Med checkpoints keep that layout.
 """
 
 from __future__ import annotations
@@ -11,10 +16,31 @@ import torch
 from torch import nn
 from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLModel
 from transformers import initialization as init
+from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 
-from .configuration_qoqmed import QoQMedConfig
-from .ecg_encoder import ECGJEPAEncoder, cross_pattern_mask, sincos_2d_positions
+from .configuration_qoqmed import FREEZABLE, QoQMedConfig
+from .ecg_encoder import ECGJEPAEncoder, cross_pattern_mask, load_ecg_jepa_checkpoint, sincos_2d_positions
+
+
+def _register_checkpoint_layout() -> None:
+    # transformers only applies its Qwen2.5-VL renaming to its own classes; ours are "custom code" to it.
+    # ECG modules are ours and already carry their final names, so the renaming leaves them alone. The patterns
+    # keep the shape of transformers' own (a lookahead closing with "))"), which its reverse mapping for saving parses.
+    own = "(language_model|visual|ecg_encoder|ecg_projector)"
+    if get_checkpoint_conversion_mapping("QoQMedForConditionalGeneration") is None:
+        register_checkpoint_conversion_mapping("QoQMedForConditionalGeneration", [
+            WeightRenaming(source_patterns=r"^visual", target_patterns="model.visual"),
+            WeightRenaming(source_patterns=rf"^model(?!\.{own})", target_patterns="model.language_model"),
+        ])
+    if get_checkpoint_conversion_mapping("QoQMedModel") is None:
+        register_checkpoint_conversion_mapping("QoQMedModel", [
+            WeightRenaming(source_patterns=rf"^model(?!\.{own})", target_patterns="model.language_model"),
+        ])
+
+
+_register_checkpoint_layout()
 
 
 def _projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
@@ -121,9 +147,50 @@ class QoQMedForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
             inputs["ecg_values"] = ecg_values
         return inputs
 
+    def load_ecg_encoder(self, path, key: str = "encoder", trust_pickle: bool = False) -> None:
+        """Load official ECG-JEPA weights (``torch.load(path)[key]``) into the ECG encoder, strictly checked."""
+        load_ecg_jepa_checkpoint(self.model.ecg_encoder, path, key=key, trust_pickle=trust_pickle)
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # requires_grad is not part of a checkpoint; the config records which parts stay frozen.
+        if model.config.frozen_modules:
+            freeze(model)
+        return loaded
+
     def placeholder_token_ids(self) -> list[int]:
         """Token ids the model must never generate (multimodal placeholders)."""
         cfg = self.config
         ids = [cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id,
                cfg.ecg_token_id, cfg.ecg_start_token_id, cfg.ecg_end_token_id]
         return sorted({i for i in ids if i is not None})
+
+
+
+def model_parts(model: QoQMedForConditionalGeneration) -> dict[str, list[nn.Module]]:
+    """The parts ``freeze`` acts on: vision tower (with its merger), ECG encoder, ECG projector, LLM (+ head)."""
+    inner = model.model
+    return {"vision": [inner.visual], "ecg": [inner.ecg_encoder], "projector": [inner.ecg_projector],
+            "llm": [inner.language_model, model.lm_head]}
+
+
+def freeze(model: QoQMedForConditionalGeneration, vision: bool | None = None, ecg: bool | None = None,
+           llm: bool | None = None, projector: bool | None = None) -> dict[str, int]:
+    """Set which parts of a QoQ-Med model train; ``None`` keeps what the config records (``frozen_modules``).
+
+    The choice is written to ``model.config.frozen_modules``, so it is saved with the model and re-applied by
+    ``from_pretrained``. Returns the number of trainable and frozen parameters.
+    """
+    recorded = set(model.config.frozen_modules or [])
+    wanted = {"vision": vision, "ecg": ecg, "projector": projector, "llm": llm}
+    frozen = [name for name in FREEZABLE if (wanted[name] if wanted[name] is not None else name in recorded)]
+    for name, modules in model_parts(model).items():
+        for module in modules:
+            module.requires_grad_(name not in frozen)
+    model.config.frozen_modules = frozen
+    # With tied embeddings lm_head shares the embedding Parameter, so it follows the LLM setting.
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "frozen": total - trainable}

@@ -143,3 +143,17 @@ def chat_messages(problem: str, images: Sequence = (), system: str | None = None
     messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
     messages.append({"role": "user", "content": parts})
     return messages
+
+
+def volume_parts(frames: Sequence, name: str = "Slice", attach: bool = True) -> list[dict]:
+    """Content parts for a 3D volume or a video given as frames: a text label before each frame, then the image.
+
+    Frames enter as separate images, as the reference model was trained (and without the torchvision-based video
+    processor); the labels ("Slice 2/4: ") tell the model their order, which image positions alone do not.
+    With ``attach`` each image part carries its frame (as TRL and ``apply_chat_template`` read it).
+    """
+    parts: list[dict] = []
+    for i, frame in enumerate(frames, start=1):
+        parts.append({"type": "text", "text": f"{name} {i}/{len(frames)}: "})
+        parts.append({"type": "image", "image": frame} if attach else {"type": "image"})
+    return parts

@@ -56,18 +56,70 @@ class TinySpec:
     extra: dict = field(default_factory=dict)
 
 
-def build_tokenizer(corpus: Iterable[str] = (), vocab_size: int = 2048) -> PreTrainedTokenizerFast:
-    """Byte-level BPE trained offline on ``corpus`` + the format corpus, with the Qwen2.5-VL special tokens."""
+def build_tokenizer(corpus: Iterable[str] = (), vocab_size: int = 2048, ecg_tokens: bool = True
+                    ) -> PreTrainedTokenizerFast:
+    """Byte-level BPE trained offline on ``corpus`` + the format corpus, with the Qwen2.5-VL special tokens.
+
+    ``ecg_tokens=False`` leaves out the ECG placeholders, as in a plain Qwen2.5-VL tokenizer.
+    """
+    specials = SPECIAL_TOKENS if ecg_tokens else [t for t in SPECIAL_TOKENS if t not in (ECG_START, ECG_PAD, ECG_END)]
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator([*FORMAT_CORPUS, *corpus], trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                 additional_special_tokens=SPECIAL_TOKENS[1:])
+                                 additional_special_tokens=specials[1:])
     hf.padding_side = "left"
     return hf
+
+
+def _text_vision_config(spec: TinySpec, vocab_size: int, ids: dict[str, int]) -> tuple[dict, dict]:
+    head_dim = spec.hidden_size // spec.num_heads
+    # mrope sections split half the head dim over (temporal, height, width)
+    t_sec = head_dim // 2 - 2 * (head_dim // 6)
+    text = dict(
+        vocab_size=vocab_size, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                         "mrope_section": [t_sec, head_dim // 6, head_dim // 6]},
+        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
+    )
+    vision = dict(
+        depth=spec.vision_depth, hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
+        num_heads=2, out_hidden_size=spec.hidden_size, patch_size=14, spatial_merge_size=2,
+        temporal_patch_size=2, window_size=112, fullatt_block_indexes=list(range(spec.vision_depth)),
+    )
+    return text, vision
+
+
+def save_tiny_base(out, corpus: Iterable[str] = (), spec: TinySpec | None = None, seed: int = 0) -> None:
+    """Save a tiny random *plain Qwen2.5-VL* checkpoint (no ECG tokens, transformers' own classes) to ``out``.
+
+    It has the files and weight layout of a real Qwen2.5-VL-Instruct folder, so ``build_from_base`` /
+    ``qoqmed model init`` can be exercised end to end without downloading one.
+    """
+    from transformers import GenerationConfig, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    spec = spec or TinySpec()
+    tokenizer = build_tokenizer(corpus, spec.vocab_size, ecg_tokens=False)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS if t in tokenizer.get_vocab()}
+    text, vision = _text_vision_config(spec, len(tokenizer), ids)
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
+                                               pad_token_id=ids["<|endoftext|>"])
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    Qwen2VLImageProcessorPil(min_pixels=spec.min_pixels, max_pixels=spec.max_pixels, patch_size=14, merge_size=2,
+                             temporal_patch_size=2).save_pretrained(out)
 
 
 def build_tiny(corpus: Iterable[str] = (), spec: TinySpec | None = None, seed: int = 0
@@ -77,23 +129,9 @@ def build_tiny(corpus: Iterable[str] = (), spec: TinySpec | None = None, seed: i
     tokenizer = build_tokenizer(corpus, spec.vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     ecg_config = dict(hidden_size=spec.ecg_hidden, num_layers=spec.ecg_layers, num_heads=spec.ecg_heads)
-    head_dim = spec.hidden_size // spec.num_heads
-    # mrope sections split half the head dim over (temporal, height, width)
-    t_sec = head_dim // 2 - 2 * (head_dim // 6)
+    text, vision = _text_vision_config(spec, len(tokenizer), ids)
     config = QoQMedConfig(
-        text_config=dict(
-            vocab_size=len(tokenizer), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-            num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-            num_key_value_heads=spec.num_kv_heads, max_position_embeddings=spec.max_position_embeddings,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                             "mrope_section": [t_sec, head_dim // 6, head_dim // 6]},
-            bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            depth=spec.vision_depth, hidden_size=spec.vision_hidden, intermediate_size=2 * spec.vision_hidden,
-            num_heads=2, out_hidden_size=spec.hidden_size, patch_size=14, spatial_merge_size=2,
-            temporal_patch_size=2, window_size=112, fullatt_block_indexes=list(range(spec.vision_depth)),
-        ),
+        text_config=text, vision_config=vision,
         image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
         ecg_token_id=ids[ECG_PAD], ecg_start_token_id=ids[ECG_START], ecg_end_token_id=ids[ECG_END],
