@@ -142,25 +142,47 @@ def _split_counts(info: dict) -> dict:
 @data_app.command("validate")
 def data_validate(
     path: Annotated[Path, typer.Argument(help="A jsonl file of records.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print problems as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result and every problem as JSON.")] = False,
+    read_files: Annotated[bool, typer.Option(
+        help="Read every referenced file (images incl. DICOM, volumes, ECGs, masks); --no-read-files only checks "
+             "that they exist.")] = True,
 ) -> None:
-    """Check every row and every file it references; print one line per problem; exit 1 if any."""
-    from .data.schema import DataError, load_records
+    """Check every row and every file it references; print one line per problem; exit 1 if any.
+
+    Each problem line reads FILE.jsonl:LINE: FIELD: REFERENCED-FILE: REASON. Files are read with the same readers
+    as training (DICOM decoding, volume slice sampling and windows, ECG lead mapping and resampling, mask size),
+    so a file that passes here loads in training.
+    """
+    from rich.progress import track
+
+    from .data.schema import DataError, validate_records
+
+    def progress(items):
+        items = list(items)
+        if as_json or len(items) < 50:
+            return items
+        return track(items, description="reading files", console=err, transient=True)
 
     try:
-        records = load_records(path)
-    except DataError as exc:
-        problems = list(getattr(exc, "problems", None) or [str(exc)])
-        if as_json:
-            console.print_json(json.dumps({"path": str(path), "ok": False, "problems": problems}))
-        else:
-            for p in problems:
-                console.print(p, markup=False)
-        raise typer.Exit(code=1)
+        result = validate_records(path, read_files=read_files, progress=progress)
+    except DataError as exc:  # the jsonl file itself is missing or unreadable
+        result = None
+        problems = [str(exc)]
+    if result is not None:
+        problems = [str(p) for p in result.problems]
     if as_json:
-        console.print_json(json.dumps({"path": str(path), "ok": True, "records": len(records)}))
+        payload = result.to_dict() if result is not None else {"path": str(path), "ok": False,
+                                                               "problems": [{"reason": p} for p in problems]}
+        console.print_json(json.dumps(payload))
+    elif problems:
+        for line in problems:
+            console.print(line, markup=False, soft_wrap=True)
+        console.print(f"{len(problems)} problem(s)" + (f" in {result.rows} rows ({result.valid_rows} clean)"
+                                                      if result is not None else ""), markup=False)
     else:
-        console.print(f"{path}: {len(records)} records, no problems")
+        console.print(f"{path}: {result.rows} records, {result.files_checked} files read, no problems", markup=False)
+    if problems:
+        raise typer.Exit(code=1)
 
 
 @data_app.command("stats")
@@ -194,11 +216,126 @@ def data_stats(
     labels = Table(title="labels per dataset")
     labels.add_column("dataset")
     labels.add_column("label counts")
+    labels.add_column("max/min", justify="right")
     for ds, v in stats["datasets"].items():
-        labels.add_row(ds, ", ".join(f"{k}: {c}" for k, c in v["labels"].items()))
+        labels.add_row(ds, ", ".join(f"{k}: {c}" for k, c in v["labels"].items()),
+                       f"{v['label_imbalance']:.1f}x" if v["label_imbalance"] else "-")
     console.print(labels)
-    console.print(f"largest/smallest domain: {stats['imbalance_ratio']:.1f}x; rows with images "
-                  f"{stats['with_images']}, with ECG {stats['with_ecg']}, with boxes {stats['with_boxes']}")
+    console.print(f"largest/smallest domain: {stats['imbalance_ratio']:.1f}x ({stats['largest_domain']} / "
+                  f"{stats['smallest_domain']}); rows with images {stats['with_images']}, with volumes "
+                  f"{stats['with_volumes']}, with ECG {stats['with_ecg']}, with boxes {stats['with_boxes']}")
+
+
+convert_app = typer.Typer(
+    help="Convert existing datasets to qoqmed jsonl records (one <split>.jsonl per split).", no_args_is_help=True)
+data_app.add_typer(convert_app, name="convert")
+
+
+def _convert_progress(description: str):
+    from rich.progress import track
+
+    return lambda items: track(list(items), description=description, console=err, transient=True)
+
+
+def _finish_conversion(conversion, out: Path, prefix: str = "") -> None:
+    from .data.converters import write_splits
+    from .data.schema import DataError
+
+    for line in conversion.skipped:
+        err.print(f"skipped: {line}", markup=False, soft_wrap=True)
+    try:
+        written = write_splits(conversion, out, prefix=prefix)
+    except DataError as exc:
+        _fail(str(exc))
+    counts = ", ".join(f"{split}: {len(conversion.splits[split])}" for split in written)
+    console.print(f"wrote {', '.join(str(p) for p in written.values())} ({counts}; {len(conversion.skipped)} "
+                  f"skipped). Check the files with `qoqmed data validate`.", markup=False, soft_wrap=True)
+
+
+@convert_app.command("climb")
+def convert_climb_cmd(
+    annotations: Annotated[list[Path], typer.Argument(help="CLIMB annotation files (.jsonl or a .json array).")],
+    out: Annotated[Path, typer.Option(help="Output folder for train/val/test.jsonl.")],
+    image_root: Annotated[Optional[Path], typer.Option(
+        help="Folder the rows' image/video paths are relative to (default: each annotation file's folder).")] = None,
+    domain: Annotated[Optional[str], typer.Option(
+        help="Domain for every row (default: the row's, else from the first path component).")] = None,
+    dataset: Annotated[Optional[str], typer.Option(
+        help="Dataset key for every row (default: the row's, else <domain>/<dataset> from the path).")] = None,
+    split: Annotated[Optional[str], typer.Option(
+        help="Split for every row (default: the row's, else the file name's, else a seeded split).")] = None,
+    val: Annotated[float, typer.Option(help="Fraction of unsplit rows for val.")] = 0.0,
+    test: Annotated[float, typer.Option(help="Fraction of unsplit rows for test.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed of the split of unsplit rows.")] = 0,
+) -> None:
+    """CLIMB's LLaVA-style rows (images/videos, conversations, label) or reference rows -> qoqmed records."""
+    from .data.converters import convert_climb
+    from .data.schema import DataError
+
+    try:
+        conversion = convert_climb(annotations, image_root=image_root, domain=domain, dataset=dataset, split=split,
+                                   seed=seed, val=val, test=test, progress=_convert_progress("converting"))
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    _finish_conversion(conversion, out)
+
+
+@convert_app.command("ptbxl")
+def convert_ptbxl_cmd(
+    table: Annotated[Path, typer.Argument(help="Label table CSV (PTB-XL: ptbxl_database.csv).")],
+    out: Annotated[Path, typer.Option(help="Output folder for train/val/test.jsonl.")],
+    records_root: Annotated[Optional[Path], typer.Option(
+        help="Folder the record paths are relative to (default: the table's folder).")] = None,
+    statements: Annotated[Optional[Path], typer.Option(
+        help="PTB-XL scp_statements.csv, to map diagnostic codes to superclasses.")] = None,
+    path_column: Annotated[str, typer.Option(help="Column with the WFDB record path (no suffix).")] = "filename_hr",
+    label_column: Annotated[str, typer.Option(help="Column with the code dict, e.g. {'NORM': 100.0}.")] = "scp_codes",
+    fold_column: Annotated[str, typer.Option(help="Fold column; '' for a seeded split instead.")] = "strat_fold",
+    id_column: Annotated[str, typer.Option(help="Record id column; '' to number rows.")] = "ecg_id",
+    val_folds: Annotated[str, typer.Option(help="Comma-separated folds for val.")] = "9",
+    test_folds: Annotated[str, typer.Option(help="Comma-separated folds for test.")] = "10",
+    min_likelihood: Annotated[float, typer.Option(help="Ignore codes with a lower likelihood.")] = 0.0,
+    dataset: Annotated[str, typer.Option(help="Dataset key of the records.")] = "ptbxl",
+    seed: Annotated[int, typer.Option(help="Seed of the split when there is no fold column.")] = 0,
+) -> None:
+    """PTB-XL-style WFDB records + CSV label table -> ECG records (labels: CLIMB's ECG superclass names)."""
+    from .data.converters import convert_ptbxl
+    from .data.schema import DataError
+
+    try:
+        folds = [[int(f) for f in text.split(",") if f.strip()] for text in (val_folds, test_folds)]
+        conversion = convert_ptbxl(
+            table, records_root=records_root, statements=statements, path_column=path_column,
+            label_column=label_column, fold_column=fold_column or None, id_column=id_column or None,
+            val_folds=folds[0], test_folds=folds[1], min_likelihood=min_likelihood, dataset=dataset, seed=seed,
+            progress=_convert_progress("converting"))
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    _finish_conversion(conversion, out)
+
+
+@convert_app.command("folder")
+def convert_folder_cmd(
+    root: Annotated[Path, typer.Argument(help="ROOT/<split>/<class>/<file> or ROOT/<class>/<file>.")],
+    domain: Annotated[str, typer.Option(help="Domain of every record (e.g. dermoscopy, ct).")],
+    out: Annotated[Path, typer.Option(help="Output folder for train/val/test.jsonl.")],
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset key (default: <domain>/<ROOT name>).")] = None,
+    val: Annotated[float, typer.Option(help="Fraction per class for val (class/file layout).")] = 0.1,
+    test: Annotated[float, typer.Option(help="Fraction per class for test (class/file layout).")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the split (class/file layout).")] = 0,
+    num_slices: Annotated[int, typer.Option(help="Slices sampled from each volume or video.")] = 4,
+    window: Annotated[Optional[str], typer.Option(help="Window preset for volumes (lung, brain, bone, ...).")] = None,
+) -> None:
+    """One folder per class -> records whose answer is the folder name; volumes and videos become `volumes`."""
+    from .data.converters import convert_folder
+    from .data.schema import DataError
+
+    try:
+        conversion = convert_folder(root, domain=domain, dataset=dataset, seed=seed, val=val, test=test,
+                                    num_slices=num_slices, window=window, progress=_convert_progress("converting"))
+    except (DataError, ValueError) as exc:
+        _fail(str(exc))
+    _finish_conversion(conversion, out)
 
 
 @model_app.command("tiny")

@@ -516,56 +516,191 @@ def parse_record(obj: Any, base_dir: str | Path, line_no: int | None = None) -> 
     return record
 
 
-def load_records(path: str | Path, check_files: bool = True) -> list[Record]:
-    """Read and validate a jsonl file; with ``check_files``, also check that every referenced file exists.
+@dataclass(frozen=True)
+class Problem:
+    """One problem found in a jsonl file: where (file, line, field), the referenced file if any, and why."""
 
-    Every problem of every row is collected and raised at once in one ``DataError`` whose lines read
-    ``<file>:<line>: <field>: <reason>``.
-    """
-    path = Path(path)
+    source: str
+    line: int | None
+    field: str
+    reason: str
+    file: str | None = None
+    record_id: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line is not None else self.source
+        middle = f"{self.field}: {self.file}" if self.file else self.field
+        return f"{where}: {middle}: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "line": self.line, "id": self.record_id, "field": self.field,
+                "file": self.file, "reason": self.reason}
+
+
+def _read_lines(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found" if not path.exists() else f"{path}: not a regular file")
-    base_dir = path.parent
-    problems: list[str] = []
-    records: list[Record] = []
-    first_line: dict[str, int] = {}
     try:
         with path.open(encoding="utf-8") as fh:
-            lines = list(enumerate(fh, start=1))
+            return list(enumerate(fh, start=1))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
+
+def scan_records(path: str | Path, check_files: bool = True) -> tuple[list[tuple[int, Record]], list[Problem]]:
+    """Parse every row of a jsonl file: ``(line, record)`` for the valid rows and every problem of the others.
+
+    With ``check_files``, every referenced file must exist (a volume may be a folder). Raises ``DataError`` only
+    when the file itself cannot be read.
+    """
+    path = Path(path)
+    lines = _read_lines(path)
+    base_dir, src = path.parent, str(path)
+    problems: list[Problem] = []
+    records: list[tuple[int, Record]] = []
+    first_line: dict[str, int] = {}
     for line_no, line in lines:
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
-            problems.append(f"{path}:{line_no}: <json>: invalid JSON ({exc.msg} at column {exc.colno})")
+            problems.append(Problem(src, line_no, "<json>", f"invalid JSON ({exc.msg} at column {exc.colno})"))
             continue
         record, row_problems = _parse(obj, base_dir, line_no)
-        problems += [f"{path}:{line_no}: {f}: {reason}" for f, reason in row_problems]
+        rid = obj.get("id") if isinstance(obj, Mapping) and isinstance(obj.get("id"), str) else None
+        problems += [Problem(src, line_no, f, reason, record_id=rid) for f, reason in row_problems]
         if record is None:
             continue
         if record.id in first_line:
-            problems.append(f"{path}:{line_no}: id: {record.id!r} duplicates line {first_line[record.id]}")
+            problems.append(Problem(src, line_no, "id", f"{record.id!r} duplicates line {first_line[record.id]}",
+                                    record_id=record.id))
             continue
         first_line[record.id] = line_no
         if check_files:
             for key, rel in record.files():
                 full = base_dir / rel
                 # A volume may be a folder (a DICOM series); every other reference is one file.
-                ok = full.is_file() or (key.startswith("volumes") and full.is_dir())
-                if not ok:
+                if not (full.is_file() or (key.startswith("volumes") and full.is_dir())):
                     reason = "not a regular file" if full.exists() else "file not found"
-                    problems.append(f"{path}:{line_no}: {key}: {reason}: {full}")
-        records.append(record)
+                    problems.append(Problem(src, line_no, key, reason, str(full), record.id))
+        records.append((line_no, record))
+    return records, problems
 
+
+def load_records(path: str | Path, check_files: bool = True) -> list[Record]:
+    """Read and validate a jsonl file; with ``check_files``, also check that every referenced file exists.
+
+    Every problem of every row is collected and raised at once in one ``DataError`` whose lines read
+    ``<file>:<line>: <field>: <reason>`` (``<file>:<line>: <field>: <referenced file>: <reason>`` for files).
+    ``qoqmed.data.schema.validate_records`` also reads every referenced file.
+    """
+    path = Path(path)
+    records, problems = scan_records(path, check_files)
     if problems:
-        raise DataError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(problems), problems)
+        lines = [str(p) for p in problems]
+        raise DataError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(lines), lines)
     if not records:
         raise DataError(f"{path}: no records (the file is empty)")
-    return records
+    return [r for _, r in records]
+
+
+@dataclass
+class Validation:
+    """Result of :func:`validate_records`: rows read, valid rows, files read and every problem found."""
+
+    path: str
+    rows: int
+    valid_rows: int
+    files_checked: int
+    problems: list[Problem]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "ok": self.ok, "rows": self.rows, "valid_rows": self.valid_rows,
+                "files_checked": self.files_checked, "problems": [p.to_dict() for p in self.problems]}
+
+
+def validate_records(
+    path: str | Path, read_files: bool = True, progress: Any = None,
+) -> Validation:
+    """Check every row of a jsonl file and, with ``read_files``, read every file it references with the reader
+    training uses (images incl. DICOM, volumes with the row's slice count and window, ECGs, masks against their
+    image's size, boxes inside their image). Never stops at the first problem.
+
+    ``progress`` optionally wraps the iteration over valid rows (e.g. ``rich.progress.track``).
+    """
+    path = Path(path)
+    records, problems = scan_records(path, check_files=not read_files)
+    rows = sum(1 for _, line in _read_lines(path) if line.strip())
+    files = 0
+    if read_files:
+        cache: dict[tuple, tuple[Any, str | None]] = {}
+        items = progress(records) if progress is not None else records
+        for line_no, record in items:
+            for field_name, file, reason in check_record_files(record, cache):
+                problems.append(Problem(str(path), line_no, field_name, reason, file, record.id))
+        files = len(cache)
+    bad_lines = {p.line for p in problems}
+    problems.sort(key=lambda p: (p.line or 0))
+    return Validation(str(path), rows, sum(1 for n, _ in records if n not in bad_lines), files, problems)
+
+
+def check_record_files(record: Record, cache: dict | None = None) -> list[tuple[str, str, str]]:
+    """Read every file of a record; ``(field, file, reason)`` for each that fails. ``cache`` shares reads
+    between records that reference the same file."""
+    from .readers import load_ecg, load_image, load_mask
+    from .volumes import load_volume
+
+    cache = {} if cache is None else cache
+    out: list[tuple[str, str, str]] = []
+
+    def attempt(key: tuple, field_name: str, full: Path, read) -> Any:
+        if key not in cache:
+            try:
+                cache[key] = (read(), None)
+            except (DataError, ValueError) as exc:
+                cache[key] = (None, _reason(exc, full))
+            except Exception as exc:  # a library bug or an exotic failure must not stop a bulk check
+                cache[key] = (None, f"unexpected {type(exc).__name__}: {exc}")
+        value, reason = cache[key]
+        if reason is not None:
+            out.append((field_name, str(full), reason))
+        return value
+
+    sizes: dict[int, tuple[int, int]] = {}
+    for i, rel in enumerate(record.images):
+        full = record.resolve(rel)
+        size = attempt(("image", str(full)), f"images[{i}]", full, lambda f=full: load_image(f).size)
+        if size is not None:
+            sizes[i] = size
+    for i, ref in enumerate(record.volumes):
+        full = record.resolve(ref.path)
+        attempt(("volume", str(full), ref.slices, str(ref.window), str(ref.axis)), f"volumes[{i}]", full,
+                lambda f=full, r=ref: len(load_volume(f, num_slices=r.slices, window=r.window, axis=r.axis)))
+    for i, rel in enumerate(record.ecg):
+        full = record.resolve(rel)
+        attempt(("ecg", str(full)), f"ecg[{i}]", full, lambda f=full: load_ecg(f).shape)
+    if record.segmentation_path is not None:
+        full = record.resolve(record.segmentation_path)
+        size = sizes.get(record.mask_image)
+        attempt(("mask", str(full), size), "segmentation_path", full, lambda f=full, s=size: load_mask(f, s).shape)
+    for i, box in enumerate(record.boxes):
+        size = sizes.get(box.image)
+        if size is not None and (box.bbox_2d[2] > size[0] or box.bbox_2d[3] > size[1]):
+            out.append((f"boxes[{i}]", record.images[box.image],
+                        f"box {list(box.bbox_2d)} extends outside the {size[0]}x{size[1]} image"))
+    return out
+
+
+def _reason(exc: Exception, full: Path) -> str:
+    """The reason part of a reader's ``<file>: <reason>`` message."""
+    text = str(exc)
+    prefix = f"{full}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def write_records(records: Iterable[Record], path: str | Path) -> Path:

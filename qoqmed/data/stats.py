@@ -23,11 +23,16 @@ def record_stats(records: Sequence[Record]) -> dict:
         "n": n,
         "domains": {d: {"rows": domains[d], "share": domains[d] / n} for d in order},
         "datasets": {ds: {"domain": dataset_domain[ds], "rows": sum(1 for r in records if r.dataset == ds),
-                          "labels": dict(sorted(c.items(), key=lambda kv: -kv[1]))}
+                          "labels": dict(sorted(c.items(), key=lambda kv: -kv[1])),
+                          # most / least frequent label of the dataset
+                          "label_imbalance": max(c.values()) / min(c.values()) if c else None}
                      for ds, c in sorted(datasets.items())},
         # largest / smallest domain: how much more often the model sees the dominant domain
         "imbalance_ratio": max(domains.values()) / min(domains.values()) if domains else None,
+        "largest_domain": max(order, key=lambda d: domains[d]) if domains else None,
+        "smallest_domain": min(order, key=lambda d: domains[d]) if domains else None,
         "with_images": sum(1 for r in records if r.images),
+        "with_volumes": sum(1 for r in records if r.volumes),
         "with_ecg": sum(1 for r in records if r.ecg),
         "with_boxes": sum(1 for r in records if r.boxes),
     }
