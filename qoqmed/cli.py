@@ -19,6 +19,9 @@ data_app = typer.Typer(help="Create, check and describe datasets (jsonl records 
 model_app = typer.Typer(help="Build and inspect models.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(model_app, name="model")
+experiment_app = typer.Typer(help="Controlled experiments on CLIMB-mini (estimator comparison).",
+                             no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
 console = Console()
 err = Console(stderr=True)
 # Deprecation notices raised inside transformers/TRL about their own arguments; nothing a user can act on.
@@ -76,13 +79,24 @@ def evaluate_cmd(
     out: Annotated[Path, typer.Option(help="Folder for metrics.json, predictions.jsonl, report.md, plots.")],
     batch_size: Annotated[int, typer.Option(help="Records per generate() call.")] = 16,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens.")] = 128,
-    preset: Annotated[str, typer.Option(help="Reward weights: paper or reference.")] = "paper",
+    preset: Annotated[str, typer.Option(help="Reward scorer: paper, or reference (the released scorer, "
+                                             "exactly, for comparing with old runs).")] = "paper",
+    iou_reduce: Annotated[Optional[str], typer.Option(help="IoU over predicted boxes: max (paper default) or "
+                                                         "mean; paper preset only.")] = None,
+    synonyms: Annotated[Optional[Path], typer.Option(help="JSON file mapping alias -> canonical label "
+                                                         "(e.g. {\"AF\": \"A. Fib/Aflutter\"}).")] = None,
+    label_parser: Annotated[str, typer.Option(help="How predicted labels are read: qoqmed, or reference "
+                                                   "(as the released evaluation script did).")] = "qoqmed",
 ) -> None:
-    """Generate answers with greedy decoding and report per-label, per-dataset, per-domain metrics."""
+    """Generate answers with greedy decoding and report per-label, per-dataset, per-domain metrics.
+
+    Writes metrics.json, predictions.jsonl, report.md and PNG plots to --out. Decoding is greedy, so the
+    same model and data give the same metrics on every run."""
     from .data.schema import DataError, load_records
     from .eval.evaluate import evaluate
     from .eval.report import print_summary, write_report
     from .modeling import QoQMedForConditionalGeneration, QoQMedProcessor
+    from .rewards.scores import make_scorer
 
     try:
         records = load_records(data)
@@ -90,12 +104,28 @@ def evaluate_cmd(
         _fail(str(exc))
     if not (model / "config.json").exists():
         _fail(f"{model}: no config.json; pass a folder written by save_pretrained (e.g. a run's rl/model)")
+    table = None
+    if synonyms is not None:
+        try:
+            table = json.loads(synonyms.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            _fail(f"{synonyms}: cannot read synonyms: {exc}")
+        if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+            _fail(f"{synonyms}: synonyms must be a JSON object of alias -> label strings")
+    try:
+        make_scorer(preset, iou_reduce=iou_reduce, synonyms=table)
+    except ValueError as exc:
+        _fail(str(exc))
+    if label_parser not in ("qoqmed", "reference"):
+        _fail(f"--label-parser must be qoqmed or reference, got {label_parser!r}")
     proc = QoQMedProcessor.from_pretrained(model)
     net = QoQMedForConditionalGeneration.from_pretrained(model)
     metrics, rows = evaluate(net, proc, records, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             preset=preset)
+                             preset=preset, iou_reduce=iou_reduce, synonyms=table, label_parser=label_parser)
     write_report(metrics, out, title=f"qoqmed evaluation of {model.name}",
-                 context={"model": str(model), "data": str(data), "records": len(records)}, rows=rows)
+                 context={"model": str(model), "data": str(data), "records": len(records), "reward preset": preset,
+                          "label parser": label_parser, "decoding": f"greedy, {max_new_tokens} new tokens"},
+                 rows=rows)
     print_summary(metrics)
 
 
@@ -356,6 +386,269 @@ def model_tiny(
     processor.save_pretrained(out)
     n = sum(p.numel() for p in model.parameters())
     console.print(f"saved a tiny QoQ-Med ({n / 1e6:.2f}M parameters) to {out}")
+
+
+@model_app.command("init")
+def model_init(
+    base: Annotated[Path, typer.Option(help="Folder of a Qwen2.5-VL-7B/32B-Instruct or QoQ-Med-VL checkpoint.")],
+    out: Annotated[Path, typer.Option(help="Folder to save the QoQ-Med model and processor.")],
+    ecg_encoder: Annotated[Optional[Path], typer.Option(
+        help="Official ECG-JEPA checkpoint (torch.load(path)['encoder']); omit for a random-init encoder.")] = None,
+    ecg_tokens: Annotated[str, typer.Option(help="ECG tokens per record: pooled (1, reference), per_lead (8), "
+                                                 "patch (400).")] = "pooled",
+    projector: Annotated[str, typer.Option(help="ECG projector: linear (reference) or mlp.")] = "linear",
+    dtype: Annotated[str, typer.Option(help="Weights dtype: bfloat16 or float32 (float32 for CPU).")] = "bfloat16",
+    attn: Annotated[str, typer.Option(help="Attention: sdpa, eager or flash_attention_2.")] = "sdpa",
+    freeze_vision: Annotated[bool, typer.Option(help="Keep the vision tower frozen in training.")] = False,
+    freeze_ecg: Annotated[bool, typer.Option(help="Keep the ECG encoder frozen in training.")] = False,
+    freeze_llm: Annotated[bool, typer.Option(help="Keep the language model frozen in training.")] = False,
+    min_pixels: Annotated[int, typer.Option(help="Image pixel budget, lower bound (reference 65536; 0 keeps "
+                                                 "the base's).")] = 65_536,
+    max_pixels: Annotated[int, typer.Option(help="Image pixel budget, upper bound (reference 524288; 0 keeps "
+                                                 "the base's).")] = 524_288,
+    trust_ecg_checkpoint: Annotated[bool, typer.Option(
+        help="Allow full unpickling of the ECG checkpoint (only for files of trusted origin).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the new ECG encoder/projector weights.")] = 0,
+) -> None:
+    """Build a QoQ-Med model from local Qwen2.5-VL weights and ECG-JEPA weights (no downloads)."""
+    import time
+
+    from .modeling.build import BuildError, build_from_base, parameter_counts
+    from .modeling.ecg_encoder import ECGCheckpointError
+
+    start = time.perf_counter()
+    try:
+        _, model = build_from_base(
+            base, out, ecg_encoder=ecg_encoder, ecg_token_mode=ecg_tokens, ecg_projector=projector, dtype=dtype,
+            attn_implementation=attn, freeze_vision=freeze_vision, freeze_ecg=freeze_ecg, freeze_llm=freeze_llm,
+            min_pixels=min_pixels or None, max_pixels=max_pixels or None,
+            trust_ecg_checkpoint=trust_ecg_checkpoint, seed=seed)
+    except (BuildError, ECGCheckpointError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    counts = parameter_counts(model)
+    console.print(f"saved a QoQ-Med model ({counts['total'] / 1e9:.3f}B parameters; ECG encoder "
+                  f"{counts['ecg'] / 1e6:.1f}M, {'official weights' if ecg_encoder else 'random init'}) to {out} "
+                  f"in {time.perf_counter() - start:.1f}s; frozen: {', '.join(model.config.frozen_modules) or 'none'}")
+
+
+@model_app.command("info")
+def model_info_cmd(
+    path: Annotated[Path, typer.Argument(help="Folder of a saved QoQ-Med model.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Parameters per part and ECG settings of a saved QoQ-Med model (reads only its config)."""
+    from .modeling.build import BuildError, model_info
+
+    try:
+        info = model_info(path)
+    except BuildError as exc:
+        _fail(str(exc))
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    params = info["parameters"]
+    console.print(f"{path}: {params['total'] / 1e6:.2f}M parameters (LLM {params['llm'] / 1e6:.2f}M, vision "
+                  f"{params['vision'] / 1e6:.2f}M, ECG encoder {params['ecg'] / 1e6:.2f}M, ECG projector "
+                  f"{params['projector'] / 1e6:.3f}M); dtype {info['dtype']}")
+    ecg = info["ecg"]
+    console.print(f"ECG: {ecg['token_mode']} ({ecg['tokens_per_record']} tokens per record), {ecg['projector']} "
+                  f"projector, token ids {ecg['token_ids']}; frozen: {', '.join(info['frozen_modules']) or 'none'}")
+
+
+@experiment_app.command("compare-estimators")
+def experiment_compare_estimators(
+    config: Annotated[Path, typer.Argument(help="YAML: data/model/sft/rl/eval sections as a recipe, plus an "
+                                                "'experiment' section (seeds, variants, baseline, quick); "
+                                                "'default' for the bundled one.")],
+    out: Annotated[Path, typer.Option(help="Folder for data, per-seed runs, report.md, results.json, PNGs.")]
+    = Path("experiment_out"),
+    seeds: Annotated[Optional[int], typer.Option(help="Number of seeds (overrides experiment.seeds).")] = None,
+    quick: Annotated[bool, typer.Option(help="Apply the config's experiment.quick overrides (smaller data, "
+                                             "shorter training): the minutes-long preset.")] = False,
+) -> None:
+    """Train GRPO, DRPO (each mode) and other baselines from one shared warm start per seed; compare them.
+
+    Per seed, one supervised warm start is trained and every estimator variant then runs RL with the same
+    budget from it. All are evaluated on the validation and the held-out test split; OUT/report.md gives
+    per-domain macro-F1 and accuracy (mean +- std over seeds), change vs the baseline (GRPO), a rare- vs
+    abundant-domain summary, the DRPO variant chosen on validation, learning curves and DRPO's per-domain
+    scale factors (PNG). Re-running the same command reuses finished units. CONFIG may be `default` for
+    the bundled configs/experiment.yaml (3 seeds in under an hour on 2 CPU cores; with --quick, minutes).
+    """
+    from .data.schema import DataError
+    from .experiment import load_experiment_config, run_compare_estimators
+
+    path = bundled_config("experiment") if str(config) == "default" else config
+    try:
+        cfg = load_experiment_config(path, quick=quick, seeds=seeds)
+        run_compare_estimators(cfg, out)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+# ---- inference and serving (qoqmed/infer, qoqmed/serve) ----
+
+def _load_pipeline(model: Path, device: Optional[str], max_new_tokens: int, num_slices: int = 4):
+    from .infer import QoQMedPipeline
+
+    try:
+        with err.status(f"loading {model}"):
+            return QoQMedPipeline.from_pretrained(model, device=device, max_new_tokens=max_new_tokens,
+                                                  num_slices=num_slices)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        _fail(str(exc))
+
+
+def _print_prediction(pred, overlay: Optional[Path]) -> None:
+    from rich.panel import Panel
+    from rich.table import Table
+
+    console.print(Panel(pred.diagnosis or "[yellow](no \\boxed{} diagnosis in the answer)[/]", title="diagnosis",
+                        expand=False))
+    if pred.labels:
+        console.print("labels: " + ", ".join(pred.labels), markup=False)
+    console.print(Panel(pred.reasoning or "(no <think> section)", title="reasoning", title_align="left"),
+                  markup=False)
+    if pred.boxes:
+        table = Table(title="evidence boxes (original image pixels)")
+        for col in ("label", "x1", "y1", "x2", "y2", "image"):
+            table.add_column(col, justify="left" if col == "label" else "right")
+        for b in pred.boxes:
+            source = pred.images[b["image"]]["source"] if b.get("image") is not None else "-"
+            table.add_row(b["label"], *(f"{v:g}" for v in b["bbox_2d"]), source)
+        console.print(table)
+    t = pred.timing
+    console.print(f"[dim]{pred.prompt_tokens} prompt + {pred.completion_tokens} answer tokens ({pred.finish_reason}); "
+                  f"inputs {t['prepare_s']:.2f} s, generation {t['generate_s']:.2f} s[/]")
+    if overlay is not None:
+        console.print(f"overlay: {overlay}")
+
+
+@app.command()
+def predict(
+    question: Annotated[Optional[str], typer.Argument(help="The question; inputs are placed before it, or where "
+                                                           "<image>, <volume>, <ecg> placeholders say.")] = None,
+    model: Annotated[Path, typer.Option(help="Model folder (save_pretrained), e.g. quickstart_out/rl/model.")]
+    = Path("quickstart_out/rl/model"),
+    image: Annotated[Optional[list[Path]], typer.Option(
+        "--image", help="Image file: PNG, JPEG, TIFF or DICOM. Repeat for several.")] = None,
+    volume: Annotated[Optional[list[Path]], typer.Option(
+        "--volume", help="NIfTI file, DICOM series folder or multi-frame DICOM; 4 slices are shown. Repeatable.")]
+    = None,
+    ecg: Annotated[Optional[list[Path]], typer.Option(
+        "--ecg", help="ECG: WFDB .hea, DICOM waveform .dcm, or .npy (8 x 2500, 250 Hz, mV). Repeatable.")] = None,
+    ehr: Annotated[Optional[str], typer.Option(help="Clinical notes as text, or @FILE to read them from a file.")]
+    = None,
+    window: Annotated[Optional[str], typer.Option(help="CT window for volumes: a preset (lung, brain, bone, ...) "
+                                                       "or CENTER,WIDTH.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the prediction as JSON.")] = False,
+    overlay: Annotated[Optional[Path], typer.Option(
+        help="Where to write the first image with the boxes drawn (default: <image name>_boxes.png here).")] = None,
+    no_overlay: Annotated[bool, typer.Option("--no-overlay", help="Do not write an overlay PNG.")] = False,
+    batch: Annotated[Optional[Path], typer.Option(
+        help="jsonl of rows {id, question, images, volumes, ecg, ehr} (paths relative to the file) to predict.")]
+    = None,
+    out: Annotated[Optional[Path], typer.Option(help="With --batch: folder for predictions.jsonl and overlays/; "
+                                                     "a rerun skips rows already there.")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="With --batch: redo rows that failed in an earlier run.")]
+    = False,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generate() call.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens.")] = 256,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
+    = None,
+) -> None:
+    """Ask a model about images, volumes, ECGs and notes; print the diagnosis, reasoning and evidence boxes.
+
+    One question:  qoqmed predict --model DIR --image chest.dcm --ecg rec.hea "Which findings are present?"
+
+    Many rows:     qoqmed predict --model DIR --batch rows.jsonl --out preds/   (one output row per input row)
+
+    Boxes are reported in pixels of the original image and drawn on it in the overlay PNG.
+    """
+    from .infer import InputError, save_overlay
+
+    if batch is not None:
+        if out is None:
+            _fail("--batch needs --out (the folder for predictions.jsonl)")
+        if question or image or volume or ecg or ehr:
+            _fail("--batch takes its questions and inputs from the jsonl rows; drop the question and input options")
+        from .infer.batch import run_batch
+
+        pipe = _load_pipeline(model, device, max_new_tokens)
+        try:
+            s = run_batch(pipe, batch, out, batch_size=batch_size, overlays=not no_overlay,
+                          retry_failed=retry_failed, show_progress=not as_json)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+        summary = {"rows": s.rows, "skipped": s.skipped, "predicted": s.predicted, "failed": s.failed,
+                   "output": str(s.output)}
+        if as_json:
+            console.print_json(json.dumps(summary))
+        else:
+            console.print(f"{s.rows} rows: {s.predicted} predicted, {s.skipped} already done, {s.failed} failed "
+                          f"-> {s.output}")
+        return
+
+    if question is None:
+        _fail("give a question, e.g. qoqmed predict --model DIR --image x.png \"Which findings are present?\"")
+    if ehr and ehr.startswith("@"):
+        try:
+            ehr = Path(ehr[1:]).read_text()
+        except OSError as exc:
+            _fail(f"--ehr {ehr}: {exc}")
+    vol_window = None
+    if window:
+        try:
+            vol_window = tuple(float(v) for v in window.split(",")) if "," in window else window
+        except ValueError:
+            _fail(f"--window {window!r}: use a preset name or CENTER,WIDTH")
+    pipe = _load_pipeline(model, device, max_new_tokens)
+    try:
+        pred = pipe(question, images=image or None, volumes=volume or None, ecg=ecg or None, ehr=ehr,
+                    window=vol_window)
+    except InputError as exc:
+        _fail(str(exc))
+    written = None
+    if not no_overlay and pred.visuals:
+        stem = (image or volume)[0].name.split(".")[0]
+        written = save_overlay(pred, overlay or Path(f"{stem}_boxes.png"))
+    if as_json:
+        body = pred.to_dict()
+        body["overlay"] = str(written) if written else None
+        print(json.dumps(body, indent=2))
+    else:
+        _print_prediction(pred, written)
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="Model folder (save_pretrained), e.g. quickstart_out/rl/model.")]
+    = Path("quickstart_out/rl/model"),
+    host: Annotated[str, typer.Option(help="Interface to bind. The default serves this machine only; the API "
+                                           "has no authentication, so expose it only behind one.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Most requests answered by one generate() call.")] = 8,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its batch.")]
+    = 5.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB; larger ones get 413.")] = 32.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Default answer length limit in tokens.")] = 256,
+    max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve a model over HTTP: a web page at /, POST /v1/chat/completions (OpenAI-compatible), POST /v1/predict,
+    GET /healthz. Concurrent requests are batched into shared generate() calls."""
+    import uvicorn
+
+    from .serve import create_app
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this port can use the model")
+    pipe = _load_pipeline(model, device, max_new_tokens)
+    application = create_app(pipe, max_body_bytes=int(max_body_mb * (1 << 20)), max_batch=max_batch,
+                             batch_wait_ms=batch_wait_ms, max_new_tokens_limit=max_tokens_limit)
+    console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs)")
+    uvicorn.run(application, host=host, port=port, log_level=log_level)
 
 
 if __name__ == "__main__":
