@@ -1,0 +1,7 @@
+"""Inference: the Python pipeline, input loading, box overlays and batch prediction over jsonl files."""
+
+from .inputs import InputError
+from .overlay import draw_boxes, save_overlay
+from .pipeline import Prediction, PreparedQuery, QoQMedPipeline, Query
+
+__all__ = ["InputError", "Prediction", "PreparedQuery", "QoQMedPipeline", "Query", "draw_boxes", "save_overlay"]

@@ -1,0 +1,191 @@
+"""Turn user inputs (paths in any format the data layer reads, or in-memory objects) into model-ready pieces.
+
+Every problem raises ``InputError`` naming the input (``images[1]``, ``ecg[0]``, ...) and the reason; nothing is
+ever replaced by a blank image or a zero ECG.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ..data.schema import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom")
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm")
+ECG_SUFFIXES = (".npy", ".hea", ".dat", ".dcm", ".csv")
+
+
+class InputError(ValueError):
+    """A user input that cannot be used; ``field`` names it (e.g. ``images[0]``), the message says why."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+@dataclass
+class VisualInput:
+    """One image the model sees: the RGB picture at its original size and where it came from."""
+
+    image: Image.Image
+    source: str          # "images[0]" or "volumes[0] slice 3/4"
+    name: str | None = None
+
+
+def as_list(value: Any) -> list:
+    """``None`` -> [], a single input -> [input], a list/tuple -> list (a numpy array counts as one input)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _is_path(x: Any) -> bool:
+    return isinstance(x, (str, Path))
+
+
+def load_image_input(item: Any, field: str) -> Image.Image:
+    """A path (PNG/JPEG/TIFF/DICOM...), a PIL image or a numpy array (H, W), (H, W, 1|3|4) -> RGB PIL image."""
+    if _is_path(item):
+        from ..data.readers import load_image
+
+        try:
+            return load_image(item)
+        except DataError as exc:
+            raise InputError(field, str(exc)) from exc
+    if isinstance(item, Image.Image):
+        if item.width == 0 or item.height == 0:
+            raise InputError(field, f"image has zero size {item.size}")
+        return item.convert("RGB") if item.mode != "RGB" else item
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(_array_to_uint8(item, field, allow_channels=True))
+    raise InputError(field, f"expected a file path, a PIL image or a numpy array, got {type(item).__name__}")
+
+
+def _array_to_uint8(arr: np.ndarray, field: str, allow_channels: bool) -> np.ndarray:
+    """2D gray or HxWxC array -> uint8 RGB; non-uint8 data is rescaled over its own range (as the file readers do)."""
+    if arr.dtype.kind not in "iufb":
+        raise InputError(field, f"image array must hold numbers, got dtype {arr.dtype}")
+    if arr.ndim == 3 and allow_channels and arr.shape[2] in (1, 3, 4):
+        arr = arr[..., :3] if arr.shape[2] != 1 else arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise InputError(field, f"image array shape {arr.shape} is not (H, W) or (H, W, 3)")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(field, f"image array has zero size {arr.shape}")
+    if arr.dtype != np.uint8:
+        a = arr.astype(np.float64)
+        if not np.isfinite(a).all():
+            raise InputError(field, "image array has NaN or infinite values")
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.clip(a, 0, 255)
+        arr = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    if arr.ndim == 2:
+        arr = np.stack([arr] * 3, axis=-1)
+    return np.ascontiguousarray(arr)
+
+
+def load_volume_input(item: Any, field: str, num_slices: int, window: Any = None) -> list[Image.Image]:
+    """A NIfTI file, DICOM series folder or DICOM file, a (D, H, W) array or a list of slice images -> ``num_slices``
+    uniformly spaced RGB slices (as the reference model feeds volumes)."""
+    from ..data.volumes import Volume, read_volume, volume_frames
+
+    if _is_path(item):
+        try:
+            volume = read_volume(item)
+        except DataError as exc:
+            raise InputError(field, str(exc)) from exc
+    elif isinstance(item, np.ndarray):
+        if item.ndim != 3:
+            raise InputError(field, f"volume array must be (slices, H, W), got shape {item.shape}")
+        if item.dtype.kind not in "iuf" or not np.isfinite(item).all():
+            raise InputError(field, "volume array must hold finite real numbers")
+        volume = Volume(data=np.asarray(item, dtype=np.float32), source=field, format="array")
+    else:
+        volume = None
+    if volume is not None:
+        # A study with fewer slices than asked for (e.g. one DICOM slice) shows all it has.
+        n = min(num_slices, volume.data.shape[0])
+        if n < 1:
+            raise InputError(field, "the volume has no slices")
+        try:
+            return [s.convert("RGB") if s.mode != "RGB" else s for s in volume_frames(volume, n, window)]
+        except (DataError, ValueError) as exc:
+            raise InputError(field, str(exc)) from exc
+    if isinstance(item, (list, tuple)):
+        if not item:
+            raise InputError(field, "a volume given as a list of slices needs at least one slice")
+        from ..data.volumes import sample_indices
+
+        idx = sample_indices(len(item), min(num_slices, len(item)), field)
+        return [load_image_input(item[i], f"{field}[{i}]") for i in idx]
+    raise InputError(field, f"expected a NIfTI/DICOM path, a (slices, H, W) array or a list of slices, "
+                            f"got {type(item).__name__}")
+
+
+def load_ecg_input(item: Any, field: str, leads: int, samples: int) -> np.ndarray:
+    """An ECG as a path (.npy, WFDB .hea/.dat, DICOM waveform .dcm), a ``(leads, samples)`` array already in the
+    model's layout (I, II, V1..V6 at 250 Hz, mV), or ``{"signal": array, "fs": Hz, "leads": [names]}`` which is
+    resampled and lead-mapped by the ECG reader."""
+    if _is_path(item):
+        from ..data.readers import load_ecg
+
+        try:
+            return load_ecg(item, leads=leads, samples=samples)
+        except DataError as exc:
+            raise InputError(field, str(exc)) from exc
+    if hasattr(item, "data") and hasattr(item, "sampling_rate") and hasattr(item, "leads"):
+        item = item.data  # an ECGSignal from qoqmed.data.ecg.read_ecg
+    if isinstance(item, dict):
+        return _ecg_from_dict(item, field, leads, samples)
+    if isinstance(item, np.ndarray) or (isinstance(item, Sequence) and not isinstance(item, str)):
+        try:
+            arr = np.asarray(item)
+        except ValueError as exc:
+            raise InputError(field, f"ECG is not a rectangular array: {exc}") from exc
+        if arr.dtype.kind not in "iuf":
+            raise InputError(field, f"ECG must hold real numbers, got dtype {arr.dtype}")
+        if arr.shape != (leads, samples):
+            hint = " (transposed? pass leads x samples)" if arr.shape == (samples, leads) else ""
+            raise InputError(field, f"ECG array shape {arr.shape} != expected ({leads}, {samples}){hint}; "
+                                    "for other rates or lead sets pass {'signal': array, 'fs': Hz, 'leads': [...]}")
+        out = np.ascontiguousarray(arr, dtype=np.float32)
+        bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+        if bad:
+            raise InputError(field, f"ECG has {bad} non-finite value(s) (NaN or inf)")
+        return out
+    raise InputError(field, f"expected an ECG path, a ({leads}, {samples}) array or a dict with signal and fs, "
+                            f"got {type(item).__name__}")
+
+
+def _ecg_from_dict(item: dict, field: str, leads: int, samples: int) -> np.ndarray:
+    from ..data.ecg import ECGSpec, read_ecg
+
+    if "signal" not in item or "fs" not in item:
+        raise InputError(field, "an ECG dict needs 'signal' (leads x samples, mV) and 'fs' (Hz); 'leads' optional")
+    try:
+        signal = np.asarray(item["signal"], dtype=np.float64)
+        fs = float(item["fs"])
+    except (TypeError, ValueError) as exc:
+        raise InputError(field, f"ECG dict has a non-numeric signal or fs: {exc}") from exc
+    if signal.ndim != 2:
+        raise InputError(field, f"ECG signal must be 2D (leads, samples), got shape {signal.shape}")
+    spec = ECGSpec(sampling_rate=250, seconds=samples / 250)  # the rate load_ecg reads files at
+    if len(spec.leads) != leads:
+        raise InputError(field, f"the model wants {leads} leads; the ECG reader produces {len(spec.leads)}")
+    # read_ecg does lead mapping and anti-aliased resampling from files; a temporary .npy reuses all of it.
+    with tempfile.TemporaryDirectory(prefix="qoqmed-ecg-") as tmp:
+        path = Path(tmp) / "signal.npy"
+        np.save(path, signal)
+        try:
+            return read_ecg(path, spec, fs=fs, lead_names=item.get("leads")).data
+        except DataError as exc:
+            raise InputError(field, str(exc).replace(str(path), "signal")) from exc

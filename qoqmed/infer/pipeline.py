@@ -1,0 +1,311 @@
+"""``QoQMedPipeline``: ask a saved QoQ-Med model about images, volumes, ECGs and notes in one call.
+
+    pipe = QoQMedPipeline.from_pretrained("quickstart_out/rl/model")
+    pred = pipe("Which findings are present?", images="chest.dcm", ecg="rec.hea")
+    pred.labels, pred.boxes, pred.reasoning
+
+Boxes come back in pixels of the ORIGINAL image (the model writes them in pixels of the image as it saw it, after
+the processor's resize; DESIGN.md §2.3). They refer to the first image of the prompt, ``image: 0``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.prompts import SYSTEM_PROMPT
+from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages
+from ..rewards.parsing import parse_response, rescale_box
+from .inputs import InputError, VisualInput, as_list, load_ecg_input, load_image_input, load_volume_input
+
+PLACEHOLDERS = ("<image>", "<volume>", "<ecg>")
+
+
+@dataclass
+class Query:
+    """One question and its inputs. Each input field takes one item or a list (see ``QoQMedPipeline.__call__``)."""
+
+    question: str
+    images: Any = None
+    volumes: Any = None
+    ecg: Any = None
+    ehr: str | None = None
+    id: str | None = None
+
+
+@dataclass
+class PreparedQuery:
+    """A query with every file read and the prompt built; ready to be batched into one generate call."""
+
+    prompt: str                  # chat-formatted text fed to the processor
+    problem: str                 # the user turn with <image>/<ecg> placeholders
+    visuals: list[VisualInput]
+    ecgs: list[np.ndarray]
+    prompt_tokens: int
+    prepare_s: float
+    id: str | None = None
+
+
+@dataclass
+class Prediction:
+    """What the model answered, parsed.
+
+    ``boxes``: ``[{"bbox_2d": [x1, y1, x2, y2], "label": str, "image": 0, "model_bbox_2d": [...]}]`` with
+    ``bbox_2d`` in original pixels of ``images[image]`` (clipped to it) and ``model_bbox_2d`` as the model wrote it.
+    """
+
+    text: str
+    reasoning: str | None
+    diagnosis: str | None
+    labels: list[str]
+    boxes: list[dict]
+    images: list[dict]
+    format_ok: bool
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    timing: dict
+    id: str | None = None
+    visuals: list[VisualInput] = field(default_factory=list, repr=False)
+    ecgs: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict:
+        """JSON-ready fields (the decoded images and ECG arrays are left out)."""
+        out = asdict(self)
+        out.pop("visuals")
+        out.pop("ecgs")
+        return out
+
+
+def _device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class QoQMedPipeline:
+    """Prompt building, input loading, batched greedy generation and answer parsing around a QoQ-Med model."""
+
+    def __init__(self, model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, *,
+                 system_prompt: str | None = SYSTEM_PROMPT, max_new_tokens: int = 128, num_slices: int = 4,
+                 batch_size: int = 8, name: str = "qoqmed"):
+        self.model = model.eval()
+        self.processor = processor
+        self.system_prompt = system_prompt
+        self.max_new_tokens = int(max_new_tokens)
+        self.num_slices = int(num_slices)
+        self.batch_size = int(batch_size)
+        self.name = name
+        self._lock = threading.Lock()  # one generate at a time; torch already uses every core for one call
+        tok = processor.tokenizer
+        self._eos = tok.convert_tokens_to_ids("<|im_end|>")
+        self._pad = tok.pad_token_id
+        self.max_positions = int(getattr(model.config.text_config, "max_position_embeddings", 0) or 0)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None,
+                        **kwargs) -> QoQMedPipeline:
+        """Load a folder written by ``save_pretrained`` (e.g. ``quickstart_out/rl/model``)."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json; pass a folder written by save_pretrained "
+                                    "(a quickstart run's rl/model or sft_model)")
+        processor = QoQMedProcessor.from_pretrained(path)
+        model = QoQMedForConditionalGeneration.from_pretrained(path, dtype=dtype) if dtype else \
+            QoQMedForConditionalGeneration.from_pretrained(path)
+        model.to(_device(device))
+        kwargs.setdefault("name", path.name if path.name not in ("model", "") else f"{path.parent.name}/{path.name}")
+        return cls(model, processor, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def prepare(self, question: str, images: Any = None, volumes: Any = None, ecg: Any = None,
+                ehr: str | None = None, id: str | None = None, window: Any = None, system: str | None = None
+                ) -> PreparedQuery:
+        """Read every input and build the prompt. Raises ``InputError`` naming the bad input.
+
+        ``system`` replaces the pipeline's system prompt for this query."""
+        t0 = time.perf_counter()
+        if not isinstance(question, str):
+            raise InputError("question", f"must be a string, got {type(question).__name__}")
+        if ehr is not None and not isinstance(ehr, str):
+            raise InputError("ehr", f"must be a string (clinical notes), got {type(ehr).__name__}")
+        image_items, volume_items, ecg_items = as_list(images), as_list(volumes), as_list(ecg)
+        if not question.strip() and not (image_items or volume_items or ecg_items or ehr):
+            raise InputError("question", "empty question and no inputs")
+        loaded_images = [load_image_input(x, f"images[{i}]") for i, x in enumerate(image_items)]
+        loaded_volumes = [load_volume_input(x, f"volumes[{i}]", self.num_slices, window)
+                          for i, x in enumerate(volume_items)]
+        p = self.processor
+        ecgs = [load_ecg_input(x, f"ecg[{i}]", p.ecg_num_leads, p.ecg_num_samples) for i, x in enumerate(ecg_items)]
+
+        problem = self._problem(question, len(loaded_images), len(loaded_volumes), len(ecgs), ehr)
+        visuals, problem = self._order_visuals(problem, loaded_images, loaded_volumes)
+        messages = chat_messages(problem, [v.image for v in visuals], system=system or self.system_prompt)
+        prompt = p.apply_chat_template(messages, add_generation_prompt=True)
+        n_tokens = self._count_tokens(prompt, visuals, len(ecgs))
+        if self.max_positions and n_tokens + self.max_new_tokens > self.max_positions:
+            raise InputError("question", f"the prompt is {n_tokens} tokens; with {self.max_new_tokens} new tokens it "
+                                         f"exceeds the model's {self.max_positions} positions (fewer/smaller inputs)")
+        return PreparedQuery(prompt=prompt, problem=problem, visuals=visuals, ecgs=ecgs, prompt_tokens=n_tokens,
+                             prepare_s=time.perf_counter() - t0, id=id)
+
+    @staticmethod
+    def _problem(question: str, n_images: int, n_volumes: int, n_ecgs: int, ehr: str | None) -> str:
+        counts = {tag: question.count(tag) for tag in PLACEHOLDERS}
+        if any(counts.values()):
+            # The caller placed the inputs in the text; the numbers must agree.
+            for tag, n, what in (("<image>", n_images, "images"), ("<volume>", n_volumes, "volumes"),
+                                 ("<ecg>", n_ecgs, "ecg")):
+                if counts[tag] != n:
+                    raise InputError("question", f"has {counts[tag]} {tag} placeholder(s) but {n} {what} given")
+            body = question
+        else:
+            # The training data puts the inputs first, then the question (e.g. "<image>\nWhich findings ...").
+            tags = "<image>" * n_images + "<volume>" * n_volumes + "<ecg>" * n_ecgs
+            body = f"{tags}\n{question}" if tags else question
+        if ehr and ehr.strip():
+            body = f"{body}\nClinical notes: {ehr.strip()}"
+        return body
+
+    @staticmethod
+    def _order_visuals(problem: str, images: list[Image.Image], volumes: list[list[Image.Image]]
+                       ) -> tuple[list[VisualInput], str]:
+        """Visual inputs in prompt order; each <volume> becomes one <image> per slice."""
+        out: list[VisualInput] = []
+        text, pos, i_img, i_vol = [], 0, 0, 0
+        while True:
+            hits = [(problem.find(t, pos), t) for t in ("<image>", "<volume>")]
+            hits = [(i, t) for i, t in hits if i >= 0]
+            if not hits:
+                text.append(problem[pos:])
+                break
+            at, tag = min(hits)
+            text.append(problem[pos:at])
+            if tag == "<image>":
+                out.append(VisualInput(images[i_img], f"images[{i_img}]"))
+                text.append("<image>")
+                i_img += 1
+            else:
+                slices = volumes[i_vol]
+                out.extend(VisualInput(s, f"volumes[{i_vol}] slice {k + 1}/{len(slices)}") for k, s in enumerate(slices))
+                text.append("<image>" * len(slices))
+                i_vol += 1
+            pos = at + len(tag)
+        return out, "".join(text)
+
+    def _count_tokens(self, prompt: str, visuals: Sequence[VisualInput], n_ecgs: int) -> int:
+        p = self.processor
+        ip = p.image_processor
+        unit = ip.patch_size * ip.merge_size
+        n = len(p.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        for v in visuals:
+            w, h = p.model_image_size(*v.image.size)
+            n += (w // unit) * (h // unit) - 1
+        return n + n_ecgs * (p.num_ecg_tokens - 1)
+
+    # ------------------------------------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, prepared: Sequence[PreparedQuery], max_new_tokens: int | None = None) -> list[Prediction]:
+        """Greedy answers for prepared queries, in one generate call (callers chunk to a batch size)."""
+        if not prepared:
+            return []
+        max_new = int(max_new_tokens or self.max_new_tokens)
+        p = self.processor
+        images = [v.image for q in prepared for v in q.visuals]
+        ecgs = [e for q in prepared for e in q.ecgs]
+        with self._lock:
+            t0 = time.perf_counter()
+            # Left padding: generation appends to the right end of every row.
+            enc = p(text=[q.prompt for q in prepared], images=images or None, ecg=ecgs or None, padding=True,
+                    padding_side="left", return_tensors="pt")
+            enc = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
+            out = self.model.generate(**enc, max_new_tokens=max_new, do_sample=False,
+                                      suppress_tokens=self.model.placeholder_token_ids())
+            new = out[:, enc["input_ids"].shape[1]:].cpu()
+            gen_s = time.perf_counter() - t0
+        texts = p.batch_decode(new, skip_special_tokens=True)
+        preds = []
+        for q, row, text in zip(prepared, new, texts):
+            ids = row.tolist()
+            stopped = self._eos in ids
+            n_new = ids.index(self._eos) + 1 if stopped else sum(1 for t in ids if t != self._pad)
+            preds.append(self._prediction(q, text, "stop" if stopped else "length", n_new, gen_s, len(prepared)))
+        return preds
+
+    def _prediction(self, q: PreparedQuery, text: str, finish: str, n_new: int, gen_s: float, batch: int
+                    ) -> Prediction:
+        parsed = parse_response(text)
+        images = []
+        for v in q.visuals:
+            w, h = v.image.size
+            mw, mh = self.processor.model_image_size(w, h)
+            images.append({"source": v.source, "width": w, "height": h, "model_width": mw, "model_height": mh})
+        boxes = []
+        for b in parsed.boxes:
+            entry = {"label": b.label, "model_bbox_2d": [round(c, 1) for c in b.bbox]}
+            if images:
+                first = images[0]
+                x1, y1, x2, y2 = rescale_box(b.bbox, (first["model_width"], first["model_height"]),
+                                             (first["width"], first["height"]))
+                # Models sometimes write corners in either order or past the border; report a clean box.
+                xs = sorted(min(max(x, 0.0), first["width"]) for x in (x1, x2))
+                ys = sorted(min(max(y, 0.0), first["height"]) for y in (y1, y2))
+                entry.update(bbox_2d=[round(xs[0], 1), round(ys[0], 1), round(xs[1], 1), round(ys[1], 1)], image=0)
+            else:
+                entry.update(bbox_2d=entry["model_bbox_2d"], image=None)
+            boxes.append(entry)
+        return Prediction(
+            text=text, reasoning=parsed.think, diagnosis=parsed.boxed, labels=parsed.labels, boxes=boxes,
+            images=images, format_ok=parsed.json_valid and parsed.boxed is not None, finish_reason=finish,
+            prompt_tokens=q.prompt_tokens, completion_tokens=n_new,
+            timing={"prepare_s": round(q.prepare_s, 4), "generate_s": round(gen_s, 4), "batch_size": batch,
+                    "total_s": round(q.prepare_s + gen_s, 4)},
+            id=q.id, visuals=q.visuals, ecgs=q.ecgs,
+        )
+
+    # ------------------------------------------------------------------------------------------------ front doors
+    def __call__(self, question: str, images: Any = None, volumes: Any = None, ecg: Any = None,
+                 ehr: str | None = None, max_new_tokens: int | None = None, window: Any = None) -> Prediction:
+        """Answer one question.
+
+        ``images``: path(s) (PNG, JPEG, TIFF, DICOM) or PIL images / numpy arrays. ``volumes``: NIfTI or DICOM
+        path(s), (slices, H, W) arrays or lists of slices; ``num_slices`` uniformly spaced slices are shown.
+        ``ecg``: path(s) (.npy, WFDB .hea/.dat, DICOM waveform), (8, 2500) arrays (I, II, V1..V6, 250 Hz, mV) or
+        ``{"signal", "fs", "leads"}`` dicts. ``ehr``: clinical notes as text. ``window``: CT window for volumes.
+        """
+        return self.generate([self.prepare(question, images, volumes, ecg, ehr, window=window)], max_new_tokens)[0]
+
+    def predict_batch(self, queries: Iterable[Query | dict], batch_size: int | None = None,
+                      max_new_tokens: int | None = None, show_progress: bool = False
+                      ) -> list[Prediction | InputError]:
+        """Answer many queries, ``batch_size`` per generate call. A query whose inputs fail gives its
+        ``InputError`` in its slot; the others still run."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        queries = [q if isinstance(q, Query) else Query(**q) for q in queries]
+        size = int(batch_size or self.batch_size)
+        results: list[Prediction | InputError] = [None] * len(queries)  # type: ignore[list-item]
+        with Progress(TextColumn("[bold]predicting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      disable=not show_progress) as bar:
+            task = bar.add_task("predict", total=len(queries))
+            for start in range(0, len(queries), size):
+                ready, slots = [], []
+                for i in range(start, min(start + size, len(queries))):
+                    q = queries[i]
+                    try:
+                        ready.append(self.prepare(q.question, q.images, q.volumes, q.ecg, q.ehr, id=q.id))
+                        slots.append(i)
+                    except InputError as exc:
+                        results[i] = exc
+                for i, pred in zip(slots, self.generate(ready, max_new_tokens)):
+                    results[i] = pred
+                bar.advance(task, min(size, len(queries) - start))
+        return results
