@@ -397,6 +397,9 @@ def model_init(
     ecg_tokens: Annotated[str, typer.Option(help="ECG tokens per record: pooled (1, reference), per_lead (8), "
                                                  "patch (400).")] = "pooled",
     projector: Annotated[str, typer.Option(help="ECG projector: linear (reference) or mlp.")] = "linear",
+    ecg_width: Annotated[int, typer.Option(help="ECG encoder width (published ECG-JEPA: 768).")] = 768,
+    ecg_depth: Annotated[int, typer.Option(help="ECG encoder blocks (published ECG-JEPA: 12).")] = 12,
+    ecg_heads: Annotated[int, typer.Option(help="ECG encoder attention heads (published ECG-JEPA: 16).")] = 16,
     dtype: Annotated[str, typer.Option(help="Weights dtype: bfloat16 or float32 (float32 for CPU).")] = "bfloat16",
     attn: Annotated[str, typer.Option(help="Attention: sdpa, eager or flash_attention_2.")] = "sdpa",
     freeze_vision: Annotated[bool, typer.Option(help="Keep the vision tower frozen in training.")] = False,
@@ -420,6 +423,7 @@ def model_init(
     try:
         _, model = build_from_base(
             base, out, ecg_encoder=ecg_encoder, ecg_token_mode=ecg_tokens, ecg_projector=projector, dtype=dtype,
+            ecg_config=dict(hidden_size=ecg_width, num_layers=ecg_depth, num_heads=ecg_heads),
             attn_implementation=attn, freeze_vision=freeze_vision, freeze_ecg=freeze_ecg, freeze_llm=freeze_llm,
             min_pixels=min_pixels or None, max_pixels=max_pixels or None,
             trust_ecg_checkpoint=trust_ecg_checkpoint, seed=seed)
