@@ -228,3 +228,203 @@ def test_drpo_paper_history_is_bounded():
         assert all(len(v) <= 10 for v in drpo.state_dict()["domains"].values())
     assert drpo.last_stats["ct"]["n_history"] == 10 and drpo.last_stats["ecg"]["n_history"] == 8
     assert drpo.last_stats["ct"]["n_questions"] == 6
+
+
+# ---------------------------------------------------------------- RLOO, DISCO
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from qoqmed.algos import MODES, disco_advantages, disco_weights, kmeans_elbow, rloo_advantages  # noqa: E402
+
+
+def test_rloo_hand_computed():
+    r = torch.tensor([1.0, 0.0, 3.0, 0.0, 1.0, 2.0])
+    ids = ["a", "b", "a", "a", "b", "a"]
+    # a = [1, 3, 0, 2]: leave-one-out means 5/3, 1, 2, 4/3; b = [0, 1]: 1, 0
+    expected = torch.tensor([1 - 5 / 3, 0 - 1.0, 3 - 1.0, 0 - 2.0, 1 - 0.0, 2 - 4 / 3])
+    assert torch.allclose(rloo_advantages(r, ids), expected, atol=1e-6)
+    assert torch.allclose(rloo_advantages(r, ids), group_advantages(r, ids, scale=False) * torch.tensor(
+        [4 / 3, 2.0, 4 / 3, 4 / 3, 2.0, 4 / 3]), atol=1e-6)  # G / (G - 1) * Dr.GRPO
+    assert torch.equal(rloo_advantages(torch.zeros(4), [0, 0, 1, 1]), torch.zeros(4))
+    with pytest.raises(ValueError, match="single rollout"):
+        rloo_advantages(torch.tensor([1.0, 0.0, 1.0]), ["a", "a", "b"])
+    with pytest.raises(ValueError, match="NaN"):
+        rloo_advantages(torch.tensor([1.0, float("nan")]), ["a", "a"])
+
+
+def test_disco_hand_computed():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0], dtype=torch.float64)
+    q = ["q1"] * 4 + ["q2"] * 4
+    d = ["a"] * 4 + ["b"] * 4
+    s1 = torch.tensor([0.75, -0.25, -0.25, -0.25], dtype=torch.float64) / (0.5 + EPS)  # unbiased std 0.5
+    s2 = torch.tensor([0.5, 0.5, -0.5, -0.5], dtype=torch.float64) / (math.sqrt(1 / 3) + EPS)
+    w_dom = torch.tensor([1 / math.log(10)] * 4 + [1 / math.log(2)] * 4, dtype=torch.float64)
+    w_diff = torch.tensor([math.exp(0.25)] * 4 + [math.exp(0.5)] * 4, dtype=torch.float64)  # SC = 3/4, 1/2
+    out = disco_advantages(r, q, d, domain_counts={"a": 9, "b": 1})
+    assert torch.allclose(out, w_dom * w_diff * torch.cat([s1, s2]), atol=1e-12)
+    wd, wf = disco_weights(r, q, d)  # batch counts: one question each
+    assert torch.allclose(wd, torch.full((8,), 1 / math.log(2), dtype=torch.float64)) and torch.equal(wf, w_diff)
+    assert torch.allclose(disco_weights(r, q, d, tau=2.0)[1], w_diff**2)
+    assert torch.equal(disco_advantages(torch.ones(4), [0, 0, 1, 1], ["a", "a", "b", "b"]), torch.zeros(4))
+    with pytest.raises(ValueError, match="domain_counts has no entry"):
+        disco_advantages(r, q, d, domain_counts={"a": 3})
+    with pytest.raises(ValueError, match="domains"):
+        disco_advantages(r, q, ["a"] * 3 + ["b"] * 5)
+
+
+# ---------------------------------------------------------------- DRPO modes: golden values
+
+def _two_domain_batch():
+    # domain a: q1 = q2 = [1, 1], q3 = [0, 1] -> two clusters (sizes 2 and 1); domain b: one question [1, 0]
+    vecs = {"q1": [1.0, 1.0], "q3": [0.0, 1.0], "q2": [1.0, 1.0], "q4": [1.0, 0.0]}
+    return _batch(vecs, {"q1": "a", "q2": "a", "q3": "a", "q4": "b"}, interleave=True)
+
+
+def _expected(r, q, factor):
+    s_mag = 0.5 / (math.sqrt(0.5) + EPS)  # GRPO score of a [0, 1] / [1, 0] question; [1, 1] scores 0
+    vals = {"q1": [1.0, 1.0], "q2": [1.0, 1.0], "q3": [0.0, 1.0], "q4": [1.0, 0.0]}
+    scaled = torch.tensor([0.0 if vals[qi][0] == vals[qi][1] else (s_mag if ri == 1.0 else -s_mag) * factor[qi]
+                           for ri, qi in zip(r.tolist(), q)], dtype=torch.float64)
+    return scaled / (scaled.std() + EPS)
+
+
+def test_drpo_reference_hand_computed():
+    r, q, d = _two_domain_batch()
+    # a: centroid means 1 and 0.5, sizes 2 and 1; mu_g = (1/2 * 1 + 1 * 0.5) / (1/2 + 1) = 2/3 (inverse-size
+    # weighted), T_g = sqrt(3) * 2/3, T_c(q3) = sqrt(1) * 0.5 (no floor). b: T_g = T_c = sqrt(1) * 0.5.
+    factor = {"q1": 0.0, "q2": 0.0, "q3": 1 / (math.sqrt(3) * 2 / 3 * 0.5), "q4": 1 / (0.5 * 0.5)}
+    drpo = DRPO(2, mode="reference")
+    out = drpo(r, q, d)
+    assert torch.allclose(out, _expected(r, q, factor), atol=1e-9)
+    st_a = drpo.last_stats["a"]
+    assert st_a["k"] == 2 and sorted(st_a["cluster_sizes"]) == [1, 2] and sorted(st_a["mu_c"]) == [0.5, 1.0]
+    assert st_a["mu_g"] == pytest.approx(2 / 3) and st_a["T_g"] == pytest.approx(math.sqrt(3) * 2 / 3)
+    assert sorted(st_a["T_c"]) == pytest.approx([0.5, math.sqrt(2)])
+    assert drpo.last_stats["b"]["n_history"] == 1
+
+
+@pytest.mark.parametrize("mode", ["paper", "bounded"])
+def test_drpo_paper_and_bounded_hand_computed(mode):
+    r, q, d = _two_domain_batch()
+    # a: mu_g is the plain mean reward 5/6; T_g = sqrt(3) * 5/6; q3's cluster {q3} has mu_c = 0.5.
+    factor = {"q1": 0.0, "q2": 0.0, "q3": 1 / (math.sqrt(3) * 5 / 6 * 0.5), "q4": 1 / (0.5 * 0.5)}
+    drpo = DRPO(2, mode=mode)
+    assert torch.allclose(drpo(r, q, d), _expected(r, q, factor), atol=1e-9)
+    assert drpo.last_stats["a"]["mu_g"] == pytest.approx(5 / 6) and drpo.last_stats["a"]["k"] == 2
+    if mode == "bounded":
+        assert drpo.history == 256 and drpo.state_dict()["domains"]["a"].shape == (3, 2)
+
+
+def test_drpo_bounded_is_paper_with_history_and_flags_bad_config():
+    batches = _random_batches(4)
+    a, b = DRPO(4, mode="bounded", history=10), DRPO(4, mode="paper", history=10)
+    for r, q, d in batches:
+        assert torch.equal(a(r, q, d), b(r, q, d))
+    with pytest.raises(ValueError, match="clusterer"):
+        DRPO(2, mode="reference", clusterer="numpy")
+    with pytest.raises(ValueError, match="mode"):
+        DRPO(2, mode="papers")
+
+
+def test_drpo_new_domain_later_and_all_zero_domain():
+    drpo = DRPO(2, mode="bounded", history=8)
+    drpo(torch.tensor([1.0, 0.0, 0.5, 0.0]), ["a1", "a1", "a2", "a2"], ["a"] * 4)
+    out = drpo(torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0, 1.0]), ["z", "z", "n", "n", "a3", "a3"],
+               ["zero", "zero", "new", "new", "a", "a"])
+    assert torch.isfinite(out).all() and out[:2].abs().sum() == 0
+    assert drpo.last_stats["new"]["n_history"] == 1 and drpo.last_stats["a"]["n_history"] == 3
+    assert drpo.last_stats["zero"]["T_g"] == pytest.approx(EPS)  # floored, not zero
+
+
+# ---------------------------------------------------------------- invariants
+
+def _random_batch(seed, n_q=10, g=4, n_dom=3, levels=4):
+    rng = np.random.default_rng(seed)
+    vecs = {f"q{i}": (rng.integers(0, levels, size=g) / (levels - 1)).tolist() for i in range(n_q)}
+    doms = {f"q{i}": f"d{rng.integers(0, n_dom)}" for i in range(n_q)}
+    return _batch(vecs, doms)
+
+
+ESTIMATORS = {
+    "grpo": lambda r, q, d: group_advantages(r, q),
+    "drgrpo": lambda r, q, d: group_advantages(r, q, scale=False),
+    "rloo": lambda r, q, d: rloo_advantages(r, q),
+    "disco": lambda r, q, d: disco_advantages(r, q, d),
+    **{f"drpo_{m}": (lambda m: lambda r, q, d: DRPO(4, mode=m)(r, q, d))(m) for m in MODES},
+}
+
+
+@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+def test_zero_mean_per_question_and_permutation_equivariance(name):
+    r, q, d = _random_batch(4)
+    out = ESTIMATORS[name](r, q, d)
+    qidx = torch.tensor([int(x[1:]) for x in q])
+    per_q = torch.zeros(10, dtype=torch.float64).index_add_(0, qidx, out.to(torch.float64))
+    assert per_q.abs().max() < 1e-9  # one positive factor per question (and per batch) keeps the mean at 0
+    if name.startswith("drpo") or name == "grpo":
+        assert out.std().item() == pytest.approx(1.0, abs=1e-5) or name == "grpo"
+    if name == "drpo_reference":
+        return  # the released code clusters vectors in rollout order and history order: not order-free
+    perm = torch.randperm(len(r), generator=torch.Generator().manual_seed(0))
+    out_p = ESTIMATORS[name](r[perm], [q[i] for i in perm], [d[i] for i in perm])
+    assert torch.allclose(out_p, out[perm], atol=1e-9)
+
+
+def test_drpo_unit_batch_std_every_mode():
+    r, q, d = _random_batch(5, n_q=16)
+    for mode in MODES:
+        out = DRPO(4, mode=mode)(r, q, d)
+        assert out.std().item() == pytest.approx(1.0, abs=1e-5), mode
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.0, 1.0, 0.5, 1e-9, 0.999]), min_size=12, max_size=12),
+       st.lists(st.sampled_from(["a", "b"]), min_size=4, max_size=4))
+def test_drpo_never_nan_or_inf(values, qdoms):
+    r = torch.tensor(values, dtype=torch.float64)
+    q = [i // 3 for i in range(12)]
+    d = [qdoms[i // 3] for i in range(12)]
+    for mode in ("paper", "bounded"):
+        assert torch.isfinite(DRPO(3, mode=mode)(r, q, d, kl=torch.rand(12))).all()
+    assert torch.isfinite(disco_advantages(r, q, d)).all() and torch.isfinite(rloo_advantages(r, q)).all()
+
+
+def test_drpo_reference_never_nan_on_degenerate_patterns():
+    for values in ([0.0] * 6 + [1.0] * 6, [0.0, 1.0, 0.0] * 4, [0.0] * 11 + [1e-12]):
+        out = DRPO(3, mode="reference")(torch.tensor(values), [i // 3 for i in range(12)], ["a"] * 12)
+        assert torch.isfinite(out).all()
+
+
+# ---------------------------------------------------------------- clustering and state
+
+def test_kmeans_elbow_matches_sklearn_on_separated_clusters_and_ignores_row_order():
+    rng = np.random.default_rng(0)
+    centres = np.array([[1.0, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]])
+    x = np.concatenate([c + 0.01 * rng.standard_normal((20, 4)) for c in centres])
+    lab_np, cen_np = kmeans_elbow(x)
+    lab_sk, cen_sk = cluster_reward_vectors(x)
+    assert len(cen_np) == len(cen_sk) == 3
+    # same partition up to label names
+    assert len({(a, b) for a, b in zip(lab_np, lab_sk)}) == 3
+    perm = rng.permutation(len(x))
+    lab_p, cen_p = kmeans_elbow(x[perm])
+    assert np.allclose(np.sort(cen_p, axis=0), np.sort(cen_np, axis=0))
+    assert len({(a, b) for a, b in zip(lab_p, lab_np[perm])}) == 3
+    labels, cen = kmeans_elbow(np.tile([0.5, 0.5], (4, 1)))
+    assert (labels == 0).all() and cen.shape == (1, 2)
+
+
+@pytest.mark.parametrize("mode", ["paper", "bounded"])
+def test_drpo_state_round_trip_bounded_modes(mode):
+    batches = _random_batches(3)
+    a = DRPO(4, mode=mode, history=12 if mode == "paper" else None)
+    a(*batches[0])
+    a(*batches[1])
+    state = pickle.loads(pickle.dumps(a.state_dict()))
+    expected = a(*batches[2])
+    b = DRPO(4, mode=mode, history=12 if mode == "paper" else None)
+    b.load_state_dict(state)
+    assert torch.equal(b(*batches[2]), expected)
+    assert b.last_stats == a.last_stats
+    with pytest.raises(ValueError, match="history"):
+        DRPO(4, mode=mode, history=5).load_state_dict(state)

@@ -1,14 +1,19 @@
-"""Advantage estimators: GRPO / Dr.GRPO as pure functions, DRPO with its per-domain state (DESIGN.md §3)."""
+"""Advantage estimators (DESIGN.md §3): GRPO, Dr.GRPO, RLOO, DISCO-style scaling as pure functions; DRPO with state."""
 
-from .drpo import DRPO, cluster_reward_vectors, kl_damping, select_k, temperature
-from .grpo import group_advantages, group_index
+from .drpo import DRPO, MODES, cluster_reward_vectors, kl_damping, kmeans_elbow, select_k, temperature
+from .grpo import disco_advantages, disco_weights, group_advantages, group_index, rloo_advantages
 
 __all__ = [
     "DRPO",
+    "MODES",
     "cluster_reward_vectors",
+    "disco_advantages",
+    "disco_weights",
     "group_advantages",
     "group_index",
     "kl_damping",
+    "kmeans_elbow",
+    "rloo_advantages",
     "select_k",
     "temperature",
 ]

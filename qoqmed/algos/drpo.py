@@ -1,8 +1,8 @@
 """DRPO: domain-aware relative policy optimisation advantages (DESIGN.md §3, arXiv 2506.00711).
 
-The pure functions below are the equations; :class:`DRPO` holds the per-domain history that the
-statistics may span and applies them to one batch. Call it on the *gathered global batch* when training
-runs in several processes: the temperatures and the final standard deviation are batch statistics.
+The pure functions below are the equations; :class:`DRPO` holds the per-domain history that the statistics
+may span and applies them to one batch. Call it on the *gathered global batch* when training runs in several
+processes: the temperatures and the final standard deviation are batch statistics.
 """
 
 from __future__ import annotations
@@ -16,10 +16,19 @@ from sklearn.cluster import KMeans
 
 from .grpo import group_advantages, group_index
 
-__all__ = ["DRPO", "select_k", "cluster_reward_vectors", "temperature", "kl_damping"]
+__all__ = [
+    "DRPO",
+    "select_k",
+    "cluster_reward_vectors",
+    "kmeans_elbow",
+    "temperature",
+    "kl_damping",
+    "MODES",
+]
 
-_MODES = ("paper", "reference")
-_STATE_VERSION = 1
+MODES = ("paper", "bounded", "reference")
+DEFAULT_HISTORY = 256  # bounded mode: questions kept per domain
+_STATE_VERSION = 2
 
 
 def select_k(inertias: Sequence[float], tol: float = 0.10) -> int:
@@ -44,10 +53,10 @@ def select_k(inertias: Sequence[float], tol: float = 0.10) -> int:
 def cluster_reward_vectors(
     x: np.ndarray, *, k_max: int = 10, tol: float = 0.10, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """k-means on question reward vectors ``x`` (Q, G) with k from :func:`select_k` (§3.2).
+    """The reference code's clustering (§3.2): scikit-learn k-means on the reward vectors ``x`` (Q, G).
 
     k is searched over ``1..min(k_max, number of distinct vectors)`` with
-    ``KMeans(n_init="auto", random_state=seed)``. Returns (labels (Q,), centroids (k, G)).
+    ``KMeans(n_init="auto", random_state=seed)`` fitted on every row. Returns (labels (Q,), centroids (k, G)).
     """
     k_cap = min(k_max, len(np.unique(x, axis=0)))
     if k_cap <= 1:
@@ -55,6 +64,78 @@ def cluster_reward_vectors(
     fits = [KMeans(n_clusters=k, n_init="auto", random_state=seed).fit(x) for k in range(1, k_cap + 1)]
     km = fits[select_k([f.inertia_ for f in fits], tol) - 1]
     return km.labels_.astype(np.int64), km.cluster_centers_
+
+
+def _kmeanspp(u: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Weighted k-means++ seeding of k centres among the distinct rows ``u`` (a prefix is a valid j-seeding)."""
+    first = rng.choice(len(u), p=w / w.sum())
+    chosen = [first]
+    d2 = ((u - u[first]) ** 2).sum(1)
+    for _ in range(1, k):
+        p = w * d2
+        i = rng.choice(len(u), p=p / p.sum())  # rows are distinct and k <= len(u), so p.sum() > 0
+        chosen.append(i)
+        d2 = np.minimum(d2, ((u - u[i]) ** 2).sum(1))
+    return u[chosen]
+
+
+def _lloyd_all_k(u: np.ndarray, w: np.ndarray, seeds: np.ndarray, max_iter: int = 100):
+    """Weighted Lloyd iterations for every k = 1..K at once; fit a (row a of the results) has k = a + 1.
+
+    Fit a starts from the first a + 1 seeds. All K * K centres sit in one matrix, so each iteration is two
+    matrix products: distances ``|u|^2 - 2 u.c + |c|^2`` and the weighted cluster sums. Centres of other fits
+    are masked with +inf. Returns labels (K, n), centres (K, K, G) (slots >= k are padding), inertias (K,).
+    """
+    K, G = seeds.shape
+    n = len(u)
+    mask = np.where(np.tri(K, dtype=bool), 0.0, np.inf).reshape(-1)  # centre j belongs to fit a iff j <= a
+    c = np.repeat(seeds[None], K, axis=0).reshape(K * K, G)
+    uu = (u**2).sum(1)[:, None]
+    cols = np.arange(K) * K  # column offset of each fit's centres
+    rows = np.arange(n)[:, None]
+
+    def assign(c):
+        d = np.maximum(uu - 2 * (u @ c.T) + (c**2).sum(1), 0.0) + mask
+        return d.reshape(n, K, K).argmin(-1), d  # labels (n, K)
+
+    lab, d = assign(c)
+    for _ in range(max_iter):
+        onehot = np.zeros((n, K * K))
+        onehot[rows, cols + lab] = w[:, None]
+        mass = onehot.sum(0)
+        c = np.where(mass[:, None] > 0, (onehot.T @ u) / np.maximum(mass, 1e-300)[:, None], c)  # empty: keep
+        new, d = assign(c)
+        if np.array_equal(new, lab):
+            break
+        lab = new
+    inertia = (d[rows, cols + lab] * w[:, None]).sum(0)
+    return lab.T, c.reshape(K, K, G), inertia
+
+
+def kmeans_elbow(
+    x: np.ndarray, *, k_max: int = 10, tol: float = 0.10, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bounded-cost clustering for the paper/bounded modes: same elbow rule, numpy k-means on distinct rows.
+
+    Repeated vectors are merged into one weighted row (reward vectors repeat a lot), k-means++ seeds
+    ``min(k_max, distinct)`` centres once (k uses the first k), and Lloyd runs for all k together. Rows are
+    deduplicated in sorted order, so the result does not depend on the order of ``x``. Empty clusters are
+    dropped. Returns (labels (Q,), centroids (k, G)).
+    """
+    uniq, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
+    inverse = inverse.reshape(-1)
+    k_cap = min(k_max, len(uniq))
+    if k_cap <= 1:
+        return np.zeros(len(x), dtype=np.int64), x.mean(axis=0, keepdims=True)
+    w = counts.astype(np.float64)
+    seeds = _kmeanspp(uniq, w, k_cap, np.random.default_rng(seed))
+    labels, centres, inertias = _lloyd_all_k(uniq, w, seeds)
+    k = select_k(inertias.tolist(), tol)
+    lab = labels[k - 1]
+    used = np.unique(lab)
+    remap = np.full(k, -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return remap[lab][inverse], centres[k - 1, used]
 
 
 def temperature(n: float, mu: float, eps: float | None) -> float:
@@ -76,32 +157,40 @@ def kl_damping(scaled: torch.Tensor, kl: torch.Tensor, q: float) -> torch.Tensor
 
 
 class DRPO:
-    """Stateful DRPO advantage estimator: ``A = DRPO(num_generations)(rewards, question_ids, domains)``.
+    """Stateful DRPO advantage estimator: ``A = DRPO(num_generations, mode=...)(rewards, question_ids, domains)``.
 
-    Steps (§3): (1) GRPO score s per question; (2) per domain, k-means with the elbow rule on the question
-    reward vectors (the G rewards in rollout order); (3) ``s' = m * s / (T_g * T_c)``; (4) optional KL damping
-    m; (5) ``A = s' / (std(s') + eps)`` over the whole batch. Only the current batch's questions receive
-    advantages; the history only shapes the statistics.
+    Steps (§3): (1) GRPO score s per question (unbiased std); (2) per domain, k-means with the elbow rule on
+    the question reward vectors; (3) ``s' = m * s / (T_g * T_c)``; (4) optional KL damping m; (5)
+    ``A = s' / (std(s') + eps)`` over the whole batch. Only the current batch's questions receive advantages;
+    the history only shapes the statistics.
 
-    ``mode="paper"``: statistics from the current batch, or, with ``history=H``, from the last H questions
-    of each domain (bounded cost); ``mu_g`` is the plain mean reward of those questions, ``mu_c`` the mean
-    reward of the cluster's questions, and both temperatures are floored at eps.
+    Modes:
 
-    ``mode="reference"`` mirrors the released code: the history is every question ever seen for the domain
-    (cost grows with training length), k-means is refit on all of it every step, ``mu_g`` is the
-    inverse-cluster-size-weighted mean of centroid means, ``mu_c`` the centroid mean, and KL damping is off
-    (``kl`` is ignored). The cluster temperature has no eps floor, except that a cluster temperature
-    <= 0 (an all-zero-reward cluster, where the released code divides by zero) is replaced by eps and
-    counted in ``last_stats[domain]["zero_cluster_guard"]``; that is the one deviation from the released
-    code. When a question id reappears, its current row's cluster is used (the released code used the
-    id's first row; identical when ids are unique over the run).
+    - ``"paper"``: the equations as written, statistics from the current batch only. ``mu_g`` is the mean
+      reward of the domain's questions, ``mu_c`` that of the cluster's questions, both temperatures are
+      floored at eps, KL damping uses the ``kl_quantile`` of z.
+    - ``"bounded"``: the paper equations over the last ``history`` questions of each domain (default 256), so
+      rare domains are not judged on one question per step and the cost per step stays flat.
+      (``mode="paper", history=H`` is the same thing, kept for older configs.)
+    - ``"reference"``: the released code. The history is every question ever seen for the domain (cost grows
+      with training length); scikit-learn ``KMeans(n_init="auto", random_state=seed)`` with the elbow search is
+      refit on all of it every step on the vectors in rollout order; ``mu_g`` is the inverse-cluster-size-weighted
+      mean of centroid means; ``mu_c`` the centroid mean; KL damping is off (``kl`` is ignored). The cluster
+      temperature has no eps floor, except that one <= 0 (an all-zero-reward cluster, where the released code
+      divides by zero) is replaced by eps and counted in ``last_stats[domain]["zero_cluster_guard"]``; that is
+      the one deviation from the released code.
+
+    In paper/bounded mode the reward vectors are sorted (rollouts are exchangeable, so the clustering must not
+    depend on their order) and clustered with :func:`kmeans_elbow` (numpy, bounded cost); ``clusterer="sklearn"``
+    uses the reference's scikit-learn search instead.
 
     ``kl`` (optional): per rollout (length B) or per question (length Q, questions in order of first
     appearance in ``question_ids``).
 
-    ``last_stats[domain]`` after a call: ``k``, ``cluster_sizes``, ``T_g``, ``mu_g``, ``n_questions`` (in this
-    batch), ``n_history`` (N_g), ``zero_cluster_guard`` and ``mean_abs_scale``, the mean over the domain's
-    rollouts of ``|A / s|`` (the total factor applied to the GRPO score).
+    ``last_stats[domain]`` after a call (for logging): ``k``, ``cluster_sizes`` (N_c), ``T_c`` and ``mu_c`` per
+    cluster, ``T_g``, ``mu_g``, ``n_questions`` (in this batch), ``n_history`` (N_g), ``zero_cluster_guard``,
+    ``mean_abs_scale``: the mean over the domain's rollouts of ``|A / s|`` (the total factor applied to the GRPO
+    score) and ``mean_reward``.
     """
 
     def __init__(
@@ -115,19 +204,25 @@ class DRPO:
         eps: float = 1e-6,
         kl_quantile: float | None = 0.75,
         seed: int = 0,
+        clusterer: str | None = None,
     ) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if int(num_generations) < 2:
-            raise ValueError(f"num_generations must be >= 2, got {num_generations}")
+            raise ValueError(f"num_generations must be >= 2 (a group needs two rollouts), got {num_generations}")
+        if mode == "bounded" and history is None:
+            history = DEFAULT_HISTORY
         if history is not None and (mode == "reference" or int(history) < 1):
-            raise ValueError("history must be a positive int in paper mode (reference mode keeps everything)")
+            raise ValueError(f"history={history!r}: a positive int in paper/bounded mode (reference keeps everything)")
         if int(k_max) < 1:
             raise ValueError(f"k_max must be >= 1, got {k_max}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
         if kl_quantile is not None and not 0.0 <= kl_quantile <= 1.0:
             raise ValueError(f"kl_quantile must be in [0, 1] or None, got {kl_quantile}")
+        clusterer = clusterer or ("sklearn" if mode == "reference" else "numpy")
+        if clusterer not in ("numpy", "sklearn") or (mode == "reference" and clusterer != "sklearn"):
+            raise ValueError(f"clusterer={clusterer!r}: 'numpy' or 'sklearn' ('sklearn' in reference mode)")
         self.num_generations = int(num_generations)
         self.mode = mode
         self.history = None if history is None else int(history)
@@ -136,13 +231,12 @@ class DRPO:
         self.eps = float(eps)
         self.kl_quantile = None if mode == "reference" else kl_quantile
         self.seed = int(seed)
-        self._hist: dict[Hashable, np.ndarray] = {}  # domain -> (n, G) reward vectors
+        self.clusterer = clusterer
+        self._hist: dict[Hashable, np.ndarray] = {}  # domain -> (n, G) reward vectors, oldest first
         self.last_stats: dict[Hashable, dict[str, Any]] = {}
 
     # ---- input handling -------------------------------------------------------------------------------
-    def _validate(
-        self, rewards: Any, question_ids: Sequence[Hashable], domains: Sequence[Hashable]
-    ) -> tuple[torch.Tensor, torch.Tensor, list[Hashable], list[Hashable]]:
+    def _validate(self, rewards: Any, question_ids: Sequence[Hashable], domains: Sequence[Hashable]):
         r = torch.as_tensor(rewards).detach().to("cpu", torch.float64)
         if r.dim() != 1:
             raise ValueError(f"rewards must be 1-D (one per rollout), got shape {tuple(r.shape)}")
@@ -152,13 +246,15 @@ class DRPO:
             raise ValueError(f"lengths differ: {len(r)} rewards, {len(qids)} question ids, {len(doms)} domains")
         if len(r) == 0:
             raise ValueError("empty batch")
-        if torch.isnan(r).any() or torch.isinf(r).any():
+        if not torch.isfinite(r).all():
             raise ValueError("rewards contain NaN or inf")
         qidx, quniq = group_index(qids)
         counts = torch.bincount(qidx, minlength=len(quniq))
-        for q, c in zip(quniq, counts.tolist()):
-            if c != self.num_generations:
-                raise ValueError(f"question {q!r} has {c} rollouts, expected num_generations={self.num_generations}")
+        bad = torch.nonzero(counts != self.num_generations)
+        if len(bad):
+            q = int(bad[0])
+            raise ValueError(f"question {quniq[q]!r} has {int(counts[q])} rollouts, expected "
+                             f"num_generations={self.num_generations}")
         qdom: list[Hashable] = [None] * len(quniq)
         seen = [False] * len(quniq)
         for i, d in zip(qidx.tolist(), doms):
@@ -183,37 +279,44 @@ class DRPO:
     # ---- per-domain statistics --------------------------------------------------------------------------
     def _pool(self, domain: Hashable, current: np.ndarray) -> np.ndarray:
         """The questions whose statistics are used: the current batch last, preceded by kept history."""
-        if self.mode == "paper" and self.history is None:
+        if self.mode != "reference" and self.history is None:
             return current
         prev = self._hist.get(domain, np.zeros((0, self.num_generations)))
-        if self.mode == "paper":
+        if self.mode != "reference":
             keep = max(self.history - len(current), 0)  # type: ignore[operator]
-            prev = prev[max(len(prev) - keep, 0) :] if keep else prev[:0]
+            prev = prev[len(prev) - min(keep, len(prev)) :]
         return np.concatenate([prev, current], axis=0)
+
+    def _cluster(self, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.clusterer == "sklearn":
+            return cluster_reward_vectors(pool, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed)
+        return kmeans_elbow(pool, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed)
 
     def _domain_scales(self, pool: np.ndarray, n_current: int) -> tuple[np.ndarray, dict[str, Any]]:
         """``1 / (T_g * T_c)`` for the last ``n_current`` rows of ``pool`` (§3.3), and logging stats."""
-        labels, centroids = cluster_reward_vectors(pool, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed)
+        labels, centroids = self._cluster(pool)
         k = len(centroids)
         sizes = np.bincount(labels, minlength=k).astype(np.float64)
         n_g = float(len(pool))
-        if self.mode == "paper":
-            mu_g = float(pool.mean())
-            mu_c = np.array([pool[labels == c].mean() if sizes[c] else 0.0 for c in range(k)])
-            t_c = np.array([temperature(sizes[c], mu_c[c], self.eps) for c in range(k)])
-            guarded = np.zeros(k, dtype=bool)
-        else:
+        if self.mode == "reference":
             mu_c = centroids.mean(axis=1)
             w = np.where(sizes > 0, 1.0 / np.maximum(sizes, 1.0), 0.0)
             mu_g = float((w * mu_c).sum() / w.sum())
-            t_c = np.array([temperature(sizes[c], mu_c[c], None) for c in range(k)])
+            t_c = np.sqrt(sizes) * mu_c  # no eps floor in the released code ...
             guarded = t_c <= 0
-            t_c = np.where(guarded, self.eps, t_c)
+            t_c = np.where(guarded, self.eps, t_c)  # ... which divides by zero here; we substitute eps
+        else:
+            mu_g = float(pool.mean())
+            mu_c = np.bincount(labels, weights=pool.mean(axis=1), minlength=k) / np.maximum(sizes, 1.0)
+            t_c = np.maximum(np.sqrt(sizes) * mu_c, self.eps)
+            guarded = np.zeros(k, dtype=bool)
         t_g = temperature(n_g, mu_g, self.eps)
         cur = labels[len(pool) - n_current :]
         stats = {
             "k": int(k),
             "cluster_sizes": [int(s) for s in sizes],
+            "T_c": [float(t) for t in t_c],
+            "mu_c": [float(m) for m in mu_c],
             "T_g": float(t_g),
             "mu_g": float(mu_g),
             "n_questions": int(n_current),
@@ -236,17 +339,21 @@ class DRPO:
         if kl is not None and self.kl_quantile is not None:
             kl_r = self._kl_per_rollout(kl, qidx, len(quniq))
 
-        s = group_advantages(r, qidx.tolist(), scale=True, unbiased=True, eps=self.eps)  # (1)
+        s = group_advantages(r, qidx, scale=True, unbiased=True, eps=self.eps)  # (1)
 
-        # Reward vectors (Q, G), rollouts in batch order within each question.
+        # Reward vectors (Q, G): rollouts in batch order (reference) or sorted (exchangeable rollouts).
         order = torch.argsort(qidx, stable=True)
         vectors = r[order].reshape(len(quniq), self.num_generations).numpy()
+        if self.mode != "reference":
+            vectors = -np.sort(-vectors, axis=1)
 
+        didx, duniq = group_index(qdom)  # domain of each question, domains in order of first appearance
+        didx_np = didx.numpy()
         q_scale = np.zeros(len(quniq))
         stats: dict[Hashable, dict[str, Any]] = {}
         new_hist: dict[Hashable, np.ndarray] = {}
-        for d in dict.fromkeys(qdom):  # (2)-(3), domains in order of first appearance
-            rows = np.array([i for i, qd in enumerate(qdom) if qd == d])
+        for j, d in enumerate(duniq):  # (2)-(3)
+            rows = np.flatnonzero(didx_np == j)
             pool = self._pool(d, vectors[rows])
             q_scale[rows], stats[d] = self._domain_scales(pool, len(rows))
             if self.mode == "reference":
@@ -261,10 +368,14 @@ class DRPO:
         denom = scaled.std() + self.eps  # (5)
         adv = scaled / denom
 
-        total = (m * scale).abs() / denom
-        for d, st in stats.items():
-            rows = torch.tensor([qdom[i] == d for i in qidx.tolist()])
-            st["mean_abs_scale"] = float(total[rows].mean())
+        # Diagnostics: per domain, the mean total factor |A / s| and the mean reward.
+        rdom = didx[qidx]
+        n_rows = torch.bincount(rdom, minlength=len(duniq)).to(torch.float64)
+        factor = torch.zeros(len(duniq), dtype=torch.float64).index_add_(0, rdom, (m * scale).abs() / denom)
+        reward = torch.zeros(len(duniq), dtype=torch.float64).index_add_(0, rdom, r)
+        for j, d in enumerate(duniq):
+            stats[d]["mean_abs_scale"] = float(factor[j] / n_rows[j])
+            stats[d]["mean_reward"] = float(reward[j] / n_rows[j])
         self._hist.update({d: a.copy() for d, a in new_hist.items()})
         self.last_stats = stats
 
@@ -273,32 +384,28 @@ class DRPO:
         return adv.to(src.device, out_dtype)
 
     # ---- checkpointing ----------------------------------------------------------------------------------
+    _CONFIG_KEYS = ("mode", "num_generations", "history", "k_max", "elbow_tol", "eps", "kl_quantile", "seed",
+                    "clusterer")
+
     def state_dict(self) -> dict[str, Any]:
         """Plain python / numpy state; restoring it makes later calls return identical advantages."""
-        return {
-            "version": _STATE_VERSION,
-            "mode": self.mode,
-            "num_generations": self.num_generations,
-            "history": self.history,
-            "k_max": self.k_max,
-            "elbow_tol": self.elbow_tol,
-            "eps": self.eps,
-            "kl_quantile": self.kl_quantile,
-            "seed": self.seed,
-            "domains": {d: a.copy() for d, a in self._hist.items()},
-        }
+        state: dict[str, Any] = {"version": _STATE_VERSION}
+        state.update({k: getattr(self, k) for k in self._CONFIG_KEYS})
+        state["domains"] = {d: a.copy() for d, a in self._hist.items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the per-domain history; the configuration must match (it defines the advantages)."""
-        for key in ("mode", "num_generations", "history", "k_max", "elbow_tol", "eps", "kl_quantile", "seed"):
+        for key in self._CONFIG_KEYS:
             if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"state has {key}={state[key]!r} but this DRPO has {getattr(self, key)!r}")
+                raise ValueError(f"DRPO state has {key}={state[key]!r} but this estimator has {getattr(self, key)!r}")
         hist: dict[Hashable, np.ndarray] = {}
         for d, a in state.get("domains", {}).items():
             arr = np.array(a, dtype=np.float64)
             if arr.size == 0:
                 arr = arr.reshape(0, self.num_generations)
             if arr.ndim != 2 or arr.shape[1] != self.num_generations:
-                raise ValueError(f"history of domain {d!r} has shape {arr.shape}, expected (n, {self.num_generations})")
+                raise ValueError(f"DRPO state: history of domain {d!r} has shape {arr.shape}, expected "
+                                 f"(n, {self.num_generations})")
             hist[d] = arr
         self._hist = hist
