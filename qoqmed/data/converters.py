@@ -224,6 +224,13 @@ def convert_climb(
                 reasons = "; ".join(p.split(": ", 1)[-1] for p in exc.problems)
                 out.skipped.append(f"{where}: {reasons}")
                 continue
+            missing = [f"{key}: {'not a regular file' if record.resolve(rel).exists() else 'file not found'}: "
+                       f"{record.resolve(rel)}" for key, rel in record.files()
+                       if not (record.resolve(rel).is_file() or (key.startswith("volumes")
+                                                                 and record.resolve(rel).is_dir()))]
+            if missing:
+                out.skipped.append(f"{where}: " + "; ".join(missing))
+                continue
             if record.split is None and file_split is not None:
                 record.split = file_split
             if record.split is None:

@@ -1,0 +1,176 @@
+"""Converters (CLIMB rows, PTB-XL-style WFDB + CSV, folder per class) give rows that validate and load."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import wfdb
+from pydicom.data import get_testdata_file
+from PIL import Image
+from skimage import data as skdata
+from typer.testing import CliRunner
+
+from qoqmed.cli import app
+from qoqmed.data import DataError, load_records
+from qoqmed.data.converters import convert_climb, convert_folder, convert_ptbxl, write_splits
+from qoqmed.data.ecg import STANDARD_LEADS, ECGSpec, read_ecg
+from qoqmed.data.prompts import load_record
+from qoqmed.data.schema import validate_records
+
+runner = CliRunner()
+
+
+def _check_outputs(written):
+    """Every written split validates with its files read, and every row loads."""
+    for path in written.values():
+        result = validate_records(path)
+        assert result.ok, [str(p) for p in result.problems]
+        for record in load_records(path):
+            loaded = load_record(record)
+            assert len(loaded.images) == loaded.problem.count("<image>")
+            assert len(loaded.ecgs) == record.problem.count("<ecg>")
+
+
+def _crops(image, n, size=96, seed=0):
+    rng = np.random.default_rng(seed)
+    h, w = image.shape[:2]
+    for _ in range(n):
+        y, x = rng.integers(0, h - size), rng.integers(0, w - size)
+        yield Image.fromarray(image[y:y + size, x:x + size])
+
+
+def test_convert_climb_llava_rows(tmp_path):
+    root = tmp_path / "climb"
+    (root / "fundus" / "messidor").mkdir(parents=True)
+    (root / "ct" / "lndb").mkdir(parents=True)
+    (root / "ultrasound" / "covid_us").mkdir(parents=True)
+    next(_crops(skdata.retina(), 1)).save(root / "fundus" / "messidor" / "0001.png")
+    shutil.copy(get_testdata_file("CT_small.dcm"), root / "ct" / "lndb" / "0001.dcm")
+    clip = list(_crops(skdata.retina(), 6, size=64))
+    clip[0].save(root / "ultrasound" / "covid_us" / "clip.gif", save_all=True, append_images=clip[1:])
+    rows = [
+        {"id": "f1", "images": ["fundus/messidor/0001.png"], "label": "Moderate DR",
+         "conversations": [{"from": "human", "value": "<image>\nWhat is the DR grade?"},
+                           {"from": "gpt", "value": "Moderate DR"}]},
+        {"image": "ct/lndb/0001.dcm",  # LLaVA's single-image key, no id, answer taken from \boxed{}
+         "conversations": [{"from": "human", "value": "<image>\nIs there a nodule?"},
+                           {"from": "gpt", "value": "<think>...</think> \\boxed{Nodule}"}]},
+        {"id": "u1", "videos": ["ultrasound/covid_us/clip.gif"], "label": ["COVID-19", "Pneumonia"],
+         "conversations": [{"from": "human", "value": "<video>\nFindings?"}, {"from": "gpt", "value": "x"}]},
+        {"id": "bad1", "images": ["fundus/messidor/0001.png"], "conversations": []},
+        {"id": "bad2", "images": ["xray/none/1.png"], "label": "A",
+         "conversations": [{"from": "human", "value": "<image> q"}]},
+    ]
+    ann = root / "climb_train.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    conv = convert_climb([ann])
+    assert conv.counts == {"train": 3}
+    assert len(conv.skipped) == 3 and any("bad1" in s or ":4:" in s for s in conv.skipped)
+    f1, ct, us = conv.splits["train"]
+    assert (f1.domain, f1.dataset, f1.answer) == ("fundus", "fundus/messidor", "Moderate DR")
+    assert (ct.id, ct.domain, ct.answer) == ("climb_train-2", "ct", "Nodule")
+    assert us.domain == "ultrasound" and us.answer == "COVID-19, Pneumonia" and us.volumes[0].slices == 4
+    written = write_splits(conv, tmp_path / "out")
+    _check_outputs(written)
+    # a JSON array file with an explicit seeded split
+    arr = root / "climb.json"
+    arr.write_text(json.dumps([dict(rows[0], id=f"f{i}") for i in range(10)]))
+    conv = convert_climb([arr], val=0.2, test=0.2, seed=1)
+    assert conv.counts == {"train": 6, "val": 2, "test": 2}
+    again = convert_climb([arr], val=0.2, test=0.2, seed=1)
+    assert [r.id for r in again.splits["test"]] == [r.id for r in conv.splits["test"]]
+
+
+def _ptbxl(tmp_path):
+    """A PTB-XL-shaped folder: WFDB records of a real 12-lead ECG (pydicom's waveform_ecg.dcm) + tables."""
+    root = tmp_path / "ptbxl"
+    (root / "records500" / "00000").mkdir(parents=True)
+    ecg = read_ecg(get_testdata_file("waveform_ecg.dcm"), ECGSpec(sampling_rate=500, seconds=10,
+                                                                      leads=STANDARD_LEADS))
+    table = [("1", "{'NORM': 100.0, 'SR': 0.0}", "1"), ("2", "{'IMI': 50.0, 'ABQRS': 0.0}", "9"),
+             ("3", "{'AFIB': 100.0, 'ISC_': 80.0}", "10"), ("4", "{'SR': 0.0}", "2"), ("5", "{'NORM': 100.0}", "3"),
+             ("6", "{'LVH': 100.0}", "4")]
+    for ecg_id, _, _ in table:
+        if ecg_id == "5":
+            continue  # listed in the table but missing on disk
+        wfdb.wrsamp(f"{int(ecg_id):05d}_hr", fs=500, units=["mV"] * 12, sig_name=list(STANDARD_LEADS),
+                    p_signal=ecg.data.T.astype(np.float64), fmt=["16"] * 12,
+                    write_dir=str(root / "records500" / "00000"))
+    with (root / "ptbxl_database.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["ecg_id", "patient_id", "scp_codes", "strat_fold", "filename_lr", "filename_hr"])
+        for ecg_id, codes, fold in table:
+            w.writerow([ecg_id, "p", codes, fold, "", f"records500/00000/{int(ecg_id):05d}_hr"])
+    with (root / "scp_statements.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["", "description", "diagnostic", "diagnostic_class", "rhythm"])
+        w.writerows([["NORM", "normal ECG", "1", "NORM", ""], ["IMI", "inferior MI", "1", "MI", ""],
+                     ["ISC_", "ischemic ST-T", "1", "STTC", ""], ["LVH", "LV hypertrophy", "1", "HYP", ""],
+                     ["SR", "sinus rhythm", "", "", "1"], ["AFIB", "atrial fibrillation", "", "", "1"]])
+    return root
+
+
+def test_convert_ptbxl(tmp_path):
+    root = _ptbxl(tmp_path)
+    conv = convert_ptbxl(root / "ptbxl_database.csv", statements=root / "scp_statements.csv")
+    answers = {r.id: (split, r.answer) for split, rs in conv.splits.items() for r in rs}
+    assert answers == {"ptbxl-1": ("train", "Normal"), "ptbxl-2": ("val", "Myocardial Infarction"),
+                       "ptbxl-3": ("test", "A. Fib/Aflutter, ST/T change"), "ptbxl-6": ("train", "Hypertrophy")}
+    assert any("ptbxl_database.csv:5" in s and "no code maps" in s for s in conv.skipped)
+    assert any("header not found" in s and "00005_hr.hea" in s for s in conv.skipped)
+    high = convert_ptbxl(root / "ptbxl_database.csv", statements=root / "scp_statements.csv", min_likelihood=60)
+    assert {r.id: r.answer for rs in high.splits.values() for r in rs}["ptbxl-3"] == "A. Fib/Aflutter, ST/T change"
+    assert "ptbxl-2" not in {r.id for rs in high.splits.values() for r in rs}  # IMI at 50% dropped
+    _check_outputs(write_splits(conv, tmp_path / "out"))
+    ecg = load_record(conv.splits["train"][0]).ecgs[0]
+    assert ecg.shape == (8, 2500) and np.abs(ecg).max() > 0.1
+
+
+def test_convert_ptbxl_cli(tmp_path):
+    root = _ptbxl(tmp_path)
+    result = runner.invoke(app, ["data", "convert", "ptbxl", str(root / "ptbxl_database.csv"), "--out",
+                                 str(tmp_path / "o"), "--statements", str(root / "scp_statements.csv")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["test.jsonl", "train.jsonl", "val.jsonl"]
+    assert runner.invoke(app, ["data", "validate", str(tmp_path / "o" / "train.jsonl")]).exit_code == 0
+    bad = runner.invoke(app, ["data", "convert", "ptbxl", str(root / "ptbxl_database.csv"), "--out",
+                              str(tmp_path / "o2"), "--label-column", "codes"])
+    assert bad.exit_code == 2 and "missing column(s) codes" in bad.output
+
+
+def test_convert_folder_layouts(tmp_path):
+    root = tmp_path / "derm"
+    for cls, image in (("Melanoma", skdata.immunohistochemistry()), ("Nevus", skdata.retina())):
+        (root / cls).mkdir(parents=True)
+        for i, crop in enumerate(_crops(image, 10)):
+            crop.save(root / cls / f"{i}.{'png' if i % 2 else 'jpg'}")
+    conv = convert_folder(root, domain="dermoscopy", val=0.2, test=0.2, seed=3)
+    assert conv.counts == {"train": 12, "val": 4, "test": 4}
+    for split in ("train", "val", "test"):  # stratified: both classes in every split
+        assert {r.answer for r in conv.splits[split]} == {"Melanoma", "Nevus"}
+    rec = conv.splits["train"][0]
+    assert rec.dataset == "dermoscopy/derm" and "Options: Melanoma, Nevus." in rec.problem
+    _check_outputs(write_splits(conv, tmp_path / "out"))
+
+    split_root = tmp_path / "ct_split"
+    for split in ("train", "test"):
+        for cls in ("A", "B"):
+            (split_root / split / cls).mkdir(parents=True)
+            shutil.copy(get_testdata_file("CT_small.dcm"), split_root / split / cls / "x.dcm")
+    from test_data_volumes import write_series
+
+    write_series(split_root / "train" / "A" / "series01")
+    result = runner.invoke(app, ["data", "convert", "folder", str(split_root), "--domain", "ct", "--out",
+                                 str(tmp_path / "o2"), "--window", "lung"])
+    assert result.exit_code == 0, result.output
+    records = load_records(tmp_path / "o2" / "train.jsonl")
+    assert len(records) == 3 and sum(1 for r in records if r.volumes) == 1
+    assert [v.window for r in records for v in r.volumes] == ["lung"]
+    _check_outputs({"train": tmp_path / "o2" / "train.jsonl", "test": tmp_path / "o2" / "test.jsonl"})
+    with pytest.raises(DataError, match="no class folders"):
+        convert_folder(root / "Nevus", domain="dermoscopy")
+    (tmp_path / "one" / "A").mkdir(parents=True)
+    with pytest.raises(DataError, match="need at least 2"):
+        convert_folder(tmp_path / "one", domain="dermoscopy")
