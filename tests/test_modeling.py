@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-from qoqmed.modeling import QoQMedConfig, QoQMedForConditionalGeneration, chat_messages
+from qoqmed.modeling import QoQMedConfig, QoQMedForConditionalGeneration, chat_messages, volume_parts
+from qoqmed.modeling.processing_qoqmed import ECG_BLOCK
 from qoqmed.modeling.ecg_encoder import ECGEncoderConfig, ECGJEPAEncoder, cross_pattern_mask, num_ecg_tokens
 from qoqmed.modeling.tiny import TinySpec, build_tiny
 
@@ -157,11 +158,14 @@ def test_save_load_roundtrip_identical_logits(tiny, tmp_path):
 
 def test_greedy_generate_matches_teacher_forcing(tiny):
     processor, model = tiny
+    _assert_greedy_matches_teacher_forcing(model, _mixed_batch(processor))
+
+
+def _assert_greedy_matches_teacher_forcing(model, enc, steps=6):
     model.eval()
-    enc = _mixed_batch(processor)
     banned = model.placeholder_token_ids()
     with torch.no_grad():
-        out = model.generate(**enc, max_new_tokens=6, do_sample=False, suppress_tokens=banned,
+        out = model.generate(**enc, max_new_tokens=steps, do_sample=False, suppress_tokens=banned,
                              eos_token_id=None)
         prompt_len = enc["input_ids"].shape[1]
         new = out[:, prompt_len:]
@@ -187,3 +191,113 @@ def test_gradients_reach_ecg_encoder_and_projector(tiny):
     assert enc_grad is not None and enc_grad.abs().sum() > 0
     assert proj_grad is not None and proj_grad.abs().sum() > 0
     model.zero_grad()
+
+
+# --- positions, placeholders, cost, prompt layouts ----------------------------------------------------------------
+
+def test_ecg_tokens_take_text_rotary_positions(tiny):
+    """In Qwen2.5-VL's 3D rotary positions, ECG tokens advance one step on every axis, exactly like text tokens."""
+    processor, model = tiny
+    text = processor.apply_chat_template(chat_messages("<image><ecg>\nWhat is shown?"), add_generation_prompt=True)
+    enc = processor(text=[text], images=[_image(0)], ecg=[_ecg(0)], return_tensors="pt")
+    ids, ecg_id = enc["input_ids"], model.config.ecg_token_id
+    rope = dict(mm_token_type_ids=enc["mm_token_type_ids"], image_grid_thw=enc["image_grid_thw"],
+                attention_mask=enc["attention_mask"])
+    pos, _ = model.model.get_rope_index(ids, **rope)
+    slots = (ids[0] == ecg_id).nonzero().squeeze(1)
+    p = pos[:, 0, slots]
+    assert len(slots) == model.config.num_ecg_tokens
+    assert torch.equal(p[0], p[1]) and torch.equal(p[1], p[2])
+    assert (p[0].diff() == 1).all()
+    before = pos[:, 0, slots[0] - 1]  # <|ecg_start|>, itself right after the image block
+    assert (p[:, 0] == before + 1).all()
+    assert (enc["mm_token_type_ids"][0, slots] == 0).all()
+    # identical to what ordinary text tokens in the same places get
+    as_text = ids.masked_fill(ids == ecg_id, processor.tokenizer.convert_tokens_to_ids("<|im_start|>"))
+    assert torch.equal(model.model.get_rope_index(as_text, **rope)[0], pos)
+
+
+def test_placeholders_suppressed_by_the_saved_generation_config(tiny):
+    """A model that would rather emit placeholders still cannot, through its generation config alone."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    processor, model = tiny
+    banned = model.placeholder_token_ids()
+    assert set(model.generation_config.suppress_tokens) == set(banned)
+
+    class PreferPlaceholders(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            scores[:, banned] += 1e4
+            return scores
+
+    enc = _mixed_batch(processor)
+    prefer = LogitsProcessorList([PreferPlaceholders()])
+    with torch.no_grad():
+        free = model.eval().generate(**enc, max_new_tokens=3, do_sample=False, logits_processor=prefer,
+                                     suppress_tokens=[], eos_token_id=None)
+        kept = model.generate(**enc, max_new_tokens=3, do_sample=False, logits_processor=prefer, eos_token_id=None)
+    n = enc["input_ids"].shape[1]
+    assert torch.isin(free[:, n:], torch.tensor(banned)).all()  # the test can fail: placeholders do win unsuppressed
+    assert not torch.isin(kept[:, n:], torch.tensor(banned)).any()
+
+
+def test_rows_without_ecg_cost_nothing(tiny):
+    processor, model = tiny
+    text = processor.apply_chat_template(chat_messages("Text only question about a patient."),
+                                         add_generation_prompt=True)
+    enc = processor(text=[text], return_tensors="pt")
+    assert enc["input_ids"][0].tolist() == processor.tokenizer(text)["input_ids"]  # no dummy ECG tokens
+    calls = []
+    hook = model.model.ecg_encoder.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    try:
+        with torch.no_grad():
+            model.eval()(**processor(text=[text], ecg=[], return_tensors="pt"))
+            model(**_mixed_batch(processor))
+    finally:
+        hook.remove()
+    assert calls == [2]  # only the mixed batch's two ECG records were encoded, once
+
+
+def test_ecg_parts_in_any_position_reach_their_slots(tiny):
+    """ECG and image parts interleaved with text; each record's features land on its own block, in prompt order."""
+    processor, model = tiny
+    messages = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+                {"role": "user", "content": [{"type": "ecg"}, {"type": "image"}, {"type": "text", "text": "then"},
+                                             {"type": "ecg"}, {"type": "image"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    first_ecg, first_img = text.index(ECG_BLOCK), text.index("<|vision_start|>")
+    second_ecg = text.index(ECG_BLOCK, first_ecg + 1)
+    assert first_ecg < first_img < text.index("then") < second_ecg < text.index("<|vision_start|>", first_img + 1)
+    ecgs = [_ecg(3), _ecg(4)]
+    enc = processor(text=[text], images=[_image(0), _image(1, (56, 56))], ecg=ecgs, return_tensors="pt")
+    seen = {}
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.update(embeds=kwargs["inputs_embeds"]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.eval()(**enc)
+            features = model.model.get_ecg_features(enc["ecg_values"])
+    finally:
+        hook.remove()
+    slots = (enc["input_ids"][0] == model.config.ecg_token_id).nonzero().squeeze(1)
+    n = model.config.num_ecg_tokens
+    torch.testing.assert_close(seen["embeds"][0, slots[:n]], features[0])
+    torch.testing.assert_close(seen["embeds"][0, slots[n:]], features[1])
+
+
+def test_volume_frames_and_ecg_in_one_prompt(tiny):
+    """A 4-slice volume (frames as labelled images) plus an ECG: processed, and greedy decoding is consistent."""
+    processor, model = tiny
+    frames = [_image(10 + i, (56, 56)) for i in range(4)]
+    parts = volume_parts(frames, "Slice")
+    assert [p["type"] for p in parts] == ["text", "image"] * 4 and parts[4]["text"] == "Slice 3/4: "
+    messages = [{"role": "user", "content": [*parts, {"type": "ecg"}, {"type": "text", "text": "Findings?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert text.count("<|vision_start|>") == 4 and "Slice 4/4: " in text
+    # a shorter text-only second row: left padding and per-row rotary offsets are exercised too
+    enc = processor(text=[text, "Text only."], images=frames, ecg=[_ecg(5)], padding=True, return_tensors="pt")
+    assert enc["image_grid_thw"].tolist() == [[1, 4, 4]] * 4
+    assert (enc["input_ids"][0] == model.config.image_token_id).sum() == 16
+    _assert_greedy_matches_teacher_forcing(model, enc, steps=4)
+

@@ -87,10 +87,15 @@ class QoQMedModel(Qwen2_5_VLModel):
         return self.ecg_projector(tokens)
 
     def forward(self, input_ids=None, inputs_embeds=None, ecg_values=None, **kwargs):
+        if ecg_values is not None and ecg_values.shape[0] == 0:
+            ecg_values = None  # a batch without ECG records does not run the encoder at all
         if input_ids is not None and self.config.ecg_token_id is not None:
             ecg_mask = input_ids == self.config.ecg_token_id
             n_slots = int(ecg_mask.sum())
-            if ecg_values is None and n_slots:
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
+            # A placeholder *generated* while decoding (sampling without suppression) is just a token, not an ECG.
+            decoding = cache is not None and cache.get_seq_length() > 0
+            if ecg_values is None and n_slots and not decoding:
                 raise ValueError(
                     f"the prompt holds {n_slots} ECG placeholder tokens but no `ecg_values` were given; pass the ECG "
                     "records (num_records, leads, samples) in prompt order"
