@@ -210,7 +210,8 @@ def data_validate(
         console.print(f"{len(problems)} problem(s)" + (f" in {result.rows} rows ({result.valid_rows} clean)"
                                                       if result is not None else ""), markup=False)
     else:
-        console.print(f"{path}: {result.rows} records, {result.files_checked} files read, no problems", markup=False)
+        console.print(f"{path}: {result.rows} records, {result.files_checked} files read, no problems", markup=False,
+                      soft_wrap=True)
     if problems:
         raise typer.Exit(code=1)
 

@@ -41,14 +41,40 @@ def test_quickstart_writes_report_metrics_and_plots(smoke_run):
     assert (smoke_run / "rl" / "model" / "config.json").exists()
 
 
+def _without_timings(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.endswith("seconds")}
+
+
 def test_eval_command_on_the_quickstart_model(smoke_run, tmp_path):
-    result = runner.invoke(app, ["eval", "--model", str(smoke_run / "rl" / "model"),
-                                 "--data", str(smoke_run / "data" / "val.jsonl"), "--out", str(tmp_path),
-                                 "--max-new-tokens", "16"])
+    data = smoke_run / "data" / "val.jsonl"
+    runs = []
+    for name in ("a", "b"):
+        result = runner.invoke(app, ["eval", "--model", str(smoke_run / "rl" / "model"), "--data", str(data),
+                                     "--out", str(tmp_path / name), "--max-new-tokens", "16"])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        runs.append(tmp_path / name)
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["n"] == len(data.read_text().splitlines())
+    assert (runs[0] / "report.md").exists() and (runs[0] / "predictions.jsonl").exists()
+    # greedy decoding: a re-run gives the same predictions and metrics
+    assert (runs[0] / "predictions.jsonl").read_text() == (runs[1] / "predictions.jsonl").read_text()
+    assert _without_timings(metrics) == _without_timings(json.loads((runs[1] / "metrics.json").read_text()))
+
+
+def test_eval_with_the_released_scorer_and_label_reading(smoke_run, tmp_path):
+    syn = tmp_path / "syn.json"
+    syn.write_text(json.dumps({"AF": "A. Fib/Aflutter"}))
+    base = ["eval", "--model", str(smoke_run / "rl" / "model"), "--data", str(smoke_run / "data" / "val.jsonl"),
+            "--max-new-tokens", "8"]
+    result = runner.invoke(app, base + ["--out", str(tmp_path / "ref"), "--preset", "reference",
+                                        "--label-parser", "reference"])
     assert result.exit_code == 0, result.output + repr(result.exception)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["n"] == len((smoke_run / "data" / "val.jsonl").read_text().splitlines())
-    assert (tmp_path / "report.md").exists() and (tmp_path / "predictions.jsonl").exists()
+    assert "reference" in (tmp_path / "ref" / "report.md").read_text()
+    bad = runner.invoke(app, base + ["--out", str(tmp_path / "x"), "--preset", "reference", "--synonyms", str(syn)])
+    assert bad.exit_code != 0 and "takes no options" in bad.output
+    syn.write_text("[1, 2]")
+    bad = runner.invoke(app, base + ["--out", str(tmp_path / "y"), "--synonyms", str(syn)])
+    assert bad.exit_code != 0 and "alias -> label" in bad.output
 
 
 def test_data_validate_reports_every_problem(tmp_path):

@@ -1,4 +1,5 @@
 import math
+import time
 
 import numpy as np
 import pytest
@@ -19,6 +20,8 @@ from qoqmed.rewards import (
     score,
     split_labels,
 )
+from qoqmed.rewards import reference as ref
+from qoqmed.rewards.scores import score_batch
 
 GOOD = """<think>The left lower lobe is dense.
 ```json
@@ -91,6 +94,30 @@ def test_parse_think_only_closing_tag():
 def test_parse_malformed(text):
     p = parse_response(text)
     assert p.boxes == [] and not p.json_valid
+
+
+ADVERSARIAL_100KB = [
+    "```json\n" + "[" * 100_000 + "\n```",
+    "```\n" + "(" * 100_000 + "\n```",
+    "[{" * 50_000,
+    "\\boxed{" * 14_000,
+    "```json\n[" + '{"bbox_2d": [1, 2, 300, 400], "label": "x"},' * 2_300 + "]\n```",
+    "'" * 100_000,
+    "```" * 33_000,
+]
+
+
+@pytest.mark.parametrize("text", ADVERSARIAL_100KB, ids=range(len(ADVERSARIAL_100KB)))
+@pytest.mark.parametrize("preset", ["paper", "reference"])
+def test_score_100kb_inputs_in_bounded_time(text, preset):
+    mask = np.zeros((512, 512), dtype=bool)
+    mask[100:200, 100:300] = True
+    t0 = time.perf_counter()
+    out = score(text, "x", mask, preset=preset, model_size=(256, 256))
+    elapsed = time.perf_counter() - t0
+    assert all(0.0 <= out[k] <= 1.0 for k in ("overall", "accuracy", "format", "length"))
+    assert out["iou"] is not None and 0.0 <= out["iou"] <= 1.0
+    assert elapsed < 5.0, f"{elapsed:.2f} s on a {len(text)}-character input"
 
 
 def test_parse_malformed_flags():
@@ -195,42 +222,141 @@ def test_format_and_length():
 
 
 def test_score_paper_weights_with_iou():
-    out = score(GOOD, "pneumonia, pleural effusion", gt_boxes=[[10, 20, 30, 40]], image_size=(100, 100))
+    out = score(GOOD, "pneumonia, pleural effusion", box=[10, 20, 30, 40], image_size=(100, 100))
     assert out["accuracy"] == 1.0 and out["format"] == pytest.approx(1.0)
     assert out["iou"] == pytest.approx(1.0)  # max over boxes
     assert out["overall"] == pytest.approx(1.0)
-    mean = score(GOOD, "pneumonia", gt_boxes=[[10, 20, 30, 40]], image_size=(100, 100), iou_reduce="mean")
+    mean = score(GOOD, "pneumonia", box=[[10, 20, 30, 40]], image_size=(100, 100), iou_reduce="mean")
     assert mean["iou"] == pytest.approx(0.5)
     assert mean["overall"] == pytest.approx(0.6 * (2 / 3) + 0.2 * 0.5 + 0.2 * 1.0)
 
 
-def test_score_redistributes_iou_weight():
+def test_score_redistributes_iou_weight_and_custom_weights():
     out = score("<think>x</think> \\boxed{A, B}", ["a", "c"])
     assert out["iou"] is None
     assert out["overall"] == pytest.approx((0.6 * 0.5 + 0.2 * (2 / 3)) / 0.8)
-    ref = score("<think>x</think> \\boxed{A, B}", ["a", "c"], weights="reference")
-    expected = (0.5 * 0.5 + 0.1 * (2 / 3) + 0.1 * ref["length"]) / 0.7
-    assert ref["overall"] == pytest.approx(expected)
+    custom = score("<think>x</think> \\boxed{A, B}", ["a", "c"], weights={"accuracy": 1.0, "length": 1.0})
+    assert custom["overall"] == pytest.approx((0.5 + custom["length"]) / 2)
     assert set(WEIGHTS) == {"paper", "reference"}
 
 
 def test_score_rescales_model_boxes():
     text = '```json\n[{"bbox_2d": [0, 0, 5, 5], "label": "x"}]\n```\\boxed{x}'
-    out = score(text, "x", gt_boxes=[[0, 0, 10, 10]], image_size=(100, 100), model_size=(50, 50))
+    out = score(text, "x", box=[0, 0, 10, 10], image_size=(100, 100), model_size=(50, 50))
     assert out["pred_boxes"][0].bbox == pytest.approx((0, 0, 10, 10))
     assert out["iou"] == pytest.approx(1.0)
     mask = np.zeros((100, 100), dtype=bool)
     mask[:10, :10] = True
-    assert score(text, "x", gt_mask=mask, model_size=(50, 50))["iou"] == pytest.approx(1.0)
+    assert score(text, "x", mask, model_size=(50, 50))["iou"] == pytest.approx(1.0)
 
 
-def test_score_rejects_bad_weights():
-    with pytest.raises(ValueError):
-        score("x", "a", weights="nope")
+def test_score_rejects_bad_options():
+    with pytest.raises(ValueError, match="preset"):
+        score("x", "a", preset="nope")
     with pytest.raises(ValueError):
         score("x", "a", weights={"accuracy": -1.0})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="bogus"):
         score("x", "a", weights={"bogus": 1.0})
+    with pytest.raises(ValueError, match="iou_reduce"):
+        score("x", "a", iou_reduce="sum")
+    with pytest.raises(ValueError, match="takes no options"):
+        score("x", "a", preset="reference", weights={"accuracy": 1.0})
+    with pytest.raises(ValueError, match="image_size"):
+        score("x", "a", box=[0, 0, 1, 1])
+
+
+def test_synonyms_and_normalisation():
+    text = "<think>x</think>\\boxed{AF, normal}"
+    assert score(text, "A. Fib/Aflutter, Normal")["accuracy"] == pytest.approx(0.5)
+    syn = {"af": "A. Fib/Aflutter"}
+    assert score(text, "A. Fib/Aflutter, Normal", synonyms=syn)["accuracy"] == 1.0
+    assert score(text, "A. Fib/Aflutter, Normal", synonyms=syn, normalize=False)["accuracy"] == 0.0
+    assert accuracy_reward(["Af "], ["a. fib/aflutter"], synonyms={"AF": "A. Fib/Aflutter"}) == 1.0
+
+
+def test_score_batch_matches_score_and_checks_lengths():
+    mask = np.zeros((40, 60), dtype=np.uint8)
+    mask[5:20, 10:30] = 3
+    texts = [GOOD, "<think>a</think>```json\n[]\n```\\boxed{Pneumonia}", "junk", GOOD.replace("10, 20", "0, 0")]
+    answers = ["Pneumonia", "pneumonia", "x", "Pleural effusion"]
+    masks = [mask, mask, None, mask]
+    boxes = [None, None, [1, 1, 5, 5], None]
+    sizes = [(60, 40), (60, 40), (8, 8), (60, 40)]
+    model = [(120, 80), (120, 80), (8, 8), (30, 20)]
+    for preset in ("paper", "reference"):
+        batch = score_batch(texts, answers, masks, boxes, preset, image_sizes=sizes, model_sizes=model)
+        for i, b in enumerate(batch):
+            one = score(texts[i], answers[i], masks[i], boxes[i], preset, image_size=sizes[i], model_size=model[i])
+            assert {k: b[k] for k in ("overall", "accuracy", "iou", "format", "length")} == \
+                {k: one[k] for k in ("overall", "accuracy", "iou", "format", "length")}
+    with pytest.raises(ValueError, match="masks has 1 entries for 4"):
+        score_batch(texts, answers, [mask])
+
+
+# ---------------------------------------------------------------- the released scorer, rule by rule
+
+def test_reference_accuracy_quirks():
+    # the last \boxed counts; labels split on the first separator present only; exact, case-sensitive match
+    assert ref.accuracy("\\boxed{A} then \\boxed{B, C}", "B, C") == 1.0
+    assert ref.accuracy("\\boxed{A, B and C}", "A, B and C") == 1.0  # "B and C" stays one label
+    assert ref.accuracy("\\boxed{a}", "A") == 0.0
+    assert ref.accuracy("\\boxed{None}", "None") == 0.0  # the word None means "no answer"
+    assert ref.accuracy("\\boxed{A, B}", "A") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert ref.accuracy("\\boxed{A", "A") == 0.0
+    assert ref.accuracy("\\boxed{\\text{A}}", "\\text{A") == 1.0  # every "}" is deleted before matching
+
+
+def test_reference_format_quirks():
+    good = 'x\n```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "a"}]\n```'
+    assert ref.format_score(good) == pytest.approx(0.2 + 0.1 + 0.2 + 0.1 + 0.4)
+    half = 'x\n```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [1, 2]}]\n```'
+    assert ref.format_score(half) == pytest.approx(0.6 + 0.2)
+    single_quotes = "```\n[{'bbox_2d': [1, 2, 3, true], 'label': 'a'}]\n```"  # a literal; true is a number
+    assert ref.format_score(single_quotes.replace("true", "4")) == pytest.approx(0.2 + 0.1 + 0.1 + 0.4)
+    assert ref.format_score('[{"bbox_2d": [1, 2, 3, true], "label": 0}]') == pytest.approx(0.2 + 0.1 + 0.4)
+    assert ref.format_score("plain words") == 0.0
+    assert ref.format_score('```json {"a": 1}```') == pytest.approx(0.3)  # fence not on its own line: whole text
+
+
+def test_reference_iou_quirks():
+    mask = np.zeros((10, 10), dtype=np.uint8)
+    mask[2:5, 2:5] = 1  # 9 pixels
+    # inclusive corners: [2, 2, 4, 4] covers exactly the 3x3 lesion
+    assert ref.iou([[2, 2, 4, 4]], mask) == pytest.approx(1.0)
+    assert ref.iou([[2.9, 2.9, 4.9, 4.9]], mask) == pytest.approx(1.0)  # truncation, not rounding
+    assert ref.iou([[4, 4, 2, 2]], mask) == pytest.approx(1.0)  # inverted corners are swapped
+    assert ref.iou([[2, 2, 2, 4]], mask) == 0.0  # zero width covers nothing
+    # malformed boxes add 0 but count in the mean
+    assert ref.iou([[2, 2, 4, 4], [1, 2], ["a", 0, 1, 1]], mask) == pytest.approx(1 / 3)
+    assert ref.iou([[0, 0, 1, 1]], None, None) == 0.0
+    # against a box: continuous coordinates
+    assert ref.iou([[0, 0, 2, 2]], None, [1, 1, 3, 3]) == pytest.approx(1 / 7)
+    # an all-zero mask falls through to the box
+    assert ref.iou([[0, 0, 2, 2]], np.zeros((4, 4)), [0, 0, 2, 2]) == pytest.approx(1.0)
+    # boxes need no label, and come from a fence with no language tag
+    assert ref.predicted_boxes('```\n{"objects_of_interest": [{"bbox_2d": [2, 2, 4, 4]}]}\n```') == [[2, 2, 4, 4]]
+
+
+def test_reference_overall_has_no_renormalisation():
+    text = "<think>x</think>\n\\boxed{A}"
+    out = score(text, "A", preset="reference")
+    assert out["iou"] == 0.0  # no ground truth is IoU 0, still weighted
+    assert out["overall"] == pytest.approx(0.5 * 1.0 + 0.3 * 0.0 + 0.1 * 0.0 + 0.1 * 0.001 * len(text))
+
+
+def test_reference_preset_moves_ground_truth_into_the_model_frame():
+    mask = np.zeros((100, 100), dtype=bool)
+    mask[:10, :10] = True
+    text = '```json\n[{"bbox_2d": [0, 0, 4, 4], "label": "x"}]\n```\\boxed{x}'
+    # the 10x10 lesion is 5x5 in a 50x50 model frame; the inclusive box 0..4 covers it exactly
+    assert score(text, "x", mask, preset="reference", model_size=(50, 50))["iou"] == pytest.approx(1.0)
+
+
+def test_reference_eval_label_reading():
+    assert ref.eval_labels("\\boxed{A, B} and \\boxed{C}") == {"A", "B"}  # the first box, not the last
+    assert ref.eval_labels("answer: [Normal]") == {"Normal"}
+    assert ref.eval_labels("Normal") == {"Normal"}
+    assert ref.eval_labels("\\boxed{None}") == set()
 
 
 # ---------------------------------------------------------------- properties
@@ -258,11 +384,11 @@ def test_parse_never_raises(text):
 @settings(max_examples=200, deadline=None)
 @given(TEXTS, st.sampled_from(["paper", "reference"]), st.booleans())
 def test_score_never_raises_and_in_unit_interval(text, weights, with_gt):
-    kw = dict(gt_boxes=[[2, 2, 30, 30]], image_size=(64, 48), model_size=(32, 32)) if with_gt else {}
-    out = score(text, "a, b", weights=weights, **kw)
+    kw = dict(box=[2, 2, 30, 30], image_size=(64, 48), model_size=(32, 32)) if with_gt else {}
+    out = score(text, "a, b", preset=weights, **kw)
     for key in ("overall", "accuracy", "iou", "format", "length"):
         assert _in_unit(out[key]), (key, out[key])
-    assert (out["iou"] is None) != with_gt
+    assert (out["iou"] is None) != (with_gt or weights == "reference")
 
 
 def test_empty_box_list_is_valid_format_and_malformed_entries_are_not():

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -14,8 +16,9 @@ from ..data.prompts import encode_batch, grounding, load_record
 from ..data.readers import load_mask
 from ..data.schema import Record
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
-from ..rewards.scores import score
-from .metrics import compute_metrics
+from ..rewards.reference import eval_labels
+from ..rewards.scores import score_batch
+from .metrics import compute_metrics, normalize_label
 
 
 @torch.no_grad()
@@ -43,17 +46,30 @@ def generate_responses(model: QoQMedForConditionalGeneration, processor: QoQMedP
 
 
 def score_records(records: Sequence[Record], responses: Sequence[str], processor: QoQMedProcessor,
-                  preset: str = "paper", iou_reduce: str = "max") -> list[dict]:
-    """One prediction row per record: labels, boxes (original pixels), reward components."""
+                  preset: str = "paper", iou_reduce: str | None = None, synonyms: dict | None = None,
+                  label_parser: str = "qoqmed") -> list[dict]:
+    """One prediction row per record: labels, boxes (original pixels), reward components.
+
+    ``label_parser="reference"`` reads the predicted labels the way the released evaluation script did
+    (:func:`qoqmed.rewards.reference.eval_labels`), to recompute metrics comparable with old runs.
+    """
+    if label_parser not in ("qoqmed", "reference"):
+        raise ValueError(f"label_parser must be 'qoqmed' or 'reference', got {label_parser!r}")
+    ground = [grounding(load_record(rec), processor) for rec in records]
+    masks = [_cached_mask(g.mask_path) if g.mask_path else None for g in ground]
+    scores = score_batch(list(responses), [rec.answer for rec in records], masks,
+                         [list(g.boxes) or None for g in ground], preset,
+                         image_sizes=[g.image_size for g in ground], model_sizes=[g.model_size for g in ground],
+                         iou_reduce=iou_reduce, synonyms=synonyms)
+    canonical = {normalize_label(alias): label for alias, label in (synonyms or {}).items()}
     rows = []
-    for rec, text in zip(records, responses, strict=True):
-        g = grounding(load_record(rec), processor)
-        mask = load_mask(g.mask_path) if g.mask_path else None
-        s = score(text, rec.answer, gt_boxes=list(g.boxes) or None, gt_mask=mask, image_size=g.image_size,
-                  model_size=g.model_size, weights=preset, iou_reduce=iou_reduce)
+    for rec, text, s in zip(records, responses, scores, strict=True):
+        pred = sorted(eval_labels(text)) if label_parser == "reference" else s["pred_labels"]
+        if synonyms:
+            pred = [canonical.get(normalize_label(p), p) for p in pred]
         rows.append({
             "id": rec.id, "domain": rec.domain, "dataset": rec.dataset, "true_labels": rec.labels,
-            "pred_labels": s["pred_labels"], "iou": s["iou"], "format_ok": s["format"] >= 1.0,
+            "pred_labels": pred, "iou": s["iou"], "format_ok": s["format"] >= 1.0,
             "reward": s["overall"], "accuracy_reward": s["accuracy"],
             "pred_boxes": [{"bbox_2d": list(b.bbox), "label": b.label} for b in s["pred_boxes"]],
             "response": text,
@@ -61,14 +77,20 @@ def score_records(records: Sequence[Record], responses: Sequence[str], processor
     return rows
 
 
+@lru_cache(maxsize=1024)
+def _cached_mask(path: str) -> np.ndarray:
+    return load_mask(path)
+
+
 def evaluate(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, records: Sequence[Record],
              out_dir: str | Path | None = None, batch_size: int = 16, max_new_tokens: int = 128,
-             preset: str = "paper", iou_reduce: str = "max", label_sets: dict | None = None,
-             expected_domains: Sequence[str] | None = None, show_progress: bool = True) -> tuple[dict, list[dict]]:
+             preset: str = "paper", iou_reduce: str | None = None, label_sets: dict | None = None,
+             expected_domains: Sequence[str] | None = None, show_progress: bool = True,
+             synonyms: dict | None = None, label_parser: str = "qoqmed") -> tuple[dict, list[dict]]:
     """Generate, score and aggregate; with ``out_dir``, also write ``predictions.jsonl``. Returns (metrics, rows)."""
     t0 = time.perf_counter()
     responses = generate_responses(model, processor, records, batch_size, max_new_tokens, show_progress)
-    rows = score_records(records, responses, processor, preset, iou_reduce)
+    rows = score_records(records, responses, processor, preset, iou_reduce, synonyms, label_parser)
     metrics = compute_metrics(rows, label_sets=label_sets, expected_domains=expected_domains)
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)
     if out_dir is not None:

@@ -1,22 +1,31 @@
-"""RL with verifiable rewards on TRL's GRPOTrainer, with our advantage estimators (GRPO, Dr.GRPO, DRPO).
+"""RL with verifiable rewards on TRL's GRPOTrainer, and the supervised warm start on TRL's SFTTrainer.
 
-This is the only module that imports TRL. Three things are added to the stock trainer:
+This is the only module that imports TRL. What the RL trainer adds to the stock one:
 
 1. ECG records ride along with each row. TRL's generation and log-prob passes only forward the keyword arguments
    it knows, so a forward pre-hook on the backbone hands ``ecg_values`` to any call whose ``input_ids`` hold ECG
    placeholders. Rows of a call are whole generation batches (internal chunking is switched off while ECG rows are
    present) so the records line up with the placeholders in order.
-2. Advantages come from ``qoqmed.algos`` and are computed on the rewards gathered from every process, with the
-   rows' domains gathered the same way, so all processes agree; each keeps its own slice.
-3. Per-domain reward and, for DRPO, per-domain statistics are logged; the DRPO state is saved with checkpoints.
+2. Advantages come from ``qoqmed.algos`` (GRPO, Dr.GRPO, RLOO, DISCO-style, DRPO) and are computed on the rewards
+   gathered from every process, with the rows' ids and domains gathered the same way, so all processes agree;
+   each keeps its own slice.
+3. Per-domain reward, accuracy and DRPO statistics are logged (``domain_history``, a CSV, and whatever
+   ``report_to`` names: TensorBoard, W&B); the DRPO state is saved with every checkpoint and restored on resume.
+
+Loss options map onto TRL's GRPO loss: ``epsilon_low``/``epsilon_high`` clip the ratio, ``dual_clip`` caps the
+ratio for negative advantages (TRL's ``delta``: for A < 0 the loss is ``|A| * max(min(r, c), clip(r))``, which is
+dual-clip PPO's ``-max(min(rA, clip(r)A), cA)``; for A > 0 it changes nothing while c >= 1 + epsilon_high),
+``loss_type`` ``token_mean`` (TRL ``dapo``: mean over all response tokens, as the reference) or
+``sequence_mean`` (TRL ``grpo``: mean per sequence, then over sequences), and ``beta`` times TRL's k3 KL.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,35 +33,43 @@ import numpy as np
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
-from trl import GRPOConfig, GRPOTrainer
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
 
-from ..algos.drpo import DRPO
-from ..algos.grpo import group_advantages
-from ..data.prompts import SYSTEM_PROMPT, Grounding, grounding, load_record, messages_for
+from ..algos.drpo import DRPO, MODES
+from ..algos.grpo import disco_advantages, group_advantages, rloo_advantages
+from ..data.prompts import SYSTEM_PROMPT, Grounding, encode_batch, grounding, load_record, messages_for
 from ..data.readers import load_ecg, load_mask
 from ..data.schema import Record
 from ..modeling import QoQMedProcessor
 from ..rewards.scores import score
 
-ESTIMATORS = ("grpo", "drgrpo", "drpo")
+ESTIMATORS = ("grpo", "drgrpo", "rloo", "disco", "drpo")
+LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "dapo": "dapo", "grpo": "grpo", "bnpo": "bnpo",
+              "dr_grpo": "dr_grpo"}
 DRPO_STATE_FILE = "drpo_state.pt"
+METRICS_CSV = "rl_metrics.csv"
 
 
 @dataclass
 class RLSettings:
-    estimator: str = "drpo"            # grpo | drgrpo | drpo
-    drpo_mode: str = "paper"           # paper | reference
-    drpo_history: int | None = None    # paper mode: keep the last H questions per domain
+    estimator: str = "drpo"            # grpo | drgrpo | rloo | disco | drpo
+    drpo_mode: str = "paper"           # paper | bounded | reference
+    drpo_history: int | None = None    # paper/bounded mode: keep the last H questions per domain
     drpo_kl_quantile: float | None = 0.75
+    disco_tau: float = 1.0             # DISCO difficulty weight exp(tau * (1 - self-consistency))
     num_generations: int = 4
     num_iterations: int = 1            # policy updates per generation batch (GRPO's mu)
     batch_size: int = 16               # rollouts per device per step (a multiple of num_generations)
+    gradient_accumulation_steps: int = 1
     max_steps: int = 40
     learning_rate: float = 5e-4
     beta: float = 1e-4                 # KL coefficient (k3 estimator, as the reference)
     epsilon_low: float = 0.2
     epsilon_high: float = 0.3
-    loss_type: str = "dapo"            # token mean over the whole batch
+    dual_clip: float | None = None     # cap on the ratio for negative advantages (reference: 3.0)
+    loss_type: str = "dapo"            # token_mean (= dapo) | sequence_mean (= grpo) | bnpo | dr_grpo
     temperature: float = 1.0
     max_completion_length: int = 96
     reward_preset: str = "paper"       # weights of accuracy / IoU / format (see qoqmed.rewards.WEIGHTS)
@@ -60,13 +77,33 @@ class RLSettings:
     seed: int = 0
     logging_steps: int = 10
     save_steps: int | None = None
+    save_total_limit: int | None = None
+    eval_steps: int | None = None      # evaluate (generate + score) on eval records every N steps
+    bf16: bool | None = None           # None: on when CUDA is available
+    gradient_checkpointing: bool = False
+    report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"], ["wandb"]; the CSV is always written
+    progress_bar: bool = True
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
-            raise ValueError(f"estimator={self.estimator!r}; choose one of {ESTIMATORS}")
+            raise ValueError(f"rl.estimator={self.estimator!r}; choose one of {ESTIMATORS}")
+        if self.drpo_mode not in MODES:
+            raise ValueError(f"rl.drpo_mode={self.drpo_mode!r}; choose one of {MODES}")
+        if self.drpo_history is not None and (self.drpo_mode == "reference" or self.drpo_history < 1):
+            raise ValueError(f"rl.drpo_history={self.drpo_history!r}: a positive int, and only in paper/bounded mode "
+                             "(reference mode keeps every question)")
+        if self.num_generations < 2:
+            raise ValueError(f"rl.num_generations={self.num_generations}: group-relative advantages need >= 2")
         if self.batch_size % self.num_generations:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of num_generations="
+            raise ValueError(f"rl.batch_size={self.batch_size} must be a multiple of num_generations="
                              f"{self.num_generations}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"rl.loss_type={self.loss_type!r}; choose one of {sorted(LOSS_TYPES)}")
+        if self.dual_clip is not None and not self.dual_clip > 1 + self.epsilon_high:
+            raise ValueError(f"rl.dual_clip={self.dual_clip} must exceed 1 + epsilon_high = {1 + self.epsilon_high} "
+                             "(it caps the ratio of negative-advantage tokens above the clip range)")
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,38 +139,55 @@ def _cached_mask(path: str) -> np.ndarray:
 
 
 def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou_reduce: str = "max"):
-    """A TRL reward function scoring each completion against its row's answer, boxes and mask."""
+    """A TRL reward function scoring each completion against its row's answer, boxes and mask.
+
+    The components of the last call (accuracy, iou, format per completion) are kept on the function as
+    ``last_components`` so the trainer can log per-domain accuracy.
+    """
 
     def qoqmed_reward(completions, id, **_) -> list[float]:  # noqa: A002 - TRL passes dataset columns by name
-        out = []
+        out, parts = [], []
         for completion, row_id in zip(completions, id, strict=True):
             text = completion[0]["content"] if isinstance(completion, list) else completion
             f = facts[row_id]
             g = f.grounding
             mask = _cached_mask(g.mask_path) if g.mask_path else None
-            s = score(text, f.answer, gt_boxes=list(g.boxes) or None, gt_mask=mask, image_size=g.image_size,
-                      model_size=g.model_size, weights=preset, iou_reduce=iou_reduce)
+            s = score(text, f.answer, mask, list(g.boxes) or None, preset, image_size=g.image_size,
+                      model_size=g.model_size, iou_reduce=iou_reduce if preset != "reference" else None)
             out.append(s["overall"])
+            parts.append({k: s.get(k) for k in ("accuracy", "iou", "format")})
+        qoqmed_reward.last_components = parts
         return out
 
+    qoqmed_reward.last_components = []
     return qoqmed_reward
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Trainer
 
+def make_estimator(settings: RLSettings) -> DRPO | None:
+    """The stateful estimator of ``settings`` (DRPO), or None for the stateless ones."""
+    if settings.estimator != "drpo":
+        return None
+    return DRPO(settings.num_generations, mode=settings.drpo_mode, history=settings.drpo_history,
+                kl_quantile=settings.drpo_kl_quantile, seed=settings.seed)
+
+
 class QoQMedGRPOTrainer(GRPOTrainer):
     """GRPOTrainer + ECG inputs + pluggable advantage estimator computed on the gathered global batch."""
 
-    def __init__(self, *args, settings: RLSettings, facts: dict[str, _RowFacts], **kwargs):
+    def __init__(self, *args, settings: RLSettings, facts: dict[str, _RowFacts],
+                 domain_counts: dict[str, int] | None = None, metrics_csv: str | Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.settings = settings
         self.facts = facts
-        self.estimator = (DRPO(settings.num_generations, mode=settings.drpo_mode, history=settings.drpo_history,
-                               kl_quantile=settings.drpo_kl_quantile, seed=settings.seed)
-                          if settings.estimator == "drpo" else None)
+        self.domain_counts = domain_counts  # DISCO's domain prevalence (training set); None: batch counts
+        self.estimator = make_estimator(settings)
+        self.metrics_csv = Path(metrics_csv) if metrics_csv else None
         self._active_ecg: torch.Tensor | None = None
         self.domain_history: list[dict] = []
+        self.eval_history: list[dict] = []
         for model in (self.model, self.ref_model):
             if model is not None:
                 backbone = self.accelerator.unwrap_model(model).model
@@ -180,7 +234,11 @@ class QoQMedGRPOTrainer(GRPOTrainer):
     # -- rewards and advantages ----------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        self._gathered = (rewards_per_func, gather_object([(x["id"], x["domain"]) for x in inputs]))
+        parts = getattr(self.reward_funcs[0], "last_components", None) or [{}] * len(inputs)
+        if len(parts) != len(inputs):
+            parts = [{}] * len(inputs)
+        local = [(x["id"], x["domain"], p.get("accuracy")) for x, p in zip(inputs, parts)]
+        self._gathered = (rewards_per_func, gather_object(local))
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
@@ -196,14 +254,16 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1).cpu()
         ids = [m[0] for m in meta]
         domains = [m[1] for m in meta]
+        accuracy = [m[2] for m in meta]
         # TRL lays rollouts of one prompt out as consecutive blocks of num_generations rows
         groups = [f"{i}@{n // self.num_generations}" for n, i in enumerate(ids)]
-        advantages = self._advantages(rewards, groups, domains, self._rollout_kl(out)) if mode == "train" else None
-        if advantages is not None:
+        advantages = None
+        if mode == "train":
+            advantages = self._advantages(rewards, groups, domains, self._rollout_kl(out))
             n = len(inputs)
             local = advantages[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n]
             out["advantages"] = local.to(out["advantages"].device, out["advantages"].dtype)
-        self._log_domains(mode, rewards, domains)
+        self._log_domains(mode, rewards, domains, accuracy, advantages)
         return out
 
     def _rollout_kl(self, out: dict) -> torch.Tensor | None:
@@ -212,6 +272,8 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         Needs the sampling-time log-probs, which TRL computes only when a generation batch is reused
         (``num_iterations > 1`` or several steps per generation); otherwise DRPO runs without KL damping.
         """
+        if self.estimator is None or self.estimator.kl_quantile is None:
+            return None
         old, ref = out.get("old_per_token_logps"), out.get("ref_per_token_logps")
         if old is None or ref is None:
             return None
@@ -222,28 +284,60 @@ class QoQMedGRPOTrainer(GRPOTrainer):
 
     def _advantages(self, rewards: torch.Tensor, groups: list[str], domains: list[str],
                     kl: torch.Tensor | None = None) -> torch.Tensor:
+        """One advantage per rollout of the gathered batch, from the configured estimator."""
         est = self.settings.estimator
         if est == "grpo":
             return group_advantages(rewards, groups, scale=True)
         if est == "drgrpo":
             return group_advantages(rewards, groups, scale=False)
+        if est == "rloo":
+            return rloo_advantages(rewards, groups)
+        if est == "disco":
+            return disco_advantages(rewards, groups, domains, domain_counts=self.domain_counts,
+                                    tau=self.settings.disco_tau)
         return self.estimator(rewards, groups, domains, kl=kl)
 
-    def _log_domains(self, mode: str, rewards: torch.Tensor, domains: list[str]) -> None:
-        by_domain = defaultdict(list)
-        for r, d in zip(rewards.tolist(), domains):
-            by_domain[d].append(r)
-        entry = {"step": self.state.global_step}
-        for d, vals in sorted(by_domain.items()):
-            self._metrics[mode][f"domain_reward/{d}"].append(float(np.mean(vals)))
-            entry[f"reward/{d}"] = float(np.mean(vals))
-            stats = self.estimator.last_stats.get(d) if self.estimator is not None and mode == "train" else None
+    def _log_domains(self, mode: str, rewards: torch.Tensor, domains: list[str], accuracy: list,
+                     advantages: torch.Tensor | None) -> None:
+        by_domain: dict[str, list[int]] = defaultdict(list)
+        for i, d in enumerate(domains):
+            by_domain[d].append(i)
+        r = rewards.tolist()
+        entry: dict = {"step": self.state.global_step}
+        stats_all = self.estimator.last_stats if self.estimator is not None and mode == "train" else {}
+        for d, rows in sorted(by_domain.items()):
+            entry[f"reward/{d}"] = float(np.mean([r[i] for i in rows]))
+            acc = [accuracy[i] for i in rows if accuracy[i] is not None]
+            if acc:
+                entry[f"accuracy/{d}"] = float(np.mean(acc))
+            entry[f"rollouts/{d}"] = len(rows)
+            if advantages is not None:
+                entry[f"mean_abs_advantage/{d}"] = float(advantages[rows].abs().mean())
+            stats = stats_all.get(d)
             if stats:
-                for key in ("mean_abs_scale", "T_g", "k"):
-                    if key in stats and stats[key] is not None:
+                for key in ("mean_abs_scale", "T_g", "k", "mu_g", "n_history"):
+                    if stats.get(key) is not None:
                         entry[f"{key}/{d}"] = float(stats[key])
-        if mode == "train":
-            self.domain_history.append(entry)
+        for key, value in entry.items():  # TRL averages these over logging_steps and hands them to report_to
+            if key != "step":
+                self._metrics[mode][f"domain/{key}"].append(value)
+        (self.domain_history if mode == "train" else self.eval_history).append(entry)
+        self._append_csv(mode, entry)
+
+    def _append_csv(self, mode: str, entry: dict) -> None:
+        """Long format (step, split, domain, metric, value): domains may appear late, columns never change."""
+        if self.metrics_csv is None or not self.accelerator.is_main_process:
+            return
+        new = not self.metrics_csv.exists()
+        self.metrics_csv.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.metrics_csv, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "split", "domain", "metric", "value"])
+            for key, value in entry.items():
+                if key != "step":
+                    metric, domain = key.split("/", 1)
+                    w.writerow([entry["step"], mode, domain, metric, value])
 
     # -- checkpoints carry the estimator state ------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
@@ -255,7 +349,10 @@ class QoQMedGRPOTrainer(GRPOTrainer):
     def _load_rng_state(self, checkpoint):
         super()._load_rng_state(checkpoint)
         path = Path(checkpoint) / DRPO_STATE_FILE if checkpoint else None
-        if self.estimator is not None and path is not None and path.exists():
+        if self.estimator is not None and path is not None:
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: the checkpoint has no DRPO state; resuming without it would "
+                                        "change the advantages (was it written by another estimator?)")
             self.estimator.load_state_dict(torch.load(path, weights_only=False))
 
 
@@ -264,9 +361,37 @@ def _load_ecg_tensor(path: str) -> torch.Tensor:
     return torch.from_numpy(load_ecg(path))
 
 
+def _resolve_resume(resume_from: str | None, out_dir: Path) -> str | None:
+    if resume_from != "latest":
+        return resume_from
+    last = get_last_checkpoint(str(out_dir)) if out_dir.exists() else None
+    return last  # None: nothing to resume, start fresh
+
+
+def _reset_csv(path: Path, resume: str | None) -> None:
+    """A fresh run starts a fresh CSV; a resumed one keeps the rows up to its checkpoint's step and appends."""
+    if not path.exists():
+        return
+    if resume is None:
+        path.unlink()
+        return
+    state = json.loads((Path(resume) / "trainer_state.json").read_text())
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= int(state["global_step"])]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
 def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Path,
-             settings: RLSettings | None = None, resume_from: str | None = None) -> dict:
-    """Train the model saved in ``model_dir`` with RL on ``records``; save it to ``out_dir``; return the logs."""
+             settings: RLSettings | None = None, resume_from: str | None = None,
+             eval_records: Sequence[Record] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
+    """Train the model saved in ``model_dir`` with RL on ``records``; save it to ``out_dir``; return the logs.
+
+    ``resume_from``: a checkpoint folder, or ``"latest"`` for the newest ``checkpoint-*`` in ``out_dir``.
+    ``eval_records`` with ``settings.eval_steps``: periodic evaluation (generation + reward per domain).
+    Per-step per-domain metrics go to ``out_dir/rl_metrics.csv``, everything to ``out_dir/rl_logs.json``.
+    """
     from ..modeling import QoQMedForConditionalGeneration
 
     s = settings or RLSettings()
@@ -274,26 +399,103 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
     processor = QoQMedProcessor.from_pretrained(str(model_dir))
     model = QoQMedForConditionalGeneration.from_pretrained(str(model_dir))
     dataset, facts = build_rl_dataset(records, processor)
+    eval_dataset = None
+    if eval_records and s.eval_steps:
+        eval_dataset, eval_facts = build_rl_dataset(eval_records, processor)
+        overlap = set(facts) & set(eval_facts)
+        if overlap:
+            raise ValueError(f"eval records share ids with training records, e.g. {sorted(overlap)[:3]}")
+        facts = {**facts, **eval_facts}
+    bf16 = torch.cuda.is_available() if s.bf16 is None else s.bf16
     args = GRPOConfig(
         output_dir=str(out_dir), max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.batch_size, gradient_accumulation_steps=s.gradient_accumulation_steps,
         num_generations=s.num_generations, num_iterations=s.num_iterations, learning_rate=s.learning_rate,
-        beta=s.beta, epsilon=s.epsilon_low,
-        epsilon_high=s.epsilon_high, loss_type=s.loss_type, temperature=s.temperature,
-        max_completion_length=s.max_completion_length, logging_steps=s.logging_steps, report_to=[],
-        save_strategy="steps" if s.save_steps else "no", save_steps=s.save_steps or 500, seed=s.seed,
-        data_seed=s.seed, use_cpu=not torch.cuda.is_available(), bf16=False, dataloader_num_workers=0,
+        beta=s.beta, epsilon=s.epsilon_low, epsilon_high=s.epsilon_high, delta=s.dual_clip,
+        loss_type=LOSS_TYPES[s.loss_type], temperature=s.temperature,
+        max_completion_length=s.max_completion_length, logging_steps=s.logging_steps, report_to=list(s.report_to),
+        logging_dir=str(out_dir / "tensorboard"),
+        save_strategy="steps" if s.save_steps else "no", save_steps=s.save_steps or 500,
+        save_total_limit=s.save_total_limit, seed=s.seed, data_seed=s.seed,
+        eval_strategy="steps" if eval_dataset is not None else "no", eval_steps=s.eval_steps,
+        use_cpu=not torch.cuda.is_available(), bf16=bf16, dataloader_num_workers=0,
         generation_kwargs={"suppress_tokens": model.placeholder_token_ids()},
-        lr_scheduler_type="constant_with_warmup", warmup_steps=2, gradient_checkpointing=False,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=2, gradient_checkpointing=s.gradient_checkpointing,
+        disable_tqdm=not s.progress_bar,
     )
+    domain_counts: dict[str, int] = defaultdict(int)
+    for rec in records:
+        domain_counts[rec.domain] += 1
     trainer = QoQMedGRPOTrainer(
         model=model, reward_funcs=make_reward_function(facts, s.reward_preset, s.iou_reduce), args=args,
-        train_dataset=dataset, processing_class=processor, settings=s, facts=facts,
+        train_dataset=dataset, eval_dataset=eval_dataset, processing_class=processor, settings=s, facts=facts,
+        domain_counts=dict(domain_counts), metrics_csv=out_dir / METRICS_CSV, callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=resume_from)
+    resume = _resolve_resume(resume_from, out_dir)
+    if trainer.accelerator.is_main_process:
+        _reset_csv(out_dir / METRICS_CSV, resume)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out_dir / "model"))
-    processor.save_pretrained(str(out_dir / "model"))
-    logs = {"settings": asdict(s), "log_history": trainer.state.log_history, "domains": trainer.domain_history}
-    if trainer.estimator is not None:
-        torch.save(trainer.estimator.state_dict(), out_dir / "model" / DRPO_STATE_FILE)
-    (out_dir / "rl_logs.json").write_text(json.dumps(logs, indent=1, default=str))
+    logs = {"settings": asdict(s), "log_history": trainer.state.log_history, "domains": trainer.domain_history,
+            "eval_domains": trainer.eval_history, "resumed_from": resume}
+    if trainer.accelerator.is_main_process:
+        processor.save_pretrained(str(out_dir / "model"))
+        if trainer.estimator is not None:
+            torch.save(trainer.estimator.state_dict(), out_dir / "model" / DRPO_STATE_FILE)
+        (out_dir / "rl_logs.json").write_text(json.dumps(logs, indent=1, default=str))
+    trainer.accelerator.wait_for_everyone()
     return logs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Supervised warm start on TRL's SFTTrainer
+
+class _SFTCollator:
+    """Rows carry only a record id; the batch is encoded with the chat template and answer-only labels."""
+
+    def __init__(self, processor: QoQMedProcessor, records: dict[str, Record]):
+        self.processor = processor
+        self.records = records
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return encode_batch(self.processor, [load_record(self.records[r["id"]]) for r in rows], with_targets=True)
+
+
+def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_dir: str | Path, settings,
+              eval_records: Sequence[Record] | None = None) -> list[dict]:
+    """Fine-tune ``model`` in place on the records' reference answers with TRL's SFTTrainer.
+
+    The loss covers the answer tokens only (``<think>``, boxes, ``\\boxed{}``), as ``encode_batch`` labels
+    them; images and ECGs are encoded per batch by the collator. Returns the logged history.
+    """
+    if not records:
+        raise ValueError("the warm start needs at least one training record")
+    by_id = {r.id: r for r in records}
+    if len(by_id) != len(records):
+        raise ValueError("record ids must be unique within a training set")
+    eval_ds = None
+    if eval_records:
+        by_id.update({r.id: r for r in eval_records})
+        eval_ds = Dataset.from_list([{"id": r.id} for r in eval_records])
+    s = settings
+    bf16 = torch.cuda.is_available() if getattr(s, "bf16", None) is None else s.bf16
+    eval_steps = getattr(s, "eval_steps", None)
+    args = SFTConfig(
+        output_dir=str(out_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
+        per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
+        gradient_accumulation_steps=getattr(s, "gradient_accumulation_steps", 1), learning_rate=s.learning_rate,
+        warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, lr_scheduler_type="cosine",
+        logging_steps=s.logging_steps, save_strategy="steps" if getattr(s, "save_steps", None) else "no",
+        save_steps=getattr(s, "save_steps", None) or 500, report_to=list(getattr(s, "report_to", []) or []),
+        logging_dir=str(Path(out_dir) / "tensorboard"), remove_unused_columns=False, seed=s.seed,
+        data_seed=s.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=bf16,
+        gradient_checkpointing=getattr(s, "gradient_checkpointing", False),
+        eval_strategy="steps" if eval_ds is not None and eval_steps else "no", eval_steps=eval_steps,
+        dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
+        disable_tqdm=not getattr(s, "progress_bar", True),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"id": r.id} for r in records]),
+                         eval_dataset=eval_ds, processing_class=processor,
+                         data_collator=_SFTCollator(processor, by_id))
+    trainer.train()
+    return trainer.state.log_history
