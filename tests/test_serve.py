@@ -1,0 +1,292 @@
+"""The HTTP API with a real client (httpx) against a real uvicorn server on loopback."""
+
+import asyncio
+import base64
+import copy
+import io
+import json
+import threading
+import time
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+import uvicorn
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
+
+from qoqmed.data.readers import load_ecg
+from qoqmed.infer import QoQMedPipeline
+from qoqmed.modeling.tiny import build_tiny
+from qoqmed.serve import create_app
+
+CT = get_testdata_file("CT_small.dcm")
+ECG_DCM = get_testdata_file("waveform_ecg.dcm")
+BODY_LIMIT = 2 << 20
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def png_bytes(size=(100, 80)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (120, 40, 40)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ServerThread:
+    """uvicorn in a background thread on a free loopback port."""
+
+    def __init__(self, app):
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server():
+    processor, model = build_tiny(seed=0)
+    pipe = QoQMedPipeline(model, processor, max_new_tokens=8, name="tiny")
+    app = create_app(pipe, max_body_bytes=BODY_LIMIT, max_batch=16, batch_wait_ms=20, max_new_tokens_limit=64)
+    with ServerThread(app) as srv:
+        srv.app = app
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=120) as c:
+        yield c
+
+
+def error_of(resp: httpx.Response) -> dict:
+    body = resp.json()
+    assert set(body) == {"error"}, body
+    return body["error"]
+
+
+def test_healthz_and_page(client):
+    h = client.get("/healthz").json()
+    assert h["status"] == "ok" and h["model"] == "tiny" and h["max_body_bytes"] == BODY_LIMIT
+    page = client.get("/")
+    assert page.status_code == 200 and "<form id=\"ask\"" in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_predict_dicom_image_and_every_ecg_form(client, tmp_path):
+    import wfdb
+    from qoqmed.data.ecg import ECGSpec, STANDARD_LEADS, read_ecg
+
+    sig = read_ecg(ECG_DCM, ECGSpec(sampling_rate=500, seconds=10.0, leads=STANDARD_LEADS))
+    wfdb.wrsamp("ecg01", fs=500, units=["mV"] * 12, sig_name=list(STANDARD_LEADS), p_signal=sig.data.T.astype(float),
+                fmt=["16"] * 12, write_dir=str(tmp_path))
+    ecg = load_ecg(ECG_DCM)
+    body = {
+        "question": "Which findings are present?",
+        "images": [{"data": b64(open(CT, "rb").read()), "filename": "slice.dcm"}],
+        "ecg": [{"dicom": b64(open(ECG_DCM, "rb").read())},
+                {"hea": b64((tmp_path / "ecg01.hea").read_bytes()), "dat": b64((tmp_path / "ecg01.dat").read_bytes())},
+                {"npy": b64(npy_bytes(ecg))},
+                {"signal": sig.data[:, ::2].tolist(), "fs": 250, "leads": list(STANDARD_LEADS)}],
+        "ehr": "Palpitations.", "return_previews": True,
+    }
+    r = client.post("/v1/predict", json=body)
+    assert r.status_code == 200, r.text
+    p = r.json()
+    assert p["images"][0]["width"] == 128 and p["images"][0]["source"] == "images[0]"
+    assert {"text", "reasoning", "diagnosis", "labels", "boxes", "timing", "finish_reason"} <= set(p)
+    assert p["completion_tokens"] <= 8
+    assert p["previews"]["images"][0].startswith("data:image/png;base64,")
+    sigs = [np.array(e["signal"]) for e in p["previews"]["ecg"]]
+    assert len(sigs) == 4 and all(s.shape == (8, 2500) for s in sigs)
+    for s in sigs[1:]:
+        np.testing.assert_allclose(s, sigs[0], atol=0.05)  # four encodings of one recording
+
+
+def test_predict_volumes_nifti_and_dicom_series(client):
+    import os
+    from nibabel.testing import data_path
+
+    nii = open(os.path.join(data_path, "anatomical.nii"), "rb").read()
+    ds = pydicom.dcmread(CT)
+    series, uid = [], generate_uid()
+    for k in range(5):  # five slices of one series, sent out of order
+        s = copy.deepcopy(ds)
+        s.SeriesInstanceUID, s.SOPInstanceUID, s.InstanceNumber = uid, generate_uid(), 5 - k
+        s.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], 5.0 * (5 - k)]
+        buf = io.BytesIO()
+        s.save_as(buf)
+        series.append(b64(buf.getvalue()))
+    r = client.post("/v1/predict", json={"question": "Tumour?", "volumes": [
+        {"data": b64(nii), "filename": "brain.nii"}, {"series": series}]})
+    assert r.status_code == 200, r.text
+    sources = [im["source"] for im in r.json()["images"]]
+    assert sources == [f"volumes[{v}] slice {k}/4" for v in (0, 1) for k in range(1, 5)]
+
+
+def test_chat_completions_openai_shape(client):
+    url = "data:image/png;base64," + b64(png_bytes())
+    r = client.post("/v1/chat/completions", json={
+        "model": "qoqmed-tiny", "temperature": 0, "max_tokens": 6,
+        "messages": [{"role": "system", "content": "Answer briefly."},
+                     {"role": "user", "content": [
+                         {"type": "text", "text": "Look at "}, {"type": "image_url", "image_url": {"url": url}},
+                         {"type": "text", "text": " and "}, {"type": "ecg", "ecg": {"npy": b64(npy_bytes(load_ecg(ECG_DCM)))}},
+                         {"type": "text", "text": ". Diagnosis?"}]}]})
+    assert r.status_code == 200, r.text
+    c = r.json()
+    assert c["object"] == "chat.completion" and c["model"] == "qoqmed-tiny" and c["id"].startswith("chatcmpl-")
+    (choice,) = c["choices"]
+    assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] in ("stop", "length")
+    assert c["usage"]["completion_tokens"] <= 6
+    assert c["usage"]["total_tokens"] == c["usage"]["prompt_tokens"] + c["usage"]["completion_tokens"]
+    assert c["qoqmed"]["images"][0]["width"] == 100 and c["qoqmed"]["text"] == choice["message"]["content"]
+    # A plain string message works too.
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Hello?"}], "max_tokens": 4})
+    assert r.status_code == 200 and r.json()["model"] == "tiny"
+
+
+@pytest.mark.parametrize("payload, status, param, text", [
+    ({"question": 123}, 422, "question", "valid string"),
+    ({"question": "q", "images": [{"data": 5}]}, 422, "images[0].data", "valid string"),
+    ({"question": "q", "images": "abc"}, 422, "images", "valid list"),
+    ({"question": "q", "max_new_tokens": "8"}, 422, "max_new_tokens", "valid integer"),
+    ({"question": "q", "max_new_tokens": 10_000}, 400, "max_tokens", "limit of 64"),
+    ({"question": "q", "unknown": 1}, 422, "unknown", "Extra inputs"),
+    ({}, 422, "question", "Field required"),
+    ({"question": "q", "ecg": [{"npy": "AAAA", "dicom": "AAAA"}]}, 422, "ecg[0]", "exactly one of"),
+    ({"question": "q", "ecg": [{"hea": "AAAA"}]}, 422, "ecg[0]", "both hea and dat"),
+    ({"question": "q", "ecg": [{"signal": [[1.0, 2.0]]}]}, 422, "ecg[0]", "needs fs"),
+    ({"question": "q", "images": ["%%%not-base64"]}, 400, "images[0]", "not valid base64"),
+    ({"question": "q", "images": ["/etc/passwd"]}, 400, "images[0]", "base64"),
+    ({"question": "q", "images": ["file:///etc/passwd"]}, 400, "images[0]", "not fetched"),
+    ({"question": "q", "images": [b64(b"plain text, not a picture")]}, 400, "images[0]", "not a recognised image"),
+    ({"question": "q", "ecg": [{"npy": b64(npy_bytes(np.zeros((2500, 8))))}]}, 400, "ecg[0]", "transposed"),
+    ({"question": "q", "ecg": [{"dicom": b64(png_bytes())}]}, 400, "ecg[0].dicom", "not a .npy array or a DICOM"),
+    ({"question": "q", "volumes": [{"data": b64(png_bytes()), "filename": "x.nii"}]}, 400, "volumes[0].data", "NIfTI"),
+    ({"question": "<image><image>", "images": [b64(png_bytes())]}, 400, "question", "placeholder"),
+])
+def test_bad_inputs_get_clear_4xx(client, payload, status, param, text):
+    r = client.post("/v1/predict", json=payload)
+    assert r.status_code == status, r.text
+    err = error_of(r)
+    assert err["param"] == param and text in err["message"], err
+    assert "qoqmed-req-" not in err["message"] and "/tmp" not in err["message"]  # no server paths leak
+
+
+def test_wfdb_header_cannot_name_paths(client):
+    hea = b"../../etc/evil 1 500 5000\n../../etc/evil.dat 16 200 16 0 0 0 0 I\n"
+    r = client.post("/v1/predict", json={"question": "q", "ecg": [{"hea": b64(hea), "dat": b64(b"\0" * 100)}]})
+    assert r.status_code == 400 and error_of(r)["param"] == "ecg[0].hea" and "plain file name" in r.text
+
+
+def test_malformed_json_and_chat_rules(client):
+    r = client.post("/v1/predict", content=b'{"question": "q", ', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and error_of(r)["code"] == "malformed_json"
+    bad_url = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.org/x.png"}}]}
+    r = client.post("/v1/chat/completions", json={"messages": [bad_url]})
+    assert r.status_code == 400 and error_of(r)["param"] == "messages[0].content[0].image_url.url"
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "stream": True})
+    assert r.status_code == 400 and error_of(r)["param"] == "stream"
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    r = client.post("/v1/chat/completions", json={"messages": turns})
+    assert r.status_code == 400 and "one user message" in error_of(r)["message"]
+    r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [{"type": "audio"}]}]})
+    assert r.status_code == 422 and error_of(r)["param"].startswith("messages[0].content[0]")
+    r = client.post("/v1/chat/completions", json={"messages": []})
+    assert r.status_code == 422 and error_of(r)["param"] == "messages"
+
+
+def test_oversized_bodies_get_413(client, server):
+    big = {"question": "q", "images": [b64(b"\0" * BODY_LIMIT)]}
+    r = client.post("/v1/predict", json=big)
+    assert r.status_code == 413 and error_of(r)["code"] == "body_too_large"
+
+    def chunks():  # no Content-Length: the limit is enforced while the body streams in
+        for _ in range(40):
+            yield b"x" * (128 << 10)
+
+    r = client.post("/v1/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and error_of(r)["code"] == "body_too_large"
+    r = client.post("/v1/predict", content=iter([b'{"question": ', b'"q", "max_new_tokens": 2}']),
+                    headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text  # a small chunked body passes through intact
+    assert client.get("/healthz").status_code == 200  # the server is fine afterwards
+
+
+def test_multipart_form(client, tmp_path):
+    import wfdb
+    from qoqmed.data.ecg import ECGSpec, STANDARD_LEADS, read_ecg
+
+    sig = read_ecg(ECG_DCM, ECGSpec(sampling_rate=500, seconds=10.0, leads=STANDARD_LEADS))
+    wfdb.wrsamp("r1", fs=500, units=["mV"] * 12, sig_name=list(STANDARD_LEADS), p_signal=sig.data.T.astype(float),
+                fmt=["16"] * 12, write_dir=str(tmp_path))
+    files = [("images", ("ct.dcm", open(CT, "rb").read(), "application/dicom")),
+             ("ecg", ("r1.hea", (tmp_path / "r1.hea").read_bytes())), ("ecg", ("r1.dat", (tmp_path / "r1.dat").read_bytes()))]
+    r = client.post("/v1/predict/form", data={"question": "Findings?", "max_new_tokens": "5"}, files=files)
+    assert r.status_code == 200, r.text
+    assert r.json()["images"][0]["width"] == 128 and r.json()["completion_tokens"] <= 5
+    r = client.post("/v1/predict/form", data={"question": "q"}, files=[("ecg", ("r1.hea", b"r1 1 500 10\n"))])
+    assert r.status_code == 400 and "needs its .dat" in error_of(r)["message"]
+    r = client.post("/v1/predict/form", data={"question": "q", "max_new_tokens": "many"})
+    assert r.status_code == 422 and error_of(r)["param"] == "max_new_tokens"
+
+
+def test_concurrent_requests_none_lost_and_batched(server):
+    """60 clients at once: every one gets its own complete answer, and the server answered them in shared batches."""
+    pipe = server.app.state.pipeline
+    before = httpx.get(server.url + "/healthz").json()["batching"]
+    ecg = load_ecg(ECG_DCM)
+    img = Image.open(io.BytesIO(png_bytes((64, 64))))
+    questions = [f"Case {i}: which findings are present?" + " Please." * (i % 4) for i in range(60)]
+    # What each request must get: the same prompt answered alone, in-process (greedy decoding is deterministic).
+    expected = {}
+    for i in range(60):
+        q = pipe.prepare(questions[i], ecg=ecg) if i % 2 else pipe.prepare(questions[i], images=img)
+        expected[i] = pipe.generate([q], 6)[0]
+
+    async def run():
+        async with httpx.AsyncClient(base_url=server.url, timeout=300) as c:
+            async def one(i):
+                body = {"question": questions[i], "max_new_tokens": 6}
+                if i % 2:
+                    body["ecg"] = [{"npy": b64(npy_bytes(ecg))}]
+                else:
+                    body["images"] = [b64(png_bytes((64, 64)))]
+                return await c.post("/v1/predict", json=body)
+            return await asyncio.gather(*(one(i) for i in range(60)))
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 60
+    bodies = [r.json() for r in responses]
+    for i, b in enumerate(bodies):
+        assert b["completion_tokens"] <= 6 and (len(b["images"]) == 1) == (i % 2 == 0)
+    for i, pred in expected.items():
+        assert bodies[i]["text"] == pred.text and bodies[i]["prompt_tokens"] == pred.prompt_tokens
+    after = httpx.get(server.url + "/healthz").json()["batching"]
+    assert after["requests"] - before["requests"] == 60
+    assert after["batches"] - before["batches"] < 60 and after["largest_batch"] > 1
