@@ -691,7 +691,7 @@ def check_record_files(record: Record, cache: dict | None = None) -> list[tuple[
     for i, box in enumerate(record.boxes):
         size = sizes.get(box.image)
         if size is not None and (box.bbox_2d[2] > size[0] or box.bbox_2d[3] > size[1]):
-            out.append((f"boxes[{i}]", record.images[box.image],
+            out.append((f"boxes[{i}]", str(record.resolve(record.images[box.image])),
                         f"box {list(box.bbox_2d)} extends outside the {size[0]}x{size[1]} image"))
     return out
 
