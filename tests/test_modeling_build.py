@@ -118,6 +118,18 @@ def test_ecg_tokens_follow_the_base_vocabulary(built, base):
     assert {cfg["ecg_start_token_id"], cfg["ecg_end_token_id"]} == {len(base_tok) + 1, len(base_tok) + 2}
     record = json.loads((built / "qoqmed_build.json").read_text())
     assert record["ecg_encoder_init"] == "official checkpoint" and record["frozen_modules"] == ["vision"]
+    assert record["default_system_prompt"] == "You are a helpful assistant."
+
+
+def test_default_system_turn_of_the_base_template_is_kept(built):
+    processor = AutoProcessor.from_pretrained(built)
+    user = {"role": "user", "content": [{"type": "ecg"}, {"type": "text", "text": "Rhythm?"}]}
+    text = processor.apply_chat_template([user], add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                           "<|ecg_start|><|ecg_pad|><|ecg_end|>Rhythm?")
+    system = {"role": "system", "content": [{"type": "text", "text": "Be brief."}]}
+    text = processor.apply_chat_template([system, user], add_generation_prompt=True)
+    assert text.count("<|im_start|>system") == 1 and "helpful" not in text
 
 
 def test_freezing_is_recorded_and_reapplied(built, tmp_path):
@@ -198,3 +210,20 @@ def test_cli_model_init_and_info(base, ecg_ckpt, tmp_path):
     res = runner.invoke(app, ["model", "init", "--base", str(base), "--out", str(tmp_path / "x"),
                               "--ecg-encoder", str(ecg_ckpt[0])])
     assert res.exit_code == 2 and "does not fit the ECG encoder" in " ".join(res.output.split())
+
+
+def test_size_table_matches_published_parameter_counts():
+    """The 7B/32B hyper-parameters written into benchmarks/model_sizes.py give the published model sizes."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "model_sizes.py"
+    spec = importlib.util.spec_from_file_location("model_sizes", path)
+    sizes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sizes)
+    for name, published in (("7B", 8.29e9), ("32B", 33.45e9)):  # Qwen2.5-VL-{7B,32B}-Instruct model cards
+        with torch.device("meta"):
+            model = QoQMedForConditionalGeneration(sizes.real_config(name))
+        counts = parameter_counts(model)
+        assert counts["ecg"] == 85_067_520  # ECG-JEPA: 768 wide, 12 blocks
+        assert abs(counts["total"] - counts["ecg"] - counts["projector"] - published) / published < 0.005

@@ -24,7 +24,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLIm
 from .configuration_qoqmed import QoQMedConfig
 from .ecg_encoder import TOKEN_MODES
 from .modeling_qoqmed import QoQMedForConditionalGeneration, freeze, model_parts
-from .processing_qoqmed import ECG_END, ECG_PAD, ECG_START, QoQMedProcessor
+from .processing_qoqmed import ECG_END, ECG_PAD, ECG_START, QoQMedProcessor, chat_template
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
 BASE_MODEL_TYPES = ("qwen2_5_vl",)
+# Qwen2.5-VL-Instruct's template opens conversations without a system turn with this one.
+QWEN_DEFAULT_SYSTEM = "You are a helpful assistant."
 # Pixel budget of the reference QoQ-Med training (DESIGN §2.1).
 REFERENCE_MIN_PIXELS = 65_536
 REFERENCE_MAX_PIXELS = 524_288
@@ -163,9 +165,12 @@ def build_from_base(
     freeze(model, vision=freeze_vision, ecg=freeze_ecg, llm=freeze_llm)
 
     enc = config.ecg_encoder_config
+    base_template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    default_system = QWEN_DEFAULT_SYSTEM if QWEN_DEFAULT_SYSTEM in base_template else None
     processor = QoQMedProcessor(image_processor=_image_processor(base, config.vision_config, min_pixels, max_pixels),
                                 tokenizer=tokenizer, num_ecg_tokens=config.num_ecg_tokens,
-                                ecg_num_leads=enc.num_leads, ecg_num_samples=enc.num_samples)
+                                ecg_num_leads=enc.num_leads, ecg_num_samples=enc.num_samples,
+                                chat_template=chat_template(default_system))
     if out is not None:
         out = Path(out)
         model.save_pretrained(out)
@@ -175,7 +180,7 @@ def build_from_base(
                   "ecg_encoder_init": "official checkpoint" if ecg_encoder else f"random (seed {seed})",
                   "ecg_token_mode": ecg_token_mode, "ecg_projector": ecg_projector, "dtype": str(torch_dtype),
                   "attn_implementation": attn_implementation, "frozen_modules": model.config.frozen_modules,
-                  "ecg_token_ids": token_ids, "vocab_size": len(tokenizer)}
+                  "ecg_token_ids": token_ids, "vocab_size": len(tokenizer), "default_system_prompt": default_system}
         (out / "qoqmed_build.json").write_text(json.dumps(record, indent=2) + "\n")
     return processor, model
 

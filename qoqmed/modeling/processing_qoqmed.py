@@ -6,6 +6,7 @@ sub-processor (which needs torchvision) is not part of this processor.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,19 @@ CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def chat_template(default_system: str | None = None) -> str:
+    """:data:`CHAT_TEMPLATE`, optionally opening with ``default_system`` when a conversation has no system turn.
+
+    Qwen2.5-VL-Instruct's own template inserts "You are a helpful assistant." that way, and QoQ-Med-VL was trained
+    through it; builds from such a base keep the behaviour so prompts match what the weights saw.
+    """
+    if not default_system:
+        return CHAT_TEMPLATE
+    literal = json.dumps(default_system)  # a JSON string is a valid Jinja string literal
+    return ("{% if messages and messages[0]['role'] != 'system' %}<|im_start|>system\n{{ " + literal
+            + " }}<|im_end|>\n{% endif %}" + CHAT_TEMPLATE)
 
 
 class QoQMedProcessor(Qwen2_5_VLProcessor):

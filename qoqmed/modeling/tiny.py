@@ -34,6 +34,18 @@ FORMAT_CORPUS = [
 ]
 
 
+# The shape of Qwen2.5-VL-Instruct's chat template (default system turn, image and video parts), for the tiny base.
+QWEN_VL_STYLE_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n"
+    "You are a helpful assistant.<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in part %}{{ part['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
 @dataclass
 class TinySpec:
     """Sizes of the tiny model. Defaults train in minutes on 2 CPU cores."""
@@ -117,6 +129,7 @@ def save_tiny_base(out, corpus: Iterable[str] = (), spec: TinySpec | None = None
     model.generation_config = GenerationConfig(bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                                                pad_token_id=ids["<|endoftext|>"])
     model.save_pretrained(out)
+    tokenizer.chat_template = QWEN_VL_STYLE_TEMPLATE
     tokenizer.save_pretrained(out)
     Qwen2VLImageProcessorPil(min_pixels=spec.min_pixels, max_pixels=spec.max_pixels, patch_size=14, merge_size=2,
                              temporal_patch_size=2).save_pretrained(out)
