@@ -51,7 +51,7 @@ def test_target_text_is_a_perfect_answer(records, tiny):
         if rec.segmentation_path:
             from qoqmed.data.readers import load_mask
             mask = load_mask(rec.resolve(rec.segmentation_path))
-        s = score(text, rec.answer, gt_mask=mask, image_size=loaded.images[0].size if rec.images else None)
+        s = score(text, rec.answer, mask, image_size=loaded.images[0].size if rec.images else None)
         assert s["accuracy"] == 1.0 and s["format"] == 1.0
         assert s["iou"] is None if not rec.boxes else s["iou"] == 1.0
 

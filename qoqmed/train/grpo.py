@@ -43,7 +43,7 @@ from ..data.prompts import SYSTEM_PROMPT, Grounding, encode_batch, grounding, lo
 from ..data.readers import load_ecg, load_mask
 from ..data.schema import Record
 from ..modeling import QoQMedProcessor
-from ..rewards.scores import score
+from ..rewards.scores import score_batch
 
 ESTIMATORS = ("grpo", "drgrpo", "rloo", "disco", "drpo")
 LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "dapo": "dapo", "grpo": "grpo", "bnpo": "bnpo",
@@ -146,18 +146,16 @@ def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou
     """
 
     def qoqmed_reward(completions, id, **_) -> list[float]:  # noqa: A002 - TRL passes dataset columns by name
-        out, parts = [], []
-        for completion, row_id in zip(completions, id, strict=True):
-            text = completion[0]["content"] if isinstance(completion, list) else completion
-            f = facts[row_id]
-            g = f.grounding
-            mask = _cached_mask(g.mask_path) if g.mask_path else None
-            s = score(text, f.answer, mask, list(g.boxes) or None, preset, image_size=g.image_size,
-                      model_size=g.model_size, iou_reduce=iou_reduce if preset != "reference" else None)
-            out.append(s["overall"])
-            parts.append({k: s.get(k) for k in ("accuracy", "iou", "format")})
-        qoqmed_reward.last_components = parts
-        return out
+        texts = [c[0]["content"] if isinstance(c, list) else c for c in completions]
+        rows = [facts[row_id] for row_id in id]
+        ground = [f.grounding for f in rows]
+        # one mask object per question (cached by path), so score_batch prepares it once for all its rollouts
+        scores = score_batch(
+            texts, [f.answer for f in rows], [_cached_mask(g.mask_path) if g.mask_path else None for g in ground],
+            [list(g.boxes) or None for g in ground], preset, image_sizes=[g.image_size for g in ground],
+            model_sizes=[g.model_size for g in ground], iou_reduce=iou_reduce if preset != "reference" else None)
+        qoqmed_reward.last_components = [{k: s.get(k) for k in ("accuracy", "iou", "format")} for s in scores]
+        return [s["overall"] for s in scores]
 
     qoqmed_reward.last_components = []
     return qoqmed_reward
@@ -414,7 +412,6 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
         beta=s.beta, epsilon=s.epsilon_low, epsilon_high=s.epsilon_high, delta=s.dual_clip,
         loss_type=LOSS_TYPES[s.loss_type], temperature=s.temperature,
         max_completion_length=s.max_completion_length, logging_steps=s.logging_steps, report_to=list(s.report_to),
-        logging_dir=str(out_dir / "tensorboard"),
         save_strategy="steps" if s.save_steps else "no", save_steps=s.save_steps or 500,
         save_total_limit=s.save_total_limit, seed=s.seed, data_seed=s.seed,
         eval_strategy="steps" if eval_dataset is not None else "no", eval_steps=s.eval_steps,
@@ -487,8 +484,7 @@ def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_
         warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, lr_scheduler_type="cosine",
         logging_steps=s.logging_steps, save_strategy="steps" if getattr(s, "save_steps", None) else "no",
         save_steps=getattr(s, "save_steps", None) or 500, report_to=list(getattr(s, "report_to", []) or []),
-        logging_dir=str(Path(out_dir) / "tensorboard"), remove_unused_columns=False, seed=s.seed,
-        data_seed=s.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=bf16,
+        remove_unused_columns=False, seed=s.seed, data_seed=s.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=bf16,
         gradient_checkpointing=getattr(s, "gradient_checkpointing", False),
         eval_strategy="steps" if eval_ds is not None and eval_steps else "no", eval_steps=eval_steps,
         dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,

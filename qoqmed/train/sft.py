@@ -1,21 +1,17 @@
 """Supervised warm start: teach a model the answer format (<think>, JSON boxes, \\boxed{}) before RL.
 
 A randomly initialised model never samples a parsable answer, so RL would see only zero rewards. A short
-supervised pass on the records' reference answers fixes that; DRPO then improves the diagnosis itself.
+supervised pass on the records' reference answers fixes that; DRPO then improves the diagnosis itself. The
+training loop is TRL's SFTTrainer (see :func:`qoqmed.train.grpo.train_sft`, the module that holds all TRL code).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from transformers import Trainer, TrainingArguments
-
-from ..data.prompts import encode_batch, load_record
 from ..data.schema import Record
-from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 
 
 @dataclass
@@ -28,40 +24,28 @@ class SFTSettings:
     max_steps: int = -1
     seed: int = 0
     logging_steps: int = 10
+    gradient_accumulation_steps: int = 1
+    save_steps: int | None = None
+    eval_steps: int | None = None
+    bf16: bool | None = None           # None: on when CUDA is available
+    gradient_checkpointing: bool = False
+    report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]
+    progress_bar: bool = True
+    enabled: bool = True               # recipe: false skips the warm start (a model that already answers)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"sft.batch_size={self.batch_size} must be >= 1")
+        if self.epochs <= 0 and self.max_steps <= 0 and self.enabled:
+            raise ValueError("sft: set epochs > 0 or max_steps > 0, or enabled: false to skip the warm start")
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
 
 
-class _Records(torch.utils.data.Dataset):
-    def __init__(self, records: Sequence[Record]):
-        self.records = list(records)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> Record:
-        return self.records[i]
-
-
-class _Collator:
-    def __init__(self, processor: QoQMedProcessor):
-        self.processor = processor
-
-    def __call__(self, records: list[Record]) -> dict[str, torch.Tensor]:
-        return encode_batch(self.processor, [load_record(r) for r in records], with_targets=True)
-
-
-def warm_start(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, records: Sequence[Record],
-               out_dir: str | Path, settings: SFTSettings | None = None) -> list[dict]:
+def warm_start(model, processor, records: Sequence[Record], out_dir: str | Path,
+               settings: SFTSettings | None = None, eval_records: Sequence[Record] | None = None) -> list[dict]:
     """Fine-tune ``model`` in place on the records' reference answers; returns the logged loss history."""
-    s = settings or SFTSettings()
-    if not records:
-        raise ValueError("the warm start needs at least one training record")
-    args = TrainingArguments(
-        output_dir=str(out_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
-        per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate, warmup_steps=s.warmup_steps,
-        weight_decay=s.weight_decay, lr_scheduler_type="cosine", logging_steps=s.logging_steps,
-        save_strategy="no", report_to=[], remove_unused_columns=False, seed=s.seed, data_seed=s.seed,
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=_Records(records), data_collator=_Collator(processor))
-    trainer.train()
-    return [h for h in trainer.state.log_history if "loss" in h]
+    from .grpo import train_sft
+
+    history = train_sft(model, processor, records, out_dir, settings or SFTSettings(), eval_records=eval_records)
+    return [h for h in history if "loss" in h]
