@@ -226,3 +226,35 @@ def test_record_readers_take_dicom_waveforms():
     arr = load_ecg(get_testdata_file("waveform_ecg.dcm"))
     assert arr.shape == (8, 2500) and arr.dtype == np.float32
     assert np.allclose(arr, read_ecg(get_testdata_file("waveform_ecg.dcm")).data)
+
+
+@pytest.mark.parametrize("fmt", ["16", "212", "32"])
+def test_wfdb_fast_path_agrees_with_wfdb(tmp_path, fmt):
+    """Format-16 records are read without wfdb's header parser; every format must give wfdb's values."""
+    from qoqmed.data.ecg import _read_wfdb
+
+    rng = np.random.default_rng(1)
+    leads = ["V2", "I", "aVR", "II", "V1", "V3", "V4", "V5", "V6", "III"]
+    sig = rng.normal(scale=0.3, size=(len(leads), 3000))
+    wfdb.wrsamp("rec", fs=400, units=["mV"] * 9 + ["uV"], sig_name=leads, p_signal=sig.T * np.array([1] * 9 + [1000])[None],
+                fmt=[fmt] * len(leads), adc_gain=[200.0 + 7 * k for k in range(len(leads) - 1)] + [1.0],
+                baseline=[k * 3 - 10 for k in range(len(leads))], write_dir=str(tmp_path))
+    ours, labels, fs = _read_wfdb(tmp_path / "rec.hea")
+    ref = wfdb.rdrecord(str(tmp_path / "rec"))
+    expected = ref.p_signal.T * np.array([1.0] * 9 + [1e-3])[:, None]
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-12)
+    assert labels == ref.sig_name and fs == ref.fs == 400
+
+
+def test_wfdb_fast_path_gaps_and_truncation(tmp_path):
+    leads = list(ENCODER_LEADS)
+    _write_wfdb(tmp_path, leads)
+    dat = tmp_path / "rec.dat"
+    raw = np.fromfile(dat, dtype="<i2").reshape(-1, len(leads))
+    raw[100, 2] = -32768  # format 16's "no sample" marker
+    raw.tofile(dat)
+    with pytest.raises(DataError, match="1 non-finite value"):
+        read_ecg(tmp_path / "rec.hea")
+    dat.write_bytes(dat.read_bytes()[:1000])
+    with pytest.raises(DataError, match=r"rec\.dat is truncated"):
+        read_ecg(tmp_path / "rec.hea")
