@@ -168,6 +168,12 @@ def test_convert_folder_layouts(tmp_path):
     records = load_records(tmp_path / "o2" / "train.jsonl")
     assert len(records) == 3 and sum(1 for r in records if r.volumes) == 1
     assert [v.window for r in records for v in r.volumes] == ["lung"]
+    stats = runner.invoke(app, ["data", "stats", str(tmp_path / "o2" / "train.jsonl"), "--json"])
+    payload = json.loads(stats.output)
+    assert payload["with_volumes"] == 1 and payload["datasets"]["ct/ct_split"]["labels"] == {"A": 2, "B": 1}
+    assert payload["datasets"]["ct/ct_split"]["label_imbalance"] == 2.0
+    table = runner.invoke(app, ["data", "stats", str(tmp_path / "o2" / "train.jsonl")])
+    assert table.exit_code == 0 and "2.0x" in table.output and "with volumes 1" in table.output
     _check_outputs({"train": tmp_path / "o2" / "train.jsonl", "test": tmp_path / "o2" / "test.jsonl"})
     with pytest.raises(DataError, match="no class folders"):
         convert_folder(root / "Nevus", domain="dermoscopy")

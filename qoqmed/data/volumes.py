@@ -112,8 +112,8 @@ def load_volume(
     ``num_slices=None`` returns every slice. ``window``: a ``WINDOWS`` preset name, a ``(center, width)`` pair in
     the volume's units, or None (the file's window, else the volume's 0.5..99.5 percentile range).
     ``axis``: ``"axial"``, ``"coronal"``, ``"sagittal"`` (needs orientation: NIfTI or a DICOM series), an array
-    axis 0..2, or None for the acquisition order (slices of a series, frames of a multi-frame file or video,
-    the third voxel axis of a NIfTI image). ``timepoint`` picks one volume of a 4D NIfTI image.
+    axis 0..2, or None for the stored order (slices of a series, frames of a multi-frame file or video, axial
+    slices of a NIfTI image, which is reoriented to RAS). ``timepoint`` picks one volume of a 4D NIfTI image.
     """
     return volume_frames(read_volume(path, timepoint=timepoint), num_slices, window, axis)
 
@@ -341,14 +341,14 @@ def _read_dicom_series(folder: Path) -> Volume:
 
     order, normal, orient = _series_order(folder, slices)
     slices = [slices[i] for i in order]
-    arrays, monochrome1 = [], set()
+    arrays, monochrome1, first = [], set(), None
     for file, ds in slices:
         px = dicom_pixels(ds, file)
         if px.color:
             raise DataError(f"{file}: colour slice in a DICOM series; volumes are grayscale")
         arrays.append(px.frames[0])
         monochrome1.add(px.monochrome1)
-    first = dicom_pixels(slices[0][1], slices[0][0])
+        first = first or px
     data = np.stack(arrays).astype(np.float32, copy=False)
     world_axes = None
     spacing = None
