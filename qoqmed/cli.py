@@ -507,20 +507,22 @@ def _load_pipeline(model: Path, device: Optional[str], max_new_tokens: int, num_
 def _print_prediction(pred, overlay: Optional[Path]) -> None:
     from rich.panel import Panel
     from rich.table import Table
+    from rich.text import Text
 
-    console.print(Panel(pred.diagnosis or "[yellow](no \\boxed{} diagnosis in the answer)[/]", title="diagnosis",
-                        expand=False))
+    # Model text goes in as Text, never as markup: answers are full of brackets.
+    diagnosis = Text(pred.diagnosis, style="bold green") if pred.diagnosis else \
+        Text("(no \\boxed{} diagnosis in the answer)", style="yellow")
+    console.print(Panel(diagnosis, title="diagnosis", expand=False))
     if pred.labels:
         console.print("labels: " + ", ".join(pred.labels), markup=False)
-    console.print(Panel(pred.reasoning or "(no <think> section)", title="reasoning", title_align="left"),
-                  markup=False)
+    console.print(Panel(Text(pred.reasoning or "(no <think> section)"), title="reasoning", title_align="left"))
     if pred.boxes:
         table = Table(title="evidence boxes (original image pixels)")
         for col in ("label", "x1", "y1", "x2", "y2", "image"):
             table.add_column(col, justify="left" if col == "label" else "right")
         for b in pred.boxes:
             source = pred.images[b["image"]]["source"] if b.get("image") is not None else "-"
-            table.add_row(b["label"], *(f"{v:g}" for v in b["bbox_2d"]), source)
+            table.add_row(Text(b["label"]), *(f"{v:g}" for v in b["bbox_2d"]), source)
         console.print(table)
     t = pred.timing
     console.print(f"[dim]{pred.prompt_tokens} prompt + {pred.completion_tokens} answer tokens ({pred.finish_reason}); "
