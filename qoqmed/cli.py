@@ -632,7 +632,8 @@ def serve(
     model: Annotated[Path, typer.Option(help="Model folder (save_pretrained), e.g. quickstart_out/rl/model.")]
     = Path("quickstart_out/rl/model"),
     host: Annotated[str, typer.Option(help="Interface to bind. The default serves this machine only; the API "
-                                           "has no authentication, so expose it only behind one.")] = "127.0.0.1",
+                                           "has no authentication, so put it behind an authenticating proxy "
+                                           "before exposing it to a network.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Most requests answered by one generate() call.")] = 8,
     batch_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its batch.")]

@@ -233,6 +233,11 @@ def test_cli_predict_json_and_overlay(model_dir, tmp_path):
     assert body["images"][0]["width"] == 128 and body["overlay"] == str(overlay)
     assert Image.open(overlay).size == (384, 384)  # small images are upscaled so labels stay legible
 
+    res = runner.invoke(app, ["predict", "--model", str(model_dir), "--volume", _nifti(), "--window", "brain",
+                              "--max-new-tokens", "4", "--overlay", str(tmp_path / "v.png"), "Tumour?"])
+    assert res.exit_code == 0, res.output
+    assert "diagnosis" in res.output and "reasoning" in res.output and "overlay:" in res.output
+    assert (tmp_path / "v.png").exists()
     res = runner.invoke(app, ["predict", "--model", str(model_dir), "--image", str(tmp_path / "x.png"), "q"])
     assert res.exit_code == 2 and "images[0]" in res.output and "not found" in res.output
     res = runner.invoke(app, ["predict", "--model", str(tmp_path), "q"])
