@@ -175,6 +175,7 @@ def test_predict_batch_keeps_order_and_isolates_bad_rows(pipe, tmp_path):
     rows = [Query("Which findings?", images=CT, id="a"), Query("q", images=tmp_path / "nope.dcm", id="b"),
             Query("Which findings?", images=CT, id="c"), {"question": "rhythm?", "ecg": ECG_DCM, "id": "d"}]
     out = pipe.predict_batch(rows, batch_size=3)
+    assert [getattr(r, "text", None) for r in pipe(rows)] == [getattr(r, "text", None) for r in out]
     assert [getattr(r, "id", None) for r in out] == ["a", None, "c", "d"]
     assert isinstance(out[1], InputError) and "nope.dcm" in str(out[1])
     assert out[0].text == out[2].text == pipe("Which findings?", images=CT).text

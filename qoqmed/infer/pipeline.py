@@ -272,15 +272,18 @@ class QoQMedPipeline:
         )
 
     # ------------------------------------------------------------------------------------------------ front doors
-    def __call__(self, question: str, images: Any = None, volumes: Any = None, ecg: Any = None,
-                 ehr: str | None = None, max_new_tokens: int | None = None, window: Any = None) -> Prediction:
-        """Answer one question.
+    def __call__(self, question: str | Sequence[Query | dict], images: Any = None, volumes: Any = None,
+                 ecg: Any = None, ehr: str | None = None, max_new_tokens: int | None = None, window: Any = None
+                 ) -> Prediction | list[Prediction | InputError]:
+        """Answer one question (or, given a list of ``Query``/dicts, many: see :meth:`predict_batch`).
 
         ``images``: path(s) (PNG, JPEG, TIFF, DICOM) or PIL images / numpy arrays. ``volumes``: NIfTI or DICOM
         path(s), (slices, H, W) arrays or lists of slices; ``num_slices`` uniformly spaced slices are shown.
         ``ecg``: path(s) (.npy, WFDB .hea/.dat, DICOM waveform), (8, 2500) arrays (I, II, V1..V6, 250 Hz, mV) or
         ``{"signal", "fs", "leads"}`` dicts. ``ehr``: clinical notes as text. ``window``: CT window for volumes.
         """
+        if isinstance(question, (list, tuple)):
+            return self.predict_batch(question, max_new_tokens=max_new_tokens)
         return self.generate([self.prepare(question, images, volumes, ecg, ehr, window=window)], max_new_tokens)[0]
 
     def predict_batch(self, queries: Iterable[Query | dict], batch_size: int | None = None,
