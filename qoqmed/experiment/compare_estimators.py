@@ -1,0 +1,612 @@
+"""GRPO vs DRPO (each mode) vs other baselines on CLIMB-mini, from one shared warm start per seed.
+
+What one run does (``qoqmed experiment compare-estimators CONFIG --seeds N --out DIR``):
+
+1. generate the benchmark once (or load the jsonl files the config names); the data are the same for every seed;
+2. per seed: build the tiny model, train ONE supervised warm start, evaluate it on val and test;
+3. per seed and estimator variant: RL from that warm start with the same budget (steps, rollouts, learning rate),
+   then greedy evaluation on the validation and the held-out test split;
+4. aggregate over seeds (mean +- sample std) and write ``report.md``, ``results.json`` and PNG plots.
+
+Test numbers are only reported; any choice (the default DRPO variant) is made on the validation split.
+
+Layout of DIR::
+
+    data/                           the benchmark (when generated)
+    seed<k>/warm_start/             model after the warm start (shared by all variants of that seed)
+    seed<k>/warm_start_eval.json    its val/test metrics
+    seed<k>/<variant>/rl/           RL logs (rl_logs.json) and the final model
+    seed<k>/<variant>/result.json   settings, timings, val/test metrics
+    report.md, results.json, *.png
+
+A unit whose result file exists with the same settings is reused, so an interrupted run can be continued by running
+the same command again.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..data.schema import DOMAINS, Record, load_records
+from ..train.recipe import RecipeConfig
+
+console = Console(stderr=True)
+
+# Variants compared by default; an estimator the installed trainer does not know is skipped and listed in the report.
+DEFAULT_VARIANTS: dict[str, dict] = {
+    "grpo": {"estimator": "grpo"},
+    "drgrpo": {"estimator": "drgrpo"},
+    "rloo": {"estimator": "rloo"},
+    "disco": {"estimator": "disco"},
+    "drpo-paper": {"estimator": "drpo", "drpo_mode": "paper", "drpo_history": None},
+    "drpo-reference": {"estimator": "drpo", "drpo_mode": "reference"},
+    "drpo-history256": {"estimator": "drpo", "drpo_mode": "paper", "drpo_history": 256},
+}
+METRICS = (("macro_f1", "macro-F1"), ("paper_balanced_accuracy", "paper balanced accuracy"),
+           ("exact_match", "accuracy (exact match)"))
+SPLITS = ("val", "test")
+WARM = "warm start"
+
+
+@dataclass
+class ExperimentConfig:
+    """A recipe (data, model, sft, rl, eval sections) plus the ``experiment`` section."""
+
+    recipe: RecipeConfig
+    seeds: int = 3
+    baseline: str = "grpo"
+    variants: dict[str, dict] = field(default_factory=lambda: copy.deepcopy(DEFAULT_VARIANTS))
+    rare_share: float = 0.05        # a domain is "rare" when its share of training rows is below this
+    val: str | None = None          # validation jsonl when the data are files (generated data carry their own)
+    raw: dict = field(default_factory=dict)
+
+    def seed_list(self) -> list[int]:
+        return [self.recipe.seed + k for k in range(self.seeds)]
+
+
+_EXPERIMENT_KEYS = {"seeds", "baseline", "variants", "rare_share", "val", "quick"}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """Recursive dict update (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_experiment_config(path: str | Path, quick: bool = False, seeds: int | None = None) -> ExperimentConfig:
+    """Read the YAML; ``quick`` applies the file's ``experiment.quick`` overrides; ``seeds`` overrides the count."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the config: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a config must be a mapping of sections")
+    exp = dict(raw.get("experiment") or {})
+    unknown = set(exp) - _EXPERIMENT_KEYS
+    if unknown:
+        raise ValueError(f"config section 'experiment': unknown key(s) {sorted(unknown)}; "
+                         f"expected {sorted(_EXPERIMENT_KEYS)}")
+    if quick:
+        if not exp.get("quick"):
+            raise ValueError(f"{path}: --quick needs an 'experiment.quick' section of overrides")
+        raw = _merge(raw, exp["quick"])
+        exp = dict(raw.get("experiment") or {})
+    exp.pop("quick", None)
+    recipe = RecipeConfig.from_dict({k: v for k, v in raw.items() if k != "experiment"})
+    variants = exp.get("variants") or copy.deepcopy(DEFAULT_VARIANTS)
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) and "estimator" in v
+                                                 for v in variants.values()):
+        raise ValueError("experiment.variants must map a name to RL settings that include 'estimator'")
+    cfg = ExperimentConfig(recipe=recipe, seeds=int(seeds if seeds is not None else exp.get("seeds", 3)),
+                           baseline=str(exp.get("baseline", "grpo")), variants=variants,
+                           rare_share=float(exp.get("rare_share", 0.05)), val=exp.get("val"), raw=raw)
+    if cfg.seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {cfg.seeds}")
+    if cfg.baseline not in variants:
+        raise ValueError(f"experiment.baseline={cfg.baseline!r} is not one of the variants {list(variants)}")
+    if recipe.model.get("init", "tiny") != "tiny":
+        raise ValueError("the comparison builds a tiny model per seed; model.init must be 'tiny'")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running
+
+
+def _same(path: Path, settings: dict) -> dict | None:
+    """The JSON at ``path`` when it was written with exactly ``settings`` (so the unit can be reused)."""
+    if not path.is_file():
+        return None
+    try:
+        done = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return done if done.get("settings") == json.loads(json.dumps(settings, default=str)) else None
+
+
+def _load_data(cfg: ExperimentConfig, out: Path) -> tuple[dict[str, list[Record]], dict | None]:
+    r = cfg.recipe
+    if r.data.synthetic is not None:
+        from ..data.synthetic import generate_climb_mini
+
+        settings = {"seed": r.seed, **r.data.synthetic}
+        data_dir = out / "data"
+        stats = _same(out / "data_settings.json", settings) and json.loads((data_dir / "stats.json").read_text())
+        if not stats:
+            with console.status("generating the CLIMB-mini benchmark"):
+                stats = generate_climb_mini(data_dir, **settings, overwrite=True)
+            (out / "data_settings.json").write_text(json.dumps({"settings": settings}, default=str))
+        return {s: load_records(data_dir / f"{s}.jsonl") for s in ("train", "val", "test")}, stats
+    if not r.data.train or not r.data.test:
+        raise ValueError("config section 'data' needs either 'synthetic' or 'train' and 'test' jsonl paths")
+    data = {"train": load_records(r.data.train), "test": load_records(r.data.test),
+            "val": load_records(cfg.val) if cfg.val else []}
+    return data, None
+
+
+def _available_estimators() -> tuple[str, ...]:
+    from ..train import grpo
+
+    return tuple(grpo.ESTIMATORS)
+
+
+def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_progress: bool = True) -> dict:
+    """Run every (seed, variant) unit, aggregate, write the report; return the ``results.json`` dict."""
+    import torch
+
+    from ..eval.evaluate import evaluate
+    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
+    from ..modeling.tiny import TinySpec, build_tiny
+    from ..train.grpo import RLSettings, train_rl
+    from ..train.sft import SFTSettings, warm_start
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    load_start = os.getloadavg()
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
+    known = _available_estimators()
+    variants = {n: v for n, v in cfg.variants.items() if v["estimator"] in known}
+    skipped = {n: v["estimator"] for n, v in cfg.variants.items() if v["estimator"] not in known}
+    if cfg.baseline not in variants:
+        raise ValueError(f"baseline {cfg.baseline!r} uses an estimator this install lacks ({known})")
+    for name in skipped:
+        console.print(f"[yellow]skipping[/] {name}: estimator {skipped[name]!r} is not available (have {known})")
+
+    t = time.perf_counter()
+    data, stats = _load_data(cfg, out)
+    data_seconds = time.perf_counter() - t
+    train = data["train"]
+    splits = {s: data[s] for s in SPLITS if data[s]}
+    label_sets = ({r.dataset: stats["labels"][r.domain] for s in splits.values() for r in s}
+                  if stats and "labels" in stats else None)
+    r = cfg.recipe
+    ev = r.eval
+
+    def run_eval(model, processor, path: Path) -> dict:
+        res = {}
+        for split, records in splits.items():
+            expected = [d for d in DOMAINS if any(x.domain == d for x in records)]
+            m, _ = evaluate(model, processor, records, path / f"eval_{split}", batch_size=ev.batch_size,
+                            max_new_tokens=ev.max_new_tokens, preset=ev.reward_preset, iou_reduce=ev.iou_reduce,
+                            expected_domains=expected, label_sets=label_sets, show_progress=False)
+            res[split] = {"overall": m["overall"], "domains": m["domains"]}
+        return res
+
+    seeds = cfg.seed_list()
+    units = len(seeds) * (1 + len(variants))
+    runs: dict[str, dict[int, dict]] = defaultdict(dict)
+    timings: dict[str, list[float]] = defaultdict(list)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, disable=not show_progress) as bar:
+        task = bar.add_task("compare-estimators", total=units)
+        for seed in seeds:
+            sdir = out / f"seed{seed}"
+            model_dir = sdir / "warm_start"
+            sft = SFTSettings(**{**asdict(r.sft), "seed": seed})
+            ws_settings = {"sft": asdict(sft), "model": r.model, "data": r.data.synthetic or asdict(r.data)}
+            bar.update(task, description=f"seed {seed}: warm start")
+            done = _same(sdir / "warm_start_eval.json", ws_settings)
+            if done is None or not (model_dir / "config.json").is_file():
+                t = time.perf_counter()
+                torch.manual_seed(seed)
+                corpus = [x.problem for x in train] + [x.answer for x in train]
+                spec = TinySpec(**{k: v for k, v in r.model.items() if k != "init"})
+                processor, model = build_tiny(corpus, spec, seed=seed)
+                history = warm_start(model, processor, train, sdir / "sft", sft)
+                model.save_pretrained(model_dir)
+                processor.save_pretrained(model_dir)
+                shutil.rmtree(sdir / "sft", ignore_errors=True)  # trainer scratch; the model is in warm_start/
+                train_s = time.perf_counter() - t
+                t = time.perf_counter()
+                done = {"settings": ws_settings, "seconds": round(train_s, 1),
+                        "final_loss": history[-1]["loss"] if history else None,
+                        "n_params": sum(p.numel() for p in model.parameters()),
+                        "metrics": run_eval(model, processor, sdir / "warm_start_eval"),
+                        "eval_seconds": round(time.perf_counter() - t, 1)}
+                (sdir / "warm_start_eval.json").write_text(json.dumps(done, indent=1, default=str))
+                _log(f"seed {seed} warm start", done)
+            runs[WARM][seed] = done
+            timings["warm start"].append(done["seconds"])
+            bar.advance(task)
+            for name, overrides in variants.items():
+                bar.update(task, description=f"seed {seed}: {name}")
+                vdir = sdir / name
+                rl = RLSettings(**{**r.rl, **overrides, "seed": seed})
+                settings = {"rl": asdict(rl), "warm_start": ws_settings}
+                res = _same(vdir / "result.json", settings)
+                if res is None:
+                    t = time.perf_counter()
+                    logs = train_rl(model_dir, train, vdir / "rl", rl)
+                    rl_s = time.perf_counter() - t
+                    t = time.perf_counter()
+                    final = vdir / "rl" / "model"
+                    model = QoQMedForConditionalGeneration.from_pretrained(final)
+                    processor = QoQMedProcessor.from_pretrained(final)
+                    res = {"settings": settings, "seconds": round(rl_s, 1), "metrics": run_eval(model, processor, vdir),
+                           "eval_seconds": round(time.perf_counter() - t, 1), "curves": logs.get("domains", [])}
+                    (vdir / "result.json").write_text(json.dumps(res, indent=1, default=str))
+                    _log(f"seed {seed} {name}", res)
+                runs[name][seed] = res
+                timings[name].append(res["seconds"])
+                bar.advance(task)
+
+    wall = time.perf_counter() - t_start
+    n_params = runs[WARM][seeds[0]].get("n_params")
+    context = {
+        "seeds": seeds, "variants": {n: variants[n] for n in variants}, "skipped_variants": skipped,
+        "baseline": cfg.baseline, "rl": {k: v for k, v in r.rl.items()}, "sft": asdict(r.sft), "model": r.model,
+        "n_params": n_params, "data": r.data.synthetic or asdict(r.data),
+        "train_rows": len(train), "split_rows": {s: len(v) for s, v in splits.items()},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads, {'CUDA' if torch.cuda.is_available() else 'CPU only'}",
+        "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+        "wall_seconds": round(wall, 1), "data_seconds": round(data_seconds, 1),
+        "mean_seconds": {k: round(float(np.mean(v)), 1) for k, v in timings.items()},
+    }
+    shares = _train_shares(train)
+    results = aggregate(runs, shares, cfg.rare_share, cfg.baseline, context)
+    write_outputs(results, runs, out)
+    console.print(f"[bold green]done[/] in {wall:.0f} s: {out / 'report.md'}")
+    return results
+
+
+def _log(what: str, res: dict) -> None:
+    m = res["metrics"].get("test") or next(iter(res["metrics"].values()))
+    f1 = m["overall"].get("macro_f1")
+    console.print(f"{what}: {res['seconds']:.0f} s train, {res['eval_seconds']:.0f} s eval; "
+                  f"test macro-F1 {'-' if f1 is None else f'{f1:.3f}'}", highlight=False)
+
+
+def _train_shares(train: list[Record]) -> dict[str, float]:
+    counts = defaultdict(int)
+    for x in train:
+        counts[x.domain] += 1
+    return {d: counts[d] / len(train) for d in DOMAINS if counts[d]}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Aggregation
+
+
+def _stat(values: list[float | None]) -> dict:
+    v = [x for x in values if x is not None]
+    if not v:
+        return {"mean": None, "std": None, "n": 0, "values": values}
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else None, "n": len(v),
+            "values": values}
+
+
+def _rel(value: float | None, base: float | None) -> float | None:
+    return None if value is None or base is None or base == 0 else 100.0 * (value - base) / base
+
+
+def aggregate(runs: dict[str, dict[int, dict]], shares: dict[str, float], rare_share: float, baseline: str,
+              context: dict) -> dict:
+    """Mean +- std over seeds of every metric per split, domain and variant; rare vs abundant; paired deltas."""
+    domains = sorted(shares, key=lambda d: (-shares[d], d))
+    rare = [d for d in domains if shares[d] < rare_share]
+    abundant = [d for d in domains if shares[d] >= rare_share]
+    names = list(runs)
+    seeds = context["seeds"]
+    out: dict[str, Any] = {"context": context, "domains": domains, "train_share": shares, "rare_domains": rare,
+                           "abundant_domains": abundant, "rare_share_threshold": rare_share, "variants": names,
+                           "splits": {}}
+    for split in SPLITS:
+        if not all(split in runs[n][s]["metrics"] for n in names for s in seeds):
+            continue
+        table: dict[str, Any] = {}
+        for n in names:
+            per = [runs[n][s]["metrics"][split] for s in seeds]
+            entry: dict[str, Any] = {}
+            for key, _ in METRICS:
+                entry[key] = {"overall": _stat([m["overall"].get(key) for m in per]),
+                              "domains": {d: _stat([m["domains"].get(d, {}).get(key) for m in per]) for d in domains}}
+                # group summaries: per seed, the unweighted mean over the group's domains
+                for group, members in (("rare", rare), ("abundant", abundant)):
+                    vals = []
+                    for m in per:
+                        xs = [m["domains"].get(d, {}).get(key) for d in members]
+                        xs = [x for x in xs if x is not None]
+                        vals.append(float(np.mean(xs)) if xs else None)
+                    entry[key][group] = _stat(vals)
+            entry["iou_mean"] = _stat([m["overall"].get("iou_mean") for m in per])
+            table[n] = entry
+        # relative change vs the baseline (of the seed means) and seed-paired differences in overall macro-F1
+        for n in names:
+            for key, _ in METRICS:
+                e, b = table[n][key], table[baseline][key]
+                e["rel_vs_baseline"] = {
+                    "overall": _rel(e["overall"]["mean"], b["overall"]["mean"]),
+                    "rare": _rel(e["rare"]["mean"], b["rare"]["mean"]),
+                    "abundant": _rel(e["abundant"]["mean"], b["abundant"]["mean"]),
+                    "domains": {d: _rel(e["domains"][d]["mean"], b["domains"][d]["mean"]) for d in domains}}
+            diffs = [None if x is None or y is None else x - y
+                     for x, y in zip(table[n]["macro_f1"]["overall"]["values"],
+                                     table[baseline]["macro_f1"]["overall"]["values"])]
+            table[n]["paired_f1_diff"] = {**_stat(diffs),
+                                          "wins": sum(1 for x in diffs if x is not None and x > 0)}
+        out["splits"][split] = table
+    # the default DRPO variant is chosen on validation macro-F1 only
+    val = out["splits"].get("val")
+    drpo = [n for n in names if n != WARM and runs[n][seeds[0]]["settings"]["rl"]["estimator"] == "drpo"]
+    if val and drpo:
+        best = max(drpo, key=lambda n: val[n]["macro_f1"]["overall"]["mean"] or -1.0)
+        out["selected_drpo"] = {"variant": best, "by": "mean overall macro-F1 on the validation split",
+                                "val": {n: val[n]["macro_f1"]["overall"]["mean"] for n in drpo}}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Report and plots
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _ms(s: dict) -> str:
+    if s["mean"] is None:
+        return "-"
+    return f"{s['mean']:.3f} ± {s['std']:.3f}" if s["std"] is not None else f"{s['mean']:.3f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.1f}%"
+
+
+def _metric_table(res: dict, split: str, key: str) -> list[str]:
+    t = res["splits"][split]
+    doms = res["domains"]
+    head = ["estimator", *[f"{d} ({res['train_share'][d]:.1%})" for d in doms], "rare", "abundant", "**overall**"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in res["variants"]:
+        e = t[n][key]
+        lines.append("| " + " | ".join([n, *[_ms(e["domains"][d]) for d in doms], _ms(e["rare"]), _ms(e["abundant"]),
+                                        f"**{_ms(e['overall'])}**"]) + " |")
+    return lines
+
+
+def _rel_table(res: dict, split: str, key: str) -> list[str]:
+    t = res["splits"][split]
+    doms = res["domains"]
+    head = ["estimator", *doms, "rare", "abundant", "**overall**"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for n in res["variants"]:
+        rel = t[n][key]["rel_vs_baseline"]
+        lines.append("| " + " | ".join([n, *[_pct(rel["domains"][d]) for d in doms], _pct(rel["rare"]),
+                                        _pct(rel["abundant"]), f"**{_pct(rel['overall'])}**"]) + " |")
+    return lines
+
+
+def _summary_table(res: dict, split: str) -> list[str]:
+    t = res["splits"][split]
+    base = res["context"]["baseline"]
+    lines = [f"| estimator | overall macro-F1 | rare-domain macro-F1 | abundant-domain macro-F1 | "
+             f"overall change vs {base} | rare change vs {base} | paired Δ overall F1 vs {base} (seeds won) | "
+             f"paper bal. acc. | accuracy | mean IoU |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in res["variants"]:
+        e = t[n]["macro_f1"]
+        p = t[n]["paired_f1_diff"]
+        paired = "-" if n == base or p["mean"] is None else (
+            f"{p['mean']:+.3f}" + (f" ± {p['std']:.3f}" if p["std"] is not None else "") + f" ({p['wins']}/{p['n']})")
+        lines.append(f"| {n} | {_ms(e['overall'])} | {_ms(e['rare'])} | {_ms(e['abundant'])} | "
+                     f"{_pct(e['rel_vs_baseline']['overall'])} | {_pct(e['rel_vs_baseline']['rare'])} | {paired} | "
+                     f"{_ms(t[n]['paper_balanced_accuracy']['overall'])} | {_ms(t[n]['exact_match']['overall'])} | "
+                     f"{_ms(t[n]['iou_mean'])} |")
+    return lines
+
+
+def write_outputs(res: dict, runs: dict, out: Path) -> dict[str, Path]:
+    """results.json, report.md and the plots."""
+    paths = {"results": out / "results.json", "report": out / "report.md"}
+    plots = {"f1_by_domain": plot_f1_by_domain(res, out / "f1_by_domain.png"),
+             "learning_curves": plot_learning_curves(runs, res, out / "learning_curves.png"),
+             "drpo_scales": plot_drpo_scales(runs, res, out / "drpo_scales.png")}
+    res["plots"] = {k: v.name for k, v in plots.items() if v is not None}
+    paths["results"].write_text(json.dumps(res, indent=1, default=str))
+    c = res["context"]
+    split = "test" if "test" in res["splits"] else next(iter(res["splits"]))
+    lines = [
+        "# qoqmed: estimator comparison on CLIMB-mini", "",
+        "Synthetic data and a tiny model: this checks the *mechanism* of DRPO against GRPO and other baselines at "
+        "laptop scale. It says nothing about clinical ability.", "",
+        "## What was run", "",
+        f"- seeds: {', '.join(map(str, c['seeds']))}; one supervised warm start per seed, shared by every "
+        f"estimator of that seed; each estimator then gets the same RL budget from it",
+        f"- estimators: {', '.join(f'{n} ({json.dumps(v)})' for n, v in c['variants'].items())}",
+    ]
+    if c["skipped_variants"]:
+        lines.append(f"- skipped (estimator not available in this install): {c['skipped_variants']}")
+    lines += [
+        f"- RL budget (common to all): {json.dumps(c['rl'])}",
+        f"- warm start: {json.dumps({k: c['sft'][k] for k in ('epochs', 'batch_size', 'learning_rate')})}; "
+        f"model {json.dumps(c['model'])} ({_f((c['n_params'] or 0) / 1e6, 2)}M parameters)",
+        f"- data: {json.dumps(c['data'])}: {c['train_rows']} train rows; evaluation rows "
+        f"{json.dumps(c['split_rows'])} (val/test have equal rows per domain)",
+        f"- rare domains (train share < {res['rare_share_threshold']:.0%}): {', '.join(res['rare_domains']) or '-'}; "
+        f"abundant: {', '.join(res['abundant_domains'])}",
+        f"- machine: {c['machine']}; load average at start {c['load_average_start']}, at end "
+        f"{c['load_average_end']} (other processes may have shared the CPU)",
+        f"- wall time {c['wall_seconds']:.0f} s (data {c['data_seconds']:.0f} s; mean per unit: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in c["mean_seconds"].items()) + "; plus evaluation)",
+        "",
+        "Values are mean ± sample standard deviation over seeds. Rare / abundant: per seed the unweighted mean over "
+        "the group's domains. Relative change: 100 × (estimator − baseline) / baseline of the seed means. Paired Δ: "
+        "per seed, the estimator's overall macro-F1 minus the baseline's, from the same warm start.", "",
+        f"## Summary ({split} split)", "", *_summary_table(res, split), "",
+    ]
+    sel = res.get("selected_drpo")
+    if sel:
+        t = res["splits"][split][sel["variant"]]["macro_f1"]["overall"]
+        lines += ["## Choosing the default DRPO variant (validation split only)", "",
+                  "| DRPO variant | val overall macro-F1 |", "|---|---|",
+                  *[f"| {n} | {_f(v)} |" for n, v in sel["val"].items()], "",
+                  f"Selected by {sel['by']}: **{sel['variant']}** (its {split} overall macro-F1: {_ms(t)}).", ""]
+    for key, title in METRICS:
+        lines += [f"## {title} per domain ({split} split; train share in brackets)", "",
+                  *_metric_table(res, split, key), ""]
+    lines += [f"## macro-F1 change vs {c['baseline']} per domain ({split} split)", "",
+              *_rel_table(res, split, "macro_f1"), ""]
+    if "val" in res["splits"] and split != "val":
+        lines += ["## macro-F1 per domain (validation split)", "", *_metric_table(res, "val", "macro_f1"), ""]
+    lines += ["## Plots", ""]
+    captions = {"f1_by_domain": "Test macro-F1 per domain (mean ± std over seeds)",
+                "learning_curves": "Training reward per domain over RL steps (mean over seeds, binned)",
+                "drpo_scales": "DRPO mean |advantage scale| per domain over training"}
+    for k, name in res["plots"].items():
+        lines += [f"![{captions[k]}]({name})", ""]
+    paths["report"].write_text("\n".join(lines) + "\n")
+    return paths
+
+
+def _binned(points: list[tuple[int, float]], n_bins: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    """Mean value per step bin (steps pooled over seeds); rare domains appear in few batches."""
+    if not points:
+        return np.array([]), np.array([])
+    steps = np.array([p[0] for p in points], dtype=float)
+    vals = np.array([p[1] for p in points], dtype=float)
+    edges = np.linspace(steps.min(), steps.max() + 1e-9, n_bins + 1)
+    idx = np.clip(np.digitize(steps, edges) - 1, 0, n_bins - 1)
+    xs, ys = [], []
+    for b in range(n_bins):
+        sel = idx == b
+        if sel.any():
+            xs.append(steps[sel].mean())
+            ys.append(vals[sel].mean())
+    return np.array(xs), np.array(ys)
+
+
+def _series(runs: dict, name: str, prefix: str) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for res in runs[name].values():
+        for entry in res.get("curves", []):
+            for key, value in entry.items():
+                if key.startswith(prefix) and value is not None:
+                    out[key.split("/", 1)[1]].append((entry["step"], float(value)))
+    return out
+
+
+def _grid(n: int):
+    from matplotlib.figure import Figure
+
+    cols = 3
+    rows = (n + cols - 1) // cols
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), dpi=110)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(n)]
+    return fig, axes
+
+
+def plot_f1_by_domain(res: dict, path: Path) -> Path | None:
+    from matplotlib.figure import Figure
+
+    split = "test" if "test" in res["splits"] else next(iter(res["splits"]), None)
+    if split is None:
+        return None
+    t = res["splits"][split]
+    doms = [*res["domains"], "rare", "abundant", "overall"]
+    names = res["variants"]
+    fig = Figure(figsize=(max(9, 1.3 * len(doms)), 4.5), dpi=120)
+    ax = fig.add_subplot()
+    width = 0.8 / len(names)
+    x = np.arange(len(doms))
+    for i, n in enumerate(names):
+        e = t[n]["macro_f1"]
+        stats = [e["domains"][d] if d in e["domains"] else e[d] for d in doms]
+        means = [s["mean"] if s["mean"] is not None else np.nan for s in stats]
+        errs = [s["std"] or 0.0 for s in stats]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, means, width, yerr=errs, capsize=2, label=n)
+    ax.set_xticks(x, [f"{d}\n{res['train_share'][d]:.1%}" if d in res["train_share"] else d for d in doms],
+                  fontsize=7)
+    ax.set_ylabel(f"{split} macro-F1")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"macro-F1 per domain ({split}; domains by train share; mean ± std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(4, len(names)))
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_learning_curves(runs: dict, res: dict, path: Path) -> Path | None:
+    names = [n for n in res["variants"] if n != WARM]
+    series = {n: _series(runs, n, "reward/") for n in names}
+    doms = [d for d in res["domains"] if any(d in s for s in series.values())]
+    if not doms:
+        return None
+    fig, axes = _grid(len(doms))
+    for ax, d in zip(axes, doms):
+        for n in names:
+            xs, ys = _binned(series[n].get(d, []))
+            if len(xs):
+                ax.plot(xs, ys, marker=".", label=n)
+        ax.set_title(f"{d} ({res['train_share'][d]:.1%} of train)", fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel("RL step", fontsize=8)
+        ax.set_ylabel("batch reward", fontsize=8)
+    axes[0].legend(fontsize=6)
+    fig.suptitle("training reward per domain (mean over seeds, binned by step)")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_drpo_scales(runs: dict, res: dict, path: Path) -> Path | None:
+    names = [n for n in res["variants"] if n != WARM and _series(runs, n, "mean_abs_scale/")]
+    if not names:
+        return None
+    fig, axes = _grid(len(names))
+    for ax, n in zip(axes, names):
+        s = _series(runs, n, "mean_abs_scale/")
+        for d in res["domains"]:
+            xs, ys = _binned(s.get(d, []))
+            if len(xs):
+                ax.plot(xs, ys, marker=".", label=f"{d} ({res['train_share'][d]:.1%})")
+        ax.set_yscale("log")
+        ax.set_title(n, fontsize=9)
+        ax.set_xlabel("RL step", fontsize=8)
+        ax.set_ylabel("mean |A / s| (factor on GRPO score)", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.suptitle("DRPO per-domain advantage scale over training (mean over seeds, binned)")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

@@ -1,0 +1,191 @@
+"""qoqmed experiment compare-estimators: config handling, aggregation, and one end-to-end run at toy size."""
+
+import json
+import os
+
+import pytest
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+from qoqmed.cli import app, bundled_config
+from qoqmed.experiment import load_experiment_config
+from qoqmed.experiment.compare_estimators import WARM, aggregate
+
+runner = CliRunner()
+
+# The bundled experiment's sizes with everything shrunk; `quick` shrinks it further, as the bundled quick preset does.
+TOY = {
+    "seed": 0,
+    "data": {"synthetic": {"n_train": 90, "n_val": 18, "n_test": 27, "min_per_domain": 2}},
+    "model": {"init": "tiny", "hidden_size": 64, "intermediate_size": 128, "vision_depth": 1},
+    "sft": {"epochs": 2, "batch_size": 8},
+    "rl": {"num_generations": 2, "batch_size": 4, "max_steps": 4, "max_completion_length": 32},
+    "eval": {"batch_size": 32, "max_new_tokens": 32},
+    "experiment": {
+        "seeds": 3,
+        "variants": {"grpo": {"estimator": "grpo"}, "drgrpo": {"estimator": "drgrpo"},
+                     "drpo-paper": {"estimator": "drpo", "drpo_mode": "paper"},
+                     "drpo-reference": {"estimator": "drpo", "drpo_mode": "reference"},
+                     "not-installed": {"estimator": "no-such-estimator"}},
+        "quick": {"sft": {"epochs": 1}, "rl": {"max_steps": 2}, "experiment": {"seeds": 1}},
+    },
+}
+
+
+def _write(tmp_path, raw) -> str:
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+
+
+def test_bundled_config_and_quick_preset():
+    full = load_experiment_config(bundled_config("experiment"))
+    quick = load_experiment_config(bundled_config("experiment"), quick=True)
+    assert full.seeds == 3 and full.baseline == "grpo"
+    assert {"grpo", "drgrpo", "drpo-paper", "drpo-reference"} <= set(full.variants)
+    assert {v.get("drpo_mode") for v in full.variants.values() if v["estimator"] == "drpo"} == {"paper", "reference"}
+    assert quick.seeds < full.seeds
+    assert quick.recipe.rl["max_steps"] < full.recipe.rl["max_steps"]
+    assert quick.recipe.data.synthetic["n_train"] < full.recipe.data.synthetic["n_train"]
+    assert quick.recipe.rl["num_generations"] == full.recipe.rl["num_generations"]  # merged, not replaced
+    assert load_experiment_config(bundled_config("experiment"), quick=True, seeds=5).seeds == 5
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"experiment": {"sedes": 2}}, "unknown key"),
+    ({"experiment": {"baseline": "ppo"}}, "baseline"),
+    ({"experiment": {"variants": {"a": {"drpo_mode": "paper"}}}}, "estimator"),
+    ({"experiment": {"seeds": 0}}, "seeds"),
+    ({"bogus": {}}, "unknown config section"),
+])
+def test_config_errors(tmp_path, change, match):
+    raw = {**TOY, **{k: v for k, v in change.items() if k != "experiment"}}
+    raw["experiment"] = {**TOY["experiment"], **change.get("experiment", {})}
+    with pytest.raises(ValueError, match=match):
+        load_experiment_config(_write(tmp_path, raw))
+
+
+def test_quick_needs_a_quick_section(tmp_path):
+    raw = {**TOY, "experiment": {k: v for k, v in TOY["experiment"].items() if k != "quick"}}
+    with pytest.raises(ValueError, match="quick"):
+        load_experiment_config(_write(tmp_path, raw), quick=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Aggregation on hand-made numbers
+
+
+def _metrics(f1: dict[str, float]) -> dict:
+    doms = {d: {"macro_f1": v, "paper_balanced_accuracy": v, "exact_match": v / 2} for d, v in f1.items()}
+    overall = {k: sum(m[k] for m in doms.values()) / len(doms) for k in ("macro_f1", "paper_balanced_accuracy",
+                                                                         "exact_match")}
+    return {"overall": {**overall, "iou_mean": 0.5}, "domains": doms}
+
+
+def _unit(estimator: str, val: dict, test: dict) -> dict:
+    return {"settings": {"rl": {"estimator": estimator}}, "metrics": {"val": _metrics(val), "test": _metrics(test)},
+            "seconds": 1.0, "eval_seconds": 1.0, "curves": []}
+
+
+def test_aggregate_means_changes_groups_and_val_selection():
+    shares = {"ct": 0.9, "mri": 0.1 - 1e-9, "ultrasound": 1e-9}
+    runs = {
+        WARM: {0: _unit("-", {"ct": .1, "mri": .1, "ultrasound": .1}, {"ct": .1, "mri": .1, "ultrasound": .1}),
+               1: _unit("-", {"ct": .1, "mri": .1, "ultrasound": .1}, {"ct": .1, "mri": .1, "ultrasound": .1})},
+        "grpo": {0: _unit("grpo", {"ct": .8, "mri": .2, "ultrasound": .2}, {"ct": .8, "mri": .2, "ultrasound": .2}),
+                 1: _unit("grpo", {"ct": .6, "mri": .2, "ultrasound": .4}, {"ct": .6, "mri": .4, "ultrasound": .2})},
+        # a is better on val, b on test: the selection must follow val
+        "drpo-a": {0: _unit("drpo", {"ct": .8, "mri": .6, "ultrasound": .6}, {"ct": .8, "mri": .3, "ultrasound": .3}),
+                   1: _unit("drpo", {"ct": .8, "mri": .6, "ultrasound": .6}, {"ct": .6, "mri": .3, "ultrasound": .3})},
+        "drpo-b": {0: _unit("drpo", {"ct": .1, "mri": .1, "ultrasound": .1}, {"ct": .9, "mri": .9, "ultrasound": .9}),
+                   1: _unit("drpo", {"ct": .1, "mri": .1, "ultrasound": .1}, {"ct": .9, "mri": .9, "ultrasound": .9})},
+    }
+    res = aggregate(runs, shares, 0.2, "grpo", {"seeds": [0, 1], "baseline": "grpo"})
+    assert res["domains"] == ["ct", "mri", "ultrasound"]
+    assert res["rare_domains"] == ["mri", "ultrasound"] and res["abundant_domains"] == ["ct"]
+    t = res["splits"]["test"]
+    g = t["grpo"]["macro_f1"]
+    assert g["domains"]["ct"]["mean"] == pytest.approx(0.7) and g["domains"]["ct"]["std"] == pytest.approx(0.1414, 1e-3)
+    assert g["rare"]["values"] == pytest.approx([0.2, 0.3])
+    a = t["drpo-a"]["macro_f1"]
+    assert a["rel_vs_baseline"]["rare"] == pytest.approx(100 * (0.3 - 0.25) / 0.25)
+    assert a["rel_vs_baseline"]["domains"]["ct"] == pytest.approx(0.0)
+    assert t["grpo"]["macro_f1"]["rel_vs_baseline"]["overall"] == pytest.approx(0.0)
+    assert t["drpo-b"]["paired_f1_diff"]["wins"] == 2 and t["drpo-a"]["paired_f1_diff"]["n"] == 2
+    assert t["drpo-a"]["exact_match"]["overall"]["mean"] == pytest.approx(a["overall"]["mean"] / 2)
+    assert res["selected_drpo"]["variant"] == "drpo-a"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end at toy size: the --quick path of the CLI, then a re-run that reuses every finished unit
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    cfg = _write(root, TOY)
+    out = root / "out"
+    result = runner.invoke(app, ["experiment", "compare-estimators", cfg, "--quick", "--seeds", "2", "--out",
+                                 str(out)])
+    assert result.exit_code == 0, result.output
+    return root, cfg, out
+
+
+def test_report_files_and_structure(toy_run):
+    _, _, out = toy_run
+    res = json.loads((out / "results.json").read_text())
+    variants = ["warm start", "grpo", "drgrpo", "drpo-paper", "drpo-reference"]
+    assert res["variants"] == variants
+    assert res["context"]["skipped_variants"] == {"not-installed": "no-such-estimator"}
+    assert res["context"]["seeds"] == [0, 1] and res["context"]["rl"]["max_steps"] == 2
+    assert sorted(res["domains"]) == sorted(res["train_share"]) and len(res["domains"]) == 9
+    assert set(res["rare_domains"]) | set(res["abundant_domains"]) == set(res["domains"])
+    for split in ("val", "test"):
+        for v in variants:
+            e = res["splits"][split][v]
+            for key in ("macro_f1", "paper_balanced_accuracy", "exact_match"):
+                assert e[key]["overall"]["n"] == 2 and len(e[key]["overall"]["values"]) == 2
+                assert 0.0 <= e[key]["overall"]["mean"] <= 1.0
+                assert set(e[key]["domains"]) == set(res["domains"])
+                assert {"rare", "abundant", "rel_vs_baseline"} <= set(e[key])
+    assert res["selected_drpo"]["variant"] in ("drpo-paper", "drpo-reference")
+    report = (out / "report.md").read_text()
+    for heading in ("## What was run", "## Summary (test split)", "## Choosing the default DRPO variant",
+                    "## macro-F1 per domain", "## accuracy (exact match) per domain", "## macro-F1 change vs grpo",
+                    "not-installed"):
+        assert heading in report
+    for png in ("f1_by_domain.png", "learning_curves.png", "drpo_scales.png"):
+        assert f"]({png})" in report
+        with Image.open(out / png) as img:
+            assert img.format == "PNG" and img.size[0] > 400
+    for seed in (0, 1):  # one warm start per seed, shared: every variant of the seed starts from it
+        assert (out / f"seed{seed}" / "warm_start" / "config.json").is_file()
+        for v in variants[1:]:
+            unit = json.loads((out / f"seed{seed}" / v / "result.json").read_text())
+            assert unit["settings"]["rl"]["seed"] == seed and unit["settings"]["rl"]["max_steps"] == 2
+            assert unit["curves"] and all("step" in c for c in unit["curves"])
+    drpo_curves = json.loads((out / "seed0" / "drpo-paper" / "result.json").read_text())["curves"]
+    assert any(k.startswith("mean_abs_scale/") for c in drpo_curves for k in c)
+
+
+def test_rerun_reuses_finished_units(toy_run):
+    _, cfg, out = toy_run
+    unit = out / "seed1" / "grpo" / "result.json"
+    before = os.stat(unit).st_mtime_ns
+    result = runner.invoke(app, ["experiment", "compare-estimators", cfg, "--quick", "--seeds", "2", "--out",
+                                 str(out)])
+    assert result.exit_code == 0, result.output
+    assert os.stat(unit).st_mtime_ns == before
+    assert json.loads((out / "results.json").read_text())["context"]["seeds"] == [0, 1]
+
+
+def test_help_explains_the_command():
+    result = runner.invoke(app, ["experiment", "compare-estimators", "--help"])
+    assert result.exit_code == 0
+    for word in ("warm start", "--seeds", "--quick", "--out", "report.md"):
+        assert word in result.output
