@@ -64,8 +64,13 @@ def _init_ecg_buffers(module: nn.Module) -> None:
         init.copy_(module.attn_mask, cross_pattern_mask(cfg.num_leads, cfg.num_patches))
 
 
+# With device_map="auto" the ECG encoder stays on one device: its blocks share the position table and mask buffers.
+_NO_SPLIT = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "ECGJEPAEncoder"]
+
+
 class QoQMedModel(Qwen2_5_VLModel):
     config_class = QoQMedConfig
+    _no_split_modules = _NO_SPLIT
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -118,6 +123,7 @@ class QoQMedModel(Qwen2_5_VLModel):
 
 class QoQMedForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
     config_class = QoQMedConfig
+    _no_split_modules = _NO_SPLIT
 
     def _init_weights(self, module):
         super()._init_weights(module)
