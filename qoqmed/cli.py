@@ -391,7 +391,8 @@ def model_tiny(
 
 @model_app.command("init")
 def model_init(
-    base: Annotated[Path, typer.Option(help="Folder of a Qwen2.5-VL-7B/32B-Instruct or QoQ-Med-VL checkpoint.")],
+    base: Annotated[str, typer.Option(help="Folder of a Qwen2.5-VL-7B/32B-Instruct or QoQ-Med-VL checkpoint (or "
+                                           "a hub id already in the local Hugging Face cache).")],
     out: Annotated[Path, typer.Option(help="Folder to save the QoQ-Med model and processor.")],
     ecg_encoder: Annotated[Optional[Path], typer.Option(
         help="Official ECG-JEPA checkpoint (torch.load(path)['encoder']); omit for a random-init encoder.")] = None,

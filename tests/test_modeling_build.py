@@ -165,6 +165,8 @@ def test_bf16_eager_build(base):
 def test_build_errors_name_the_file_and_reason(base, built, tmp_path):
     with pytest.raises(BuildError, match="no config.json"):
         build_from_base(tmp_path)
+    with pytest.raises(BuildError, match="not in the local Hugging Face cache"):
+        build_from_base("qoqmed-tests/not-a-cached-model")
     with pytest.raises(BuildError, match="already a QoQ-Med model"):
         build_from_base(built)
     with pytest.raises(BuildError, match="attn_implementation='flash'"):

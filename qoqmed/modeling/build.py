@@ -58,6 +58,25 @@ def add_ecg_tokens(tokenizer) -> dict[str, int]:
     return {t: tokenizer.convert_tokens_to_ids(t) for t in (ECG_START, ECG_PAD, ECG_END)}
 
 
+def resolve_base(base: str | Path) -> Path:
+    """A checkpoint folder: ``base`` itself, or a hub id (``Qwen/Qwen2.5-VL-7B-Instruct``) already in the local
+    Hugging Face cache. Nothing is downloaded."""
+    path = Path(base)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise BuildError(f"{path}: no config.json; pass the folder of a Qwen2.5-VL or QoQ-Med-VL checkpoint")
+        return path
+    if str(base).count("/") == 1 and not path.exists():
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(str(base), local_files_only=True))
+        except Exception:  # noqa: BLE001 - any lookup failure means "not cached"
+            pass
+    raise BuildError(f"{base}: not a checkpoint folder and not in the local Hugging Face cache; download it "
+                     f"first (e.g. `hf download {base} --local-dir DIR`) and pass DIR")
+
+
 def _image_processor(base: Path, vision_config, min_pixels: int | None, max_pixels: int | None):
     kwargs = {k: v for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
     if (base / "preprocessor_config.json").is_file():
@@ -108,14 +127,14 @@ def build_from_base(
 ) -> tuple[QoQMedProcessor, QoQMedForConditionalGeneration]:
     """QoQ-Med from a Qwen2.5-VL-architecture folder (Qwen2.5-VL-7B/32B-Instruct, QoQ-Med-VL) and ECG-JEPA weights.
 
+    ``base``: a checkpoint folder, or a hub id already in the local Hugging Face cache (nothing is downloaded).
+
     ``ecg_encoder``: path of an official ECG-JEPA checkpoint (``torch.load(path)['encoder']``); None initialises the
     encoder randomly. ``min_pixels``/``max_pixels``: image budget (None keeps the base's; the reference QoQ-Med
     used :data:`REFERENCE_MIN_PIXELS`/:data:`REFERENCE_MAX_PIXELS`). With ``out`` the model, processor and a
     ``qoqmed_build.json`` provenance record are saved there.
     """
-    base = Path(base)
-    if not (base / "config.json").is_file():
-        raise BuildError(f"{base}: no config.json; pass the folder of a Qwen2.5-VL or QoQ-Med-VL checkpoint on disk")
+    base = resolve_base(base)
     if ecg_token_mode not in TOKEN_MODES:
         raise BuildError(f"ecg_token_mode={ecg_token_mode!r}; choose one of {TOKEN_MODES}")
     if attn_implementation not in ATTENTION:
