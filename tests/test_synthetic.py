@@ -440,3 +440,26 @@ def test_custom_domain_weights(tmp_path):
     stats = generate_climb_mini(tmp_path, n_train=100, n_val=36, n_test=36, domain_weights={"mri": 1.0})
     rows = {d: v["rows"] for d, v in stats["splits"]["train"]["domains"].items()}
     assert rows["mri"] == 100 - 8 * 4 and all(rows[d] == 4 for d in DOMAINS if d != "mri")
+
+
+def test_cli_generate_mix_and_refusals(tmp_path):
+    from typer.testing import CliRunner
+
+    from qoqmed.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "bench"
+    args = ["data", "generate", str(out), "--n-train", "54", "--n-val", "18", "--n-test", "18", "--min-per-domain",
+            "2", "--mix", "mri=1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    train = Counter(r.domain for r in load_records(out / "train.jsonl", check_files=False))
+    assert train["mri"] == 54 - 2 * 8 and all(train[d] == 2 for d in DOMAINS if d != "mri")
+    assert "datasheet.md" in {p.name for p in out.iterdir()}
+    again = runner.invoke(app, args)  # refuses to overwrite without --overwrite
+    assert again.exit_code == 2 and "already holds" in again.output
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
+    bad = runner.invoke(app, ["data", "generate", str(tmp_path / "x"), "--mix", "mri"])
+    assert bad.exit_code == 2 and "domain=weight" in bad.output
+    unknown = runner.invoke(app, ["data", "generate", str(tmp_path / "y"), "--mix", "brain=1"])
+    assert unknown.exit_code == 2 and "unknown domain" in unknown.output
