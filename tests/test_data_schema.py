@@ -294,3 +294,19 @@ def test_write_then_load_round_trip_and_rebase(tmp_path):
     assert again[0].images[0] == "../../data/ct/x/000001/slice_0.png"
     assert again[0].resolve(again[0].images[0]).resolve() == (src / row["images"][0]).resolve()
     assert [r.id for r in again] == ["ct-000001", "ct-2"]
+
+
+def test_llava_rows_are_read_directly(tmp_path):
+    row = {"id": "c1", "image": "fundus/aptos/1.png", "label": ["Mild DR", "Edema"],
+           "conversations": [{"from": "human", "value": "<image>\nGrade?"}, {"from": "gpt", "value": "Mild DR"}]}
+    rec = parse_record(row, tmp_path)
+    assert (rec.problem, rec.answer, rec.images) == ("<image>\nGrade?", "Mild DR, Edema", ["fundus/aptos/1.png"])
+    assert rec.domain == "fundus" and rec.dataset == "fundus/aptos" and rec.extra == {}
+    boxed = {"id": "c2", "videos": ["ultrasound/covid_us/v.gif"],
+             "conversations": [{"from": "human", "value": "<video> What?"},
+                               {"from": "gpt", "value": "<think>lines</think>\\boxed{COVID-19}"}]}
+    rec = parse_record(boxed, tmp_path)
+    assert rec.answer == "COVID-19" and rec.problem == "<volume> What?" and rec.volumes[0].path.endswith("v.gif")
+    with pytest.raises(DataError) as info:
+        parse_record({"id": "c3", "images": ["a/b/c.png"], "conversations": [{"from": "gpt", "value": "x"}]}, tmp_path)
+    assert any("conversations: has no human turn" in p for p in info.value.problems)

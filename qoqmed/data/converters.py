@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import DOMAINS, IMAGE_TOKEN, SPLITS, VOLUME_TOKEN, DataError, Record, parse_record, write_records
+from .schema import (
+    DOMAINS, IMAGE_TOKEN, SPLITS, VOLUME_TOKEN, DataError, Record, from_llava, parse_record, write_records,
+)
 from .volumes import NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES
 
 __all__ = [
@@ -121,52 +123,27 @@ def _split_name(value: str) -> str | None:
 # CLIMB / LLaVA-style annotations
 
 
-def _boxed(text: str) -> str | None:
-    match = re.search(r"\\boxed\{(.*)\}", text, flags=re.S)
-    return match.group(1).strip() if match else None
-
-
-def _as_paths(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, str) else list(value)
+def _first_path(row: Mapping[str, Any]) -> str:
+    for key in ("images", "videos", "volumes"):
+        value = row.get(key)
+        items = [value] if isinstance(value, (str, Mapping)) else value if isinstance(value, list) else []
+        if items:
+            first = items[0]
+            return first if isinstance(first, str) else str(first.get("path", "")) if isinstance(first, Mapping) else ""
+    return ""
 
 
 def climb_row(obj: Mapping[str, Any], base_dir: Path, *, row_id: str, domain: str | None = None,
               dataset: str | None = None, split: str | None = None) -> Record:
-    """One CLIMB (LLaVA-style) or reference-layout row -> a validated Record (DataError on problems)."""
-    row: dict[str, Any] = {}
-    if "conversations" in obj:
-        turns = obj["conversations"]
-        if not isinstance(turns, list) or not all(isinstance(t, Mapping) for t in turns):
-            raise DataError(f"{row_id}: conversations must be a list of {{from, value}} objects")
-        human = [t.get("value") for t in turns if t.get("from") in ("human", "user")]
-        gpt = [t.get("value") for t in turns if t.get("from") in ("gpt", "assistant")]
-        if not human or not isinstance(human[0], str):
-            raise DataError(f"{row_id}: conversations has no human turn")
-        row["problem"] = human[0]
-        answer = obj.get("label")
-        if isinstance(answer, list):
-            answer = ", ".join(str(a) for a in answer)
-        if answer is None and gpt and isinstance(gpt[0], str):
-            answer = _boxed(gpt[0]) or gpt[0].strip()
-        if answer is None:
-            raise DataError(f"{row_id}: no `label` and no gpt turn to take the answer from")
-        row["answer"] = str(answer)
-    else:
-        row.update({k: obj[k] for k in ("problem", "answer") if k in obj})
-    for key in ("images", "videos", "volumes", "time-series", "ecg", "bbox", "boxes", "segmentation_path",
-                "difficulty", "domain", "dataset", "split"):
-        if key in obj:
-            row[key] = obj[key]
-    if "image" in obj and "images" not in row:  # LLaVA's single-image form
-        row["images"] = _as_paths(obj["image"])
-    if "video" in obj and "videos" not in row:
-        row["videos"] = _as_paths(obj["video"])
-    # LLaVA rows put the placeholder as "<image>\n"; videos in CLIMB use <video>.
+    """One CLIMB (LLaVA-style) or reference-layout row -> a validated Record (DataError on problems).
+
+    The schema reads the LLaVA fields (``conversations``, ``label``, ``image``); this adds the overrides, an id
+    from ``row_id`` when the row has none, the domain from CLIMB's folder names (``xray`` -> ``chest_xray``...)
+    and split names such as ``validation`` -> ``val``.
+    """
+    row = dict(obj)
     row["id"] = str(obj.get("id", row_id))
-    first = (_as_paths(row.get("images")) or _as_paths(row.get("videos")) or _as_paths(row.get("volumes")) or [""])[0]
-    first = first if isinstance(first, str) else str(first.get("path", "")) if isinstance(first, Mapping) else ""
+    first = _first_path(from_llava(obj)[0])  # LLaVA's single `image` counts too
     if domain is not None:
         row["domain"] = domain
     elif "domain" not in row and first:

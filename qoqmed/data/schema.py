@@ -23,6 +23,10 @@ Conventions:
   pixel columns 3..7 is ``x1=3, x2=8``).
 - ``segmentation_path`` is a binary mask of the image of the first box (image 0 when there are no boxes).
 
+CLIMB's LLaVA-style rows are read as well: the first human turn of ``conversations`` is the problem, ``label``
+(a string or list) or else the first gpt turn (its ``\\boxed{}`` content if any) the answer, and ``image``/``video``
+(single paths) are read as ``images``/``videos``.
+
 Rows in the reference (QoQ-Med) layout are accepted too: ``time-series`` is read as ``ecg``, ``videos`` as
 ``volumes`` (with ``<video>`` placeholders read as ``<volume>``), ``bbox`` becomes one
 box on image 0 labelled with the answer (the reference's ``[0, 0, 0, 0]`` placeholder means no box), a missing
@@ -61,7 +65,8 @@ VIDEO_TOKEN = "<video>"  # the reference's name for the same thing
 DEFAULT_VOLUME_SLICES = 4
 MAX_VOLUME_SLICES = 64
 
-# Keys this module reads; anything else in a row is kept verbatim in Record.extra.
+# Keys this module reads; anything else in a row is kept verbatim in Record.extra (LLaVA's conversations, label,
+# image and video are consumed by from_llava when it uses them).
 _KNOWN_KEYS = frozenset(
     {
         "id", "domain", "dataset", "split", "problem", "answer", "images", "ecg", "boxes",
@@ -416,11 +421,46 @@ def _infer_domain(paths: list[str]) -> str | None:
     return paths[0].split("/")[0] if paths else None
 
 
+def from_llava(obj: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """A LLaVA-style row (``conversations``, ``label``, ``image``/``video``) in this module's layout, and the
+    ``(field, reason)`` problems met. Rows without ``conversations`` come back unchanged."""
+    row = dict(obj)
+    problems: list[tuple[str, str]] = []
+    for single, plural in (("image", "images"), ("video", "videos")):
+        if single in row and plural not in row:
+            row[plural] = row.pop(single)
+    if "conversations" not in row or "problem" in row:
+        return row, problems
+    turns = row.pop("conversations")
+    if not isinstance(turns, list) or not all(isinstance(t, Mapping) for t in turns):
+        return row, [("conversations", "must be a list of {from, value} objects")]
+    human = [t.get("value") for t in turns if t.get("from") in ("human", "user")]
+    gpt = [t.get("value") for t in turns if t.get("from") in ("gpt", "assistant")]
+    if human and isinstance(human[0], str):
+        row["problem"] = human[0]
+    else:
+        problems.append(("conversations", "has no human turn with text"))
+    label = row.pop("label", None)
+    if isinstance(label, list):
+        label = ", ".join(str(v) for v in label)
+    if label is None and gpt and isinstance(gpt[0], str):
+        boxed = re.search(r"\\boxed\{(.*)\}", gpt[0], flags=re.S)
+        label = boxed.group(1).strip() if boxed else gpt[0].strip()
+    if label is None:
+        problems.append(("label", "missing, and no gpt turn to take the answer from"))
+    elif "answer" not in row:
+        row["answer"] = str(label)
+    return row, problems
+
+
 def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None, list[tuple[str, str]]]:
     probs = _Problems()
     if not isinstance(obj, Mapping):
         probs.add("<row>", f"must be a JSON object, got {type(obj).__name__}")
         return None, probs.items
+    obj, llava_problems = from_llava(obj)
+    for field_name, reason in llava_problems:
+        probs.add(field_name, reason)
 
     rid = _string(obj, "id", probs, required=line_no is None)
     if rid is None and obj.get("id") is None and line_no is not None:
