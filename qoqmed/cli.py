@@ -204,9 +204,9 @@ def data_validate(
 ) -> None:
     """Check every row and every file it references; print one line per problem; exit 1 if any.
 
-    Each problem line reads FILE.jsonl:LINE: FIELD: REFERENCED-FILE: REASON. Files are read with the same readers
-    as training (DICOM decoding, volume slice sampling and windows, ECG lead mapping and resampling, mask size),
-    so a file that passes here loads in training.
+    Each problem line reads FILE.jsonl:LINE: FIELD: REFERENCED-FILE: REASON.
+    Files are read with the readers training uses (DICOM decoding, volume slices and windows,
+    ECG lead mapping and resampling, mask size), so a file that passes here loads in training.
     """
     from rich.progress import track
 
