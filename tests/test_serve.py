@@ -290,3 +290,14 @@ def test_concurrent_requests_none_lost_and_batched(server):
     after = httpx.get(server.url + "/healthz").json()["batching"]
     assert after["requests"] - before["requests"] == 60
     assert after["batches"] - before["batches"] < 60 and after["largest_batch"] > 1
+
+
+def test_model_failure_is_a_500_and_the_server_recovers(client, server, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(server.app.state.pipeline.model, "generate", broken)
+    r = client.post("/v1/predict", json={"question": "q", "max_new_tokens": 2})
+    assert r.status_code == 500 and error_of(r)["code"] == "internal_error" and "RuntimeError" in r.text
+    monkeypatch.undo()
+    assert client.post("/v1/predict", json={"question": "q", "max_new_tokens": 2}).status_code == 200

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import re
 import tempfile
 import time
@@ -39,6 +40,7 @@ from ..infer.pipeline import Prediction, QoQMedPipeline
 from .batcher import Batcher, QueueFull
 from .payloads import Staged, decode_b64, scrub
 
+logger = logging.getLogger("qoqmed.serve")
 STATIC = Path(str(resources.files("qoqmed") / "serve" / "static"))
 MAX_FILES = 32
 
@@ -269,7 +271,15 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):
-        return _error(exc.status, exc.message, exc.param, code=exc.code)
+        return _error(exc.status, exc.message, exc.param, code=exc.code,
+                      kind="server_error" if exc.status >= 500 else "invalid_request_error")
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        # The traceback goes to the server log; the client learns only that the fault is on this side.
+        logger.exception("request failed: %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); see the server log", code="internal_error",
+                      kind="server_error")
 
     def _max_new(requested: int | None) -> int:
         n = requested or pipe.max_new_tokens
@@ -293,6 +303,11 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
             return await batcher.submit(prepared, max_new)
         except QueueFull as exc:
             raise APIError(503, f"server busy: {exc}", code="overloaded") from exc
+        except Exception as exc:  # noqa: BLE001
+            # Answered here rather than by a catch-all handler, which would also drop the keep-alive connection.
+            logger.exception("generation failed")
+            raise APIError(500, f"generation failed ({type(exc).__name__}); see the server log",
+                           code="internal_error") from exc
 
     @app.get("/healthz")
     async def healthz():
