@@ -189,3 +189,57 @@ def test_checkpoints_carry_the_drpo_state_and_resume_restores_it(records, tiny, 
     assert restored and sum(len(v) for v in restored[0]["domains"].values()) == 4
     final = torch.load(tmp_path / "rl" / "checkpoint-3" / "drpo_state.pt", weights_only=False)
     assert sum(len(v) for v in final["domains"].values()) == 6
+
+
+def test_trl_overridden_hooks_and_config_fields_exist():
+    """Further TRL/transformers internals the trainer relies on: resume hooks and GRPOConfig's loss fields."""
+    from trl import GRPOConfig
+
+    expected = {
+        "_load_rng_state": ["self", "checkpoint"],
+        "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
+        "_get_output_dir": ["self", "trial"],
+    }
+    for name, params in expected.items():
+        assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
+    fields = set(GRPOConfig.__dataclass_fields__)
+    assert {"delta", "epsilon", "epsilon_high", "beta", "loss_type", "num_iterations"} <= fields
+
+
+def test_rl_settings_map_onto_trl_and_reject_bad_values(tmp_path):
+    from qoqmed.train.grpo import make_grpo_config
+
+    s = RLSettings(estimator="rloo", dual_clip=3.0, loss_type="sequence_mean", epsilon_low=0.2, epsilon_high=0.3,
+                   beta=1e-4, num_generations=2, batch_size=4)
+    cfg = make_grpo_config(s, tmp_path)
+    assert (cfg.delta, cfg.loss_type, cfg.epsilon, cfg.epsilon_high, cfg.beta) == (3.0, "grpo", 0.2, 0.3, 1e-4)
+    assert make_grpo_config(RLSettings(loss_type="token_mean"), tmp_path).loss_type == "dapo"
+    assert make_grpo_config(RLSettings(), tmp_path).delta is None
+    for bad, match in [(dict(estimator="ppo"), "estimator"), (dict(drpo_mode="exact"), "drpo_mode"),
+                       (dict(dual_clip=1.1), "dual_clip"), (dict(loss_type="mean"), "loss_type"),
+                       (dict(drpo_mode="reference", drpo_history=8), "drpo_history"),
+                       (dict(batch_size=6, num_generations=4), "multiple"), (dict(freeze=["eyes"]), "freeze"),
+                       (dict(model_dtype="bfloat17"), "model_dtype")]:
+        with pytest.raises(ValueError, match=match):
+            RLSettings(**bad)
+
+
+@pytest.mark.parametrize("estimator", ["rloo", "disco"])
+def test_rl_estimators_log_accuracy_csv_and_periodic_eval(records, tiny, tmp_path, estimator):
+    import csv
+
+    processor, model = tiny
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    settings = RLSettings(estimator=estimator, num_generations=2, batch_size=4, max_steps=2, max_completion_length=8,
+                          logging_steps=1, eval_steps=2, dual_clip=3.0, loss_type="sequence_mean", beta=0.0,
+                          progress_bar=False)
+    logs = train_rl(tmp_path / "start", records[4:], tmp_path / "rl", settings, eval_records=records[:2])
+    assert len(logs["domains"]) == 2 and logs["eval_domains"]  # two train steps, one evaluation
+    assert all(any(k.startswith("accuracy/") for k in e) for e in logs["domains"])
+    with open(tmp_path / "rl" / "rl_metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    metrics = {(r["split"], r["metric"]) for r in rows}
+    assert {("train", "reward"), ("train", "accuracy"), ("eval", "reward")} <= metrics
+    assert {r["domain"] for r in rows} <= {"ecg", "chest_xray"}
+    assert any(k.startswith("domain/reward/") for h in logs["log_history"] for k in h)  # reaches report_to

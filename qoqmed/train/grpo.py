@@ -42,7 +42,8 @@ from ..algos.grpo import disco_advantages, group_advantages, rloo_advantages
 from ..data.prompts import SYSTEM_PROMPT, Grounding, encode_batch, grounding, load_record, messages_for
 from ..data.readers import load_ecg, load_mask
 from ..data.schema import Record
-from ..modeling import QoQMedProcessor
+from ..modeling import QoQMedProcessor, freeze
+from ..modeling.configuration_qoqmed import FREEZABLE
 from ..rewards.scores import score_batch
 
 ESTIMATORS = ("grpo", "drgrpo", "rloo", "disco", "drpo")
@@ -83,6 +84,8 @@ class RLSettings:
     gradient_checkpointing: bool = False
     report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"], ["wandb"]; the CSV is always written
     progress_bar: bool = True
+    model_dtype: str | None = None     # load weights as e.g. "bfloat16" (pure bf16 training of a large model)
+    freeze: list[str] = field(default_factory=list)  # parts kept fixed: vision, ecg, projector, llm
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
@@ -104,6 +107,11 @@ class RLSettings:
                              "(it caps the ratio of negative-advantage tokens above the clip range)")
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
+        bad = sorted(set(self.freeze) - set(FREEZABLE))
+        if bad:
+            raise ValueError(f"rl.freeze has unknown part(s) {bad}; choose from {list(FREEZABLE)}")
+        if self.model_dtype is not None and not isinstance(getattr(torch, self.model_dtype, None), torch.dtype):
+            raise ValueError(f"rl.model_dtype={self.model_dtype!r} is not a torch dtype (e.g. bfloat16, float32)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -344,6 +352,15 @@ class QoQMedGRPOTrainer(GRPOTrainer):
             folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
             torch.save(self.estimator.state_dict(), folder / DRPO_STATE_FILE)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        # save_pretrained writes Qwen2.5-VL's original key names (transformers' checkpoint conversion) and only
+        # from_pretrained maps them back; the stock loader would leave most weights at their start values.
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        dtype = next(target.parameters()).dtype
+        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
+        target.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
+
     def _load_rng_state(self, checkpoint):
         super()._load_rng_state(checkpoint)
         path = Path(checkpoint) / DRPO_STATE_FILE if checkpoint else None
@@ -381,6 +398,27 @@ def _reset_csv(path: Path, resume: str | None) -> None:
         csv.writer(f).writerows(keep)
 
 
+def make_grpo_config(s: RLSettings, out_dir: str | Path, suppress_tokens: Sequence[int] = (),
+                     evaluate: bool = False) -> GRPOConfig:
+    """TRL's GRPOConfig for ``s``: loss options, batch geometry, logging, checkpointing, precision."""
+    bf16 = torch.cuda.is_available() if s.bf16 is None else s.bf16
+    return GRPOConfig(
+        output_dir=str(out_dir), max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
+        per_device_eval_batch_size=s.batch_size, gradient_accumulation_steps=s.gradient_accumulation_steps,
+        num_generations=s.num_generations, num_iterations=s.num_iterations, learning_rate=s.learning_rate,
+        beta=s.beta, epsilon=s.epsilon_low, epsilon_high=s.epsilon_high, delta=s.dual_clip,
+        loss_type=LOSS_TYPES[s.loss_type], temperature=s.temperature,
+        max_completion_length=s.max_completion_length, logging_steps=s.logging_steps, report_to=list(s.report_to),
+        save_strategy="steps" if s.save_steps else "no", save_steps=s.save_steps or 500,
+        save_total_limit=s.save_total_limit, seed=s.seed, data_seed=s.seed,
+        eval_strategy="steps" if evaluate else "no", eval_steps=s.eval_steps,
+        use_cpu=not torch.cuda.is_available(), bf16=bf16, dataloader_num_workers=0,
+        generation_kwargs={"suppress_tokens": list(suppress_tokens)} if suppress_tokens else None,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=2, gradient_checkpointing=s.gradient_checkpointing,
+        disable_tqdm=not s.progress_bar,
+    )
+
+
 def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Path,
              settings: RLSettings | None = None, resume_from: str | None = None,
              eval_records: Sequence[Record] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
@@ -395,7 +433,10 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
     s = settings or RLSettings()
     out_dir = Path(out_dir)
     processor = QoQMedProcessor.from_pretrained(str(model_dir))
-    model = QoQMedForConditionalGeneration.from_pretrained(str(model_dir))
+    dtype = getattr(torch, s.model_dtype) if s.model_dtype else None
+    model = QoQMedForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype)
+    if s.freeze:
+        freeze(model, **{part: True for part in s.freeze})
     dataset, facts = build_rl_dataset(records, processor)
     eval_dataset = None
     if eval_records and s.eval_steps:
@@ -404,22 +445,8 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
         if overlap:
             raise ValueError(f"eval records share ids with training records, e.g. {sorted(overlap)[:3]}")
         facts = {**facts, **eval_facts}
-    bf16 = torch.cuda.is_available() if s.bf16 is None else s.bf16
-    args = GRPOConfig(
-        output_dir=str(out_dir), max_steps=s.max_steps, per_device_train_batch_size=s.batch_size,
-        per_device_eval_batch_size=s.batch_size, gradient_accumulation_steps=s.gradient_accumulation_steps,
-        num_generations=s.num_generations, num_iterations=s.num_iterations, learning_rate=s.learning_rate,
-        beta=s.beta, epsilon=s.epsilon_low, epsilon_high=s.epsilon_high, delta=s.dual_clip,
-        loss_type=LOSS_TYPES[s.loss_type], temperature=s.temperature,
-        max_completion_length=s.max_completion_length, logging_steps=s.logging_steps, report_to=list(s.report_to),
-        save_strategy="steps" if s.save_steps else "no", save_steps=s.save_steps or 500,
-        save_total_limit=s.save_total_limit, seed=s.seed, data_seed=s.seed,
-        eval_strategy="steps" if eval_dataset is not None else "no", eval_steps=s.eval_steps,
-        use_cpu=not torch.cuda.is_available(), bf16=bf16, dataloader_num_workers=0,
-        generation_kwargs={"suppress_tokens": model.placeholder_token_ids()},
-        lr_scheduler_type="constant_with_warmup", warmup_steps=2, gradient_checkpointing=s.gradient_checkpointing,
-        disable_tqdm=not s.progress_bar,
-    )
+    args = make_grpo_config(s, out_dir, suppress_tokens=model.placeholder_token_ids(),
+                             evaluate=eval_dataset is not None)
     domain_counts: dict[str, int] = defaultdict(int)
     for rec in records:
         domain_counts[rec.domain] += 1
