@@ -218,6 +218,13 @@ def test_batch_file_one_row_per_input_and_resumable(pipe, tmp_path):
     again = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert again[4]["text"] == lines[4]["text"] and len(again) == 5
 
+    # Fix a failed row's input and retry only the failures: the fixed row is answered, the bad JSON stays failed.
+    Image.new("RGB", (50, 40), "white").save(tmp_path / "in" / "nope.png")
+    s = run_batch(pipe, rows, out, show_progress=False, retry_failed=True)
+    assert (s.skipped, s.predicted, s.failed) == (3, 1, 1)
+    again = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert [r["ok"] for r in again] == [True, True, True, False, True] and again[2]["images"][0]["width"] == 50
+
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"id": "zzz", "question": "q"}) + "\n")
     with pytest.raises(ValueError, match="another file"):
