@@ -24,7 +24,7 @@ TOY = {
     "eval": {"batch_size": 32, "max_new_tokens": 32},
     "experiment": {
         "seeds": 3,
-        "variants": {"grpo": {"estimator": "grpo"}, "drgrpo": {"estimator": "drgrpo"},
+        "variants": {"drgrpo": {"estimator": "drgrpo"}, "grpo": {"estimator": "grpo"},  # baseline moves first
                      "drpo-paper": {"estimator": "drpo", "drpo_mode": "paper"},
                      "drpo-reference": {"estimator": "drpo", "drpo_mode": "reference"},
                      "not-installed": {"estimator": "no-such-estimator"}},
@@ -35,7 +35,7 @@ TOY = {
 
 def _write(tmp_path, raw) -> str:
     path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(raw))
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return str(path)
 
 
@@ -139,7 +139,7 @@ def toy_run(tmp_path_factory):
 def test_report_files_and_structure(toy_run):
     _, _, out = toy_run
     res = json.loads((out / "results.json").read_text())
-    variants = ["warm start", "grpo", "drgrpo", "drpo-paper", "drpo-reference"]
+    variants = ["warm start", "grpo", "drgrpo", "drpo-paper", "drpo-reference"]  # baseline first
     assert res["variants"] == variants
     assert res["context"]["skipped_variants"] == {"not-installed": "no-such-estimator"}
     assert res["context"]["seeds"] == [0, 1] and res["context"]["rl"]["max_steps"] == 2

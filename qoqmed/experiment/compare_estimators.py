@@ -182,7 +182,9 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
     load_start = os.getloadavg()
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
     known = _available_estimators()
-    variants = {n: v for n, v in cfg.variants.items() if v["estimator"] in known}
+    # the baseline first, then the config's order: tables and plots read left to right from it
+    order = [cfg.baseline, *[n for n in cfg.variants if n != cfg.baseline]]
+    variants = {n: cfg.variants[n] for n in order if cfg.variants[n]["estimator"] in known}
     skipped = {n: v["estimator"] for n, v in cfg.variants.items() if v["estimator"] not in known}
     if cfg.baseline not in variants:
         raise ValueError(f"baseline {cfg.baseline!r} uses an estimator this install lacks ({known})")
