@@ -85,6 +85,15 @@ def test_splits_are_disjoint(bench):
     assert sum(len(v) for v in ids.values()) == sum(N.values())
 
 
+def test_default_mix_is_the_papers_skew():
+    w = DEFAULT_TRAIN_WEIGHTS
+    share = {d: v / sum(w.values()) for d, v in w.items()}
+    assert max(share, key=share.get) == "ct" and share["ct"] > 0.5  # one dominant domain
+    assert sum(v < 0.01 for v in share.values()) >= 3  # several under 1%
+    counts = allocate(20000, w, 4)  # at a large size the realised shares follow the weights
+    assert counts["ultrasound"] / 20000 < 0.01 and counts["ct"] / 20000 > 0.6
+
+
 def test_allocate():
     counts = allocate(1000, DEFAULT_TRAIN_WEIGHTS, 4)
     assert sum(counts.values()) == 1000 and min(counts.values()) >= 4
