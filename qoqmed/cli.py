@@ -67,9 +67,69 @@ def quickstart(
 def train(
     config: Annotated[Path, typer.Argument(help="YAML recipe: data, model, sft, rl, eval sections.")],
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/latest"),
+    resume: Annotated[bool, typer.Option(help="Continue RL from the newest checkpoint in OUT/rl.")] = False,
 ) -> None:
-    """Run a training recipe: warm start, RL with the chosen estimator (grpo, drgrpo, drpo), evaluation."""
-    _run(config, out)
+    """Run a training recipe: warm start, RL with the chosen estimator, evaluation, report.
+
+    Estimators: grpo, drgrpo, rloo, disco, drpo (modes paper, bounded, reference). For several GPUs or nodes,
+    start it with `accelerate launch --config_file configs/accelerate/<setup>.yaml -m qoqmed.cli train ...`.
+    """
+    from .data.schema import DataError
+    from .train.recipe import RecipeConfig, run_recipe
+
+    try:
+        cfg = RecipeConfig.from_yaml(config)
+        cfg.resume = resume or cfg.resume
+        run_recipe(cfg, out)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def sft(
+    data: Annotated[Path, typer.Option(help="jsonl records whose reference answers are the targets.")],
+    out: Annotated[Path, typer.Option(help="Folder: model/ (the fine-tuned model), sft_logs.json.")],
+    model: Annotated[str, typer.Option(help="Folder with a saved QoQ-Med model, or 'tiny' for a new tiny one.")]
+    = "tiny",
+    val: Annotated[Optional[Path], typer.Option(help="jsonl records for the periodic eval loss.")] = None,
+    epochs: Annotated[float, typer.Option(help="Passes over the data.")] = 3.0,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many steps (-1: use epochs).")] = -1,
+    batch_size: Annotated[int, typer.Option(help="Records per device per step.")] = 8,
+    learning_rate: Annotated[float, typer.Option(help="Peak learning rate (cosine schedule).")] = 2e-3,
+    eval_steps: Annotated[Optional[int], typer.Option(help="Evaluate on --val every N steps.")] = None,
+    report_to: Annotated[Optional[str], typer.Option(help="Comma-separated: tensorboard, wandb.")] = None,
+    logging_steps: Annotated[int, typer.Option(help="Log the loss every N steps.")] = 10,
+    seed: Annotated[int, typer.Option(help="Seed of the tiny model's init and the data order.")] = 0,
+) -> None:
+    """Supervised warm start with TRL's SFTTrainer: learn the answer format (<think>, boxes, \\boxed{})."""
+    from .data.schema import DataError, load_records
+    from .modeling import QoQMedForConditionalGeneration, QoQMedProcessor
+    from .train.sft import SFTSettings, warm_start
+
+    try:
+        records = load_records(data)
+        val_records = load_records(val) if val else None
+        settings = SFTSettings(epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                               learning_rate=learning_rate, eval_steps=eval_steps, seed=seed,
+                               logging_steps=logging_steps,
+                               report_to=[x for x in (report_to or "").split(",") if x])
+        if model == "tiny":
+            from .modeling.tiny import build_tiny
+
+            processor, net = build_tiny([r.problem for r in records] + [r.answer for r in records], seed=seed)
+        elif (Path(model) / "config.json").exists():
+            processor = QoQMedProcessor.from_pretrained(model)
+            net = QoQMedForConditionalGeneration.from_pretrained(model)
+        else:
+            _fail(f"--model {model}: no config.json there; pass a folder written by save_pretrained or 'tiny'")
+        history = warm_start(net, processor, records, out / "trainer", settings, eval_records=val_records)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    net.save_pretrained(out / "model")
+    processor.save_pretrained(out / "model")
+    (out / "sft_logs.json").write_text(json.dumps({"records": len(records), "history": history}, indent=1))
+    last = history[-1]["loss"] if history else float("nan")
+    console.print(f"saved {out / 'model'} after {len(history)} logged steps (last loss {last:.3f})")
 
 
 @app.command("eval")

@@ -355,6 +355,9 @@ class QoQMedGRPOTrainer(GRPOTrainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # save_pretrained writes Qwen2.5-VL's original key names (transformers' checkpoint conversion) and only
         # from_pretrained maps them back; the stock loader would leave most weights at their start values.
+        # DeepSpeed and FSDP checkpoints are sharded engine states, which the stock loader handles.
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         dtype = next(target.parameters()).dtype
         loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)

@@ -1,11 +1,13 @@
 """The end-to-end recipe a YAML config describes: data -> model -> warm start -> RL -> evaluation -> report.
 
-Every stage writes into one run folder, so a run can be inspected afterwards:
+Every stage writes into one run folder, so a run can be inspected afterwards. Under ``accelerate launch``
+(several processes) the training stages run in every process and the rest (data generation, evaluation,
+report) on the main process only.
 
     run/
       data/                      the synthetic benchmark (when the config asks for one)
       sft_model/                 model after the supervised warm start
-      rl/                        RL logs; rl/model is the final model
+      rl/                        RL logs (rl_logs.json, rl_metrics.csv, checkpoints); rl/model is the final model
       eval_sft/, eval/           predictions.jsonl of the warm-started and the final model on the test split
       report.md, metrics.json, *.png
 """
@@ -33,6 +35,7 @@ class DataSection:
     synthetic: dict | None = None      # keyword arguments of generate_climb_mini, or None to use files
     train: str | None = None
     test: str | None = None
+    val: str | None = None             # optional: periodic evaluation during RL (rl.eval_steps) and SFT
 
 
 @dataclass
@@ -52,6 +55,7 @@ class RecipeConfig:
     sft: SFTSettings = field(default_factory=SFTSettings)
     rl: dict = field(default_factory=dict)
     eval: EvalSection = field(default_factory=EvalSection)
+    resume: bool = False               # continue RL from the newest checkpoint in run/rl
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RecipeConfig:
@@ -66,6 +70,7 @@ class RecipeConfig:
             sft=_section(SFTSettings, raw.get("sft"), "sft"),
             rl=dict(raw.get("rl") or {}),
             eval=_section(EvalSection, raw.get("eval"), "eval"),
+            resume=bool(raw.get("resume", False)),
         )
 
     @classmethod
@@ -92,12 +97,33 @@ def _load_data(cfg: RecipeConfig, run: Path) -> tuple[list[Record], list[Record]
     if cfg.data.synthetic is not None:
         from ..data.synthetic import generate_climb_mini
 
-        with console.status("generating the CLIMB-mini benchmark"):
-            info = generate_climb_mini(run / "data", **{"seed": cfg.seed, **cfg.data.synthetic})
+        info_path = run / "data" / "generation.json"
+        if _state().is_main_process:
+            with console.status("generating the CLIMB-mini benchmark"):
+                info = generate_climb_mini(run / "data", **{"seed": cfg.seed, **cfg.data.synthetic})
+            info_path.write_text(json.dumps(info, default=str))
+        _state().wait_for_everyone()
+        info = json.loads(info_path.read_text())
         return load_records(run / "data" / "train.jsonl"), load_records(run / "data" / "test.jsonl"), info
     if not cfg.data.train or not cfg.data.test:
         raise ValueError("config section 'data' needs either 'synthetic' or both 'train' and 'test' jsonl paths")
     return load_records(cfg.data.train), load_records(cfg.data.test), None
+
+
+def _val_records(cfg: RecipeConfig, run: Path) -> list[Record] | None:
+    """Validation records for periodic evaluation: data.val, or the synthetic benchmark's val split."""
+    if cfg.data.val:
+        return load_records(cfg.data.val)
+    if cfg.data.synthetic is not None and (run / "data" / "val.jsonl").exists():
+        return load_records(run / "data" / "val.jsonl")
+    return None
+
+
+def _state():
+    """The process group of this run: one process, or several under ``accelerate launch`` / torchrun."""
+    from accelerate import PartialState
+
+    return PartialState()
 
 
 def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
@@ -111,8 +137,10 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
 
     t_start = time.perf_counter()
     run = Path(run_dir)
+    main = _state().is_main_process
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    if main:
+        (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -128,15 +156,24 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
         spec = TinySpec(**{k: v for k, v in cfg.model.items() if k != "init"})
         processor, model = build_tiny(corpus, spec, seed=cfg.seed)
     else:
+        dtype = cfg.model.get("dtype")
         processor = QoQMedProcessor.from_pretrained(init)
-        model = QoQMedForConditionalGeneration.from_pretrained(init)
+        model = QoQMedForConditionalGeneration.from_pretrained(init, dtype=getattr(torch, dtype) if dtype else None)
     n_params = sum(p.numel() for p in model.parameters())
     console.print(f"[bold]model[/] {init}: {n_params / 1e6:.2f}M parameters")
 
-    console.rule("supervised warm start")
-    sft_history = warm_start(model, processor, train, run / "sft", cfg.sft)
-    model.save_pretrained(run / "sft_model")
-    processor.save_pretrained(run / "sft_model")
+    val = _val_records(cfg, run)
+    sft_history: list[dict] = []
+    if cfg.sft.enabled:
+        console.rule("supervised warm start")
+        sft_eval = val if cfg.sft.eval_steps else None
+        sft_history = warm_start(model, processor, train, run / "sft", cfg.sft, eval_records=sft_eval)
+    # RL starts from the warm-started model; without a warm start, a model on disk is used as it is
+    rl_start = Path(init) if not cfg.sft.enabled and init != "tiny" else run / "sft_model"
+    if main and rl_start == run / "sft_model":
+        model.save_pretrained(rl_start)
+        processor.save_pretrained(rl_start)
+    _state().wait_for_everyone()
     timings["warm_start"] = time.perf_counter() - t
 
     ev = cfg.eval
@@ -147,7 +184,7 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
     eval_kwargs = dict(batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, preset=ev.reward_preset,
                        iou_reduce=ev.iou_reduce, expected_domains=expected, label_sets=label_sets)
     sft_metrics = None
-    if ev.evaluate_warm_start:
+    if ev.evaluate_warm_start and main:
         console.rule("evaluating the warm-started model")
         t = time.perf_counter()
         sft_metrics, _ = evaluate(model, processor, test, run / "eval_sft", **eval_kwargs)
@@ -156,8 +193,11 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
     console.rule("RL")
     t = time.perf_counter()
     rl_settings = RLSettings(**{"seed": cfg.seed, **cfg.rl})
-    rl_logs = train_rl(run / "sft_model", train, run / "rl", rl_settings)
+    rl_logs = train_rl(rl_start, train, run / "rl", rl_settings, resume_from="latest" if cfg.resume else None,
+                       eval_records=val if rl_settings.eval_steps else None)
     timings["rl"] = time.perf_counter() - t
+    if not main:  # evaluation and the report run on the main process only (no barrier: evaluation may be long)
+        return {}
 
     console.rule("evaluating the final model")
     t = time.perf_counter()

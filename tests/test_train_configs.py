@@ -1,0 +1,65 @@
+"""Shipped training YAMLs and accelerate configs load; `qoqmed sft` and `qoqmed train --resume` work."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from qoqmed.cli import app
+from qoqmed.train.grpo import RLSettings
+from qoqmed.train.recipe import RecipeConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAINING = sorted(p for p in (ROOT / "qoqmed" / "configs").glob("*.yaml") if not p.name.startswith("experiment"))
+ACCELERATE = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", TRAINING, ids=lambda p: p.name)
+def test_training_configs_load(path):
+    cfg = RecipeConfig.from_yaml(path)
+    rl = RLSettings(**{"seed": cfg.seed, **cfg.rl})
+    assert rl.batch_size % rl.num_generations == 0
+
+
+def test_cluster_configs_are_shipped():
+    names = {p.name for p in ACCELERATE}
+    assert {"single_gpu.yaml", "zero3_8gpu.yaml", "fsdp2_8gpu.yaml", "multinode_zero3.yaml"} <= names
+    names = {p.name for p in TRAINING}
+    assert {"gpu_single.yaml", "gpu8_zero3.yaml", "gpu8_fsdp2.yaml", "multinode.yaml", "quickstart.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", ACCELERATE, ids=lambda p: p.name)
+def test_accelerate_configs_parse(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    cfg = ClusterConfig.from_yaml_file(str(path))  # rejects unknown keys
+    assert cfg.num_processes >= 1
+    if "zero3" in path.name:
+        assert cfg.distributed_type == "DEEPSPEED" and cfg.deepspeed_config["zero_stage"] == 3
+    if "fsdp2" in path.name:
+        assert cfg.distributed_type == "FSDP" and cfg.fsdp_config["fsdp_version"] == 2
+    if "multinode" in path.name:
+        assert cfg.num_machines == 2 and cfg.num_processes == 16
+
+
+def test_sft_command_trains_a_tiny_model(mini_records_path, tmp_path):
+    out = tmp_path / "sft"
+    res = CliRunner().invoke(app, ["sft", "--data", str(mini_records_path), "--out", str(out), "--max-steps", "3",
+                                   "--batch-size", "4", "--learning-rate", "0.003", "--logging-steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert (out / "model" / "config.json").exists()
+    logs = json.loads((out / "sft_logs.json").read_text())
+    assert logs["records"] == 12 and logs["history"]
+    bad = CliRunner().invoke(app, ["sft", "--data", str(mini_records_path), "--out", str(out), "--model",
+                                   str(tmp_path / "nowhere")])
+    assert bad.exit_code == 2 and "config.json" in bad.output
+
+
+def test_train_command_has_resume_and_rejects_bad_config(tmp_path):
+    res = CliRunner().invoke(app, ["train", "--help"])
+    assert res.exit_code == 0 and "--resume" in res.output
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("rl: {estimator: ppo}\ndata: {synthetic: {n_train: 9}}\n")
+    res = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2
