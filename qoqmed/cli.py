@@ -580,8 +580,11 @@ def experiment_compare_estimators(
 # ---- inference and serving (qoqmed/infer, qoqmed/serve) ----
 
 def _load_pipeline(model: Path, device: Optional[str], max_new_tokens: int, num_slices: int = 4):
+    from transformers.utils import logging as hf_logging
+
     from .infer import QoQMedPipeline
 
+    hf_logging.disable_progress_bar()  # the spinner below says what is happening; no weight-loading bar
     try:
         with err.status(f"loading {model}"):
             return QoQMedPipeline.from_pretrained(model, device=device, max_new_tokens=max_new_tokens,
