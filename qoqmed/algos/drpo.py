@@ -21,6 +21,7 @@ __all__ = [
     "select_k",
     "cluster_reward_vectors",
     "kmeans_elbow",
+    "kmeans_elbow_many",
     "temperature",
     "kl_damping",
     "MODES",
@@ -80,36 +81,79 @@ def _kmeanspp(u: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) ->
 
 
 def _lloyd_all_k(u: np.ndarray, w: np.ndarray, seeds: np.ndarray, max_iter: int = 100):
-    """Weighted Lloyd iterations for every k = 1..K at once; fit a (row a of the results) has k = a + 1.
+    """Weighted Lloyd iterations for D problems and every k = 1..K at once (fit a has k = a + 1 centres).
 
-    Fit a starts from the first a + 1 seeds. All K * K centres sit in one matrix, so each iteration is two
-    matrix products: distances ``|u|^2 - 2 u.c + |c|^2`` and the weighted cluster sums. Centres of other fits
-    are masked with +inf. Returns labels (K, n), centres (K, K, G) (slots >= k are padding), inertias (K,).
+    ``u`` (D, n, G) rows, ``w`` (D, n) weights (0 for padding), ``seeds`` (D, K, G); fit a of problem d starts
+    from ``seeds[d, :a + 1]``. All K * K centres of a problem sit in one matrix, so an iteration is two batched
+    matrix products: distances ``|u|^2 - 2 u.c + |c|^2`` and the weighted cluster sums. An empty cluster keeps
+    its centre. Returns labels (D, K, n), centres (D, K, K, G) (slots >= k are padding), inertias (D, K).
     """
-    K, G = seeds.shape
-    n = len(u)
+    D, n, G = u.shape
+    K = seeds.shape[1]
     mask = np.where(np.tri(K, dtype=bool), 0.0, np.inf).reshape(-1)  # centre j belongs to fit a iff j <= a
-    c = np.repeat(seeds[None], K, axis=0).reshape(K * K, G)
-    uu = (u**2).sum(1)[:, None]
+    c = np.repeat(seeds[:, None], K, axis=1).reshape(D, K * K, G)
+    uu = (u**2).sum(-1)[..., None]
     cols = np.arange(K) * K  # column offset of each fit's centres
-    rows = np.arange(n)[:, None]
+    dd, rr = np.arange(D)[:, None, None], np.arange(n)[None, :, None]
 
     def assign(c):
-        d = np.maximum(uu - 2 * (u @ c.T) + (c**2).sum(1), 0.0) + mask
-        return d.reshape(n, K, K).argmin(-1), d  # labels (n, K)
+        # |c|^2 - 2 u.c ranks centres like the full distance; |u|^2 is added back for the inertia only
+        d = u @ c.transpose(0, 2, 1)
+        d *= -2.0
+        d += ((c**2).sum(-1) + mask)[:, None, :]
+        return d.reshape(D, n, K, K).argmin(-1), d  # labels (D, n, K)
 
     lab, d = assign(c)
+    onehot = np.zeros((D, n, K * K))
     for _ in range(max_iter):
-        onehot = np.zeros((n, K * K))
-        onehot[rows, cols + lab] = w[:, None]
-        mass = onehot.sum(0)
-        c = np.where(mass[:, None] > 0, (onehot.T @ u) / np.maximum(mass, 1e-300)[:, None], c)  # empty: keep
+        onehot[:] = 0.0
+        onehot[dd, rr, cols + lab] = w[..., None]
+        mass = onehot.sum(1)
+        sums = onehot.transpose(0, 2, 1) @ u
+        c = np.where(mass[..., None] > 0, sums / np.maximum(mass, 1e-300)[..., None], c)
         new, d = assign(c)
         if np.array_equal(new, lab):
             break
         lab = new
-    inertia = (d[rows, cols + lab] * w[:, None]).sum(0)
-    return lab.T, c.reshape(K, K, G), inertia
+    inertia = (np.maximum(d[dd, rr, cols + lab] + uu, 0.0) * w[..., None]).sum(1)
+    return lab.transpose(0, 2, 1), c.reshape(D, K, K, G), inertia
+
+
+def kmeans_elbow_many(
+    xs: Sequence[np.ndarray], *, k_max: int = 10, tol: float = 0.10, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`kmeans_elbow` on several problems (e.g. one per domain) in one batched computation.
+
+    Each problem is deduplicated and padded to the largest one with zero-weight rows, so a DRPO step costs
+    the same whatever the fill of each domain's history: O(domains x history) per Lloyd iteration.
+    """
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(xs)
+    todo = []
+    for i, x in enumerate(xs):
+        uniq, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
+        k_cap = min(k_max, len(uniq))
+        if k_cap <= 1:
+            out[i] = (np.zeros(len(x), dtype=np.int64), x.mean(axis=0, keepdims=True))
+        else:
+            todo.append((i, uniq, inverse.reshape(-1), counts.astype(np.float64), k_cap))
+    if todo:
+        K = max(t[4] for t in todo)
+        n = max(len(t[1]) for t in todo)
+        G = todo[0][1].shape[1]
+        u, w, seeds = np.zeros((len(todo), n, G)), np.zeros((len(todo), n)), np.zeros((len(todo), K, G))
+        for j, (_, uniq, _, counts, k_cap) in enumerate(todo):
+            u[j, : len(uniq)], w[j, : len(uniq)] = uniq, counts
+            s = _kmeanspp(uniq, counts, k_cap, np.random.default_rng(seed))
+            seeds[j] = np.concatenate([s, np.repeat(s[-1:], K - k_cap, axis=0)])  # fits k > k_cap are unused
+        labels, centres, inertias = _lloyd_all_k(u, w, seeds)
+        for j, (i, uniq, inverse, _, k_cap) in enumerate(todo):
+            k = select_k(inertias[j, :k_cap].tolist(), tol)
+            lab = labels[j, k - 1, : len(uniq)]
+            used = np.unique(lab)
+            remap = np.full(k, -1, dtype=np.int64)
+            remap[used] = np.arange(len(used))
+            out[i] = (remap[lab][inverse], centres[j, k - 1, used])
+    return out  # type: ignore[return-value]
 
 
 def kmeans_elbow(
@@ -122,20 +166,7 @@ def kmeans_elbow(
     deduplicated in sorted order, so the result does not depend on the order of ``x``. Empty clusters are
     dropped. Returns (labels (Q,), centroids (k, G)).
     """
-    uniq, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
-    inverse = inverse.reshape(-1)
-    k_cap = min(k_max, len(uniq))
-    if k_cap <= 1:
-        return np.zeros(len(x), dtype=np.int64), x.mean(axis=0, keepdims=True)
-    w = counts.astype(np.float64)
-    seeds = _kmeanspp(uniq, w, k_cap, np.random.default_rng(seed))
-    labels, centres, inertias = _lloyd_all_k(uniq, w, seeds)
-    k = select_k(inertias.tolist(), tol)
-    lab = labels[k - 1]
-    used = np.unique(lab)
-    remap = np.full(k, -1, dtype=np.int64)
-    remap[used] = np.arange(len(used))
-    return remap[lab][inverse], centres[k - 1, used]
+    return kmeans_elbow_many([x], k_max=k_max, tol=tol, seed=seed)[0]
 
 
 def temperature(n: float, mu: float, eps: float | None) -> float:
@@ -287,14 +318,15 @@ class DRPO:
             prev = prev[len(prev) - min(keep, len(prev)) :]
         return np.concatenate([prev, current], axis=0)
 
-    def _cluster(self, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _cluster(self, pools: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(labels, centroids) per domain pool (§3.2)."""
         if self.clusterer == "sklearn":
-            return cluster_reward_vectors(pool, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed)
-        return kmeans_elbow(pool, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed)
+            return [cluster_reward_vectors(p, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed) for p in pools]
+        return kmeans_elbow_many(pools, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed)
 
-    def _domain_scales(self, pool: np.ndarray, n_current: int) -> tuple[np.ndarray, dict[str, Any]]:
+    def _domain_scales(self, pool: np.ndarray, n_current: int, labels: np.ndarray,
+                       centroids: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
         """``1 / (T_g * T_c)`` for the last ``n_current`` rows of ``pool`` (§3.3), and logging stats."""
-        labels, centroids = self._cluster(pool)
         k = len(centroids)
         sizes = np.bincount(labels, minlength=k).astype(np.float64)
         n_g = float(len(pool))
@@ -352,10 +384,11 @@ class DRPO:
         q_scale = np.zeros(len(quniq))
         stats: dict[Hashable, dict[str, Any]] = {}
         new_hist: dict[Hashable, np.ndarray] = {}
-        for j, d in enumerate(duniq):  # (2)-(3)
-            rows = np.flatnonzero(didx_np == j)
-            pool = self._pool(d, vectors[rows])
-            q_scale[rows], stats[d] = self._domain_scales(pool, len(rows))
+        rows_of = [np.flatnonzero(didx_np == j) for j in range(len(duniq))]
+        pools = [self._pool(d, vectors[rows]) for d, rows in zip(duniq, rows_of)]
+        clusters = self._cluster(pools)  # (2)
+        for d, rows, pool, (labels, centroids) in zip(duniq, rows_of, pools, clusters):  # (3)
+            q_scale[rows], stats[d] = self._domain_scales(pool, len(rows), labels, centroids)
             if self.mode == "reference":
                 new_hist[d] = pool
             elif self.history is not None:
