@@ -27,6 +27,13 @@ ECG_DCM = get_testdata_file("waveform_ecg.dcm")
 BODY_LIMIT = 2 << 20
 
 
+def _nifti() -> str:
+    import os
+    from nibabel.testing import data_path
+
+    return os.path.join(data_path, "anatomical.nii")
+
+
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
@@ -189,8 +196,13 @@ def test_chat_completions_openai_shape(client):
     ({"question": "q", "ecg": [{"dicom": b64(png_bytes())}]}, 400, "ecg[0].dicom", "not a .npy array or a DICOM"),
     ({"question": "q", "volumes": [{"data": b64(png_bytes()), "filename": "x.nii"}]}, 400, "volumes[0].data", "NIfTI"),
     ({"question": "<image><image>", "images": [b64(png_bytes())]}, 400, "question", "placeholder"),
+    ({"question": "q", "volumes": [{"data": "NIFTI"}], "window": "nope"}, 400, "volumes[0]", "unknown window"),
+    ({"question": "q", "volumes": [{"data": "NIFTI"}], "window": "40,x"}, 400, "window", "center,width"),
 ])
 def test_bad_inputs_get_clear_4xx(client, payload, status, param, text):
+    for vol in payload.get("volumes", []):
+        if vol.get("data") == "NIFTI":
+            vol["data"] = b64(open(_nifti(), "rb").read())
     r = client.post("/v1/predict", json=payload)
     assert r.status_code == status, r.text
     err = error_of(r)

@@ -105,6 +105,9 @@ class QoQMedPipeline:
         self.batch_size = int(batch_size)
         self.name = name
         self._lock = threading.Lock()  # one generate at a time; torch already uses every core for one call
+        # The fast tokenizer's padding settings are mutable Rust state: a batch encode in generate() and a token
+        # count in prepare() on another thread (the server does both at once) must not overlap.
+        self._tok_lock = threading.Lock()
         tok = processor.tokenizer
         self._eos = tok.convert_tokens_to_ids("<|im_end|>")
         self._pad = tok.pad_token_id
@@ -205,7 +208,8 @@ class QoQMedPipeline:
         p = self.processor
         ip = p.image_processor
         unit = ip.patch_size * ip.merge_size
-        n = len(p.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        with self._tok_lock:
+            n = len(p.tokenizer(prompt, add_special_tokens=False)["input_ids"])
         for v in visuals:
             w, h = p.model_image_size(*v.image.size)
             n += (w // unit) * (h // unit) - 1
@@ -224,14 +228,16 @@ class QoQMedPipeline:
         with self._lock:
             t0 = time.perf_counter()
             # Left padding: generation appends to the right end of every row.
-            enc = p(text=[q.prompt for q in prepared], images=images or None, ecg=ecgs or None, padding=True,
-                    padding_side="left", return_tensors="pt")
+            with self._tok_lock:
+                enc = p(text=[q.prompt for q in prepared], images=images or None, ecg=ecgs or None, padding=True,
+                        padding_side="left", return_tensors="pt")
             enc = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
             out = self.model.generate(**enc, max_new_tokens=max_new, do_sample=False,
                                       suppress_tokens=self.model.placeholder_token_ids())
             new = out[:, enc["input_ids"].shape[1]:].cpu()
             gen_s = time.perf_counter() - t0
-        texts = p.batch_decode(new, skip_special_tokens=True)
+        with self._tok_lock:
+            texts = p.batch_decode(new, skip_special_tokens=True)
         preds = []
         for q, row, text in zip(prepared, new, texts):
             ids = row.tolist()
