@@ -50,6 +50,20 @@ def png_bytes(size=(100, 80)) -> bytes:
     return buf.getvalue()
 
 
+def ct_series(n: int) -> list[bytes]:
+    """``n`` slices of one CT series (CT_small with its position moved), in reverse order."""
+    ds = pydicom.dcmread(CT)
+    out, uid = [], generate_uid()
+    for k in range(n):
+        s = copy.deepcopy(ds)
+        s.SeriesInstanceUID, s.SOPInstanceUID, s.InstanceNumber = uid, generate_uid(), n - k
+        s.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], 5.0 * (n - k)]
+        buf = io.BytesIO()
+        s.save_as(buf)
+        out.append(buf.getvalue())
+    return out
+
+
 class ServerThread:
     """uvicorn in a background thread on a free loopback port."""
 
@@ -138,15 +152,7 @@ def test_predict_volumes_nifti_and_dicom_series(client):
     from nibabel.testing import data_path
 
     nii = open(os.path.join(data_path, "anatomical.nii"), "rb").read()
-    ds = pydicom.dcmread(CT)
-    series, uid = [], generate_uid()
-    for k in range(5):  # five slices of one series, sent out of order
-        s = copy.deepcopy(ds)
-        s.SeriesInstanceUID, s.SOPInstanceUID, s.InstanceNumber = uid, generate_uid(), 5 - k
-        s.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], 5.0 * (5 - k)]
-        buf = io.BytesIO()
-        s.save_as(buf)
-        series.append(b64(buf.getvalue()))
+    series = [b64(raw) for raw in ct_series(5)]
     r = client.post("/v1/predict", json={"question": "Tumour?", "volumes": [
         {"data": b64(nii), "filename": "brain.nii"}, {"series": series}]})
     assert r.status_code == 200, r.text
@@ -262,6 +268,11 @@ def test_multipart_form(client, tmp_path):
     r = client.post("/v1/predict/form", data={"question": "Findings?", "max_new_tokens": "5"}, files=files)
     assert r.status_code == 200, r.text
     assert r.json()["images"][0]["width"] == 128 and r.json()["completion_tokens"] <= 5
+    # Several DICOM files under "volumes" are one series.
+    files = [("volumes", (f"IM{k}.dcm", raw, "application/dicom")) for k, raw in enumerate(ct_series(6))]
+    r = client.post("/v1/predict/form", data={"question": "Findings?", "max_new_tokens": "2"}, files=files)
+    assert r.status_code == 200, r.text
+    assert [im["source"] for im in r.json()["images"]] == [f"volumes[0] slice {k}/4" for k in range(1, 5)]
     r = client.post("/v1/predict/form", data={"question": "q"}, files=[("ecg", ("r1.hea", b"r1 1 500 10\n"))])
     assert r.status_code == 400 and "needs its .dat" in error_of(r)["message"]
     r = client.post("/v1/predict/form", data={"question": "q", "max_new_tokens": "many"})
