@@ -92,30 +92,32 @@ def _lloyd_all_k(u: np.ndarray, w: np.ndarray, seeds: np.ndarray, max_iter: int 
     K = seeds.shape[1]
     mask = np.where(np.tri(K, dtype=bool), 0.0, np.inf).reshape(-1)  # centre j belongs to fit a iff j <= a
     c = np.repeat(seeds[:, None], K, axis=1).reshape(D, K * K, G)
-    uu = (u**2).sum(-1)[..., None]
-    cols = np.arange(K) * K  # column offset of each fit's centres
-    dd, rr = np.arange(D)[:, None, None], np.arange(n)[None, :, None]
+    u32 = u.astype(np.float32)
+    offset = (np.arange(D)[:, None, None] * K * K + np.arange(K) * K)  # bin of (problem, fit, centre 0)
+    wk = np.repeat(w[..., None], K, axis=-1).reshape(-1)  # weight of each (problem, row, fit) label
+    uwk = [np.repeat((w * u[..., g])[..., None], K, axis=-1).reshape(-1) for g in range(G)]
 
     def assign(c):
-        # |c|^2 - 2 u.c ranks centres like the full distance; |u|^2 is added back for the inertia only
-        d = u @ c.transpose(0, 2, 1)
+        # |c|^2 - 2 u.c ranks centres like the full distance (|u|^2 is added back for the inertia); float32
+        # is ample to rank distances between rewards in [0, 1] and halves the memory traffic
+        d = u32 @ c.astype(np.float32).transpose(0, 2, 1)
         d *= -2.0
-        d += ((c**2).sum(-1) + mask)[:, None, :]
+        d += ((c**2).sum(-1) + mask).astype(np.float32)[:, None, :]
         return d.reshape(D, n, K, K).argmin(-1), d  # labels (D, n, K)
 
     lab, d = assign(c)
-    onehot = np.zeros((D, n, K * K))
     for _ in range(max_iter):
-        onehot[:] = 0.0
-        onehot[dd, rr, cols + lab] = w[..., None]
-        mass = onehot.sum(1)
-        sums = onehot.transpose(0, 2, 1) @ u
+        bins = (offset + lab).reshape(-1)  # weighted cluster masses and sums: one bincount per coordinate
+        mass = np.bincount(bins, weights=wk, minlength=D * K * K).reshape(D, K * K)
+        sums = np.stack([np.bincount(bins, weights=x, minlength=D * K * K) for x in uwk], -1).reshape(D, K * K, G)
         c = np.where(mass[..., None] > 0, sums / np.maximum(mass, 1e-300)[..., None], c)
         new, d = assign(c)
         if np.array_equal(new, lab):
             break
         lab = new
-    inertia = (np.maximum(d[dd, rr, cols + lab] + uu, 0.0) * w[..., None]).sum(1)
+    chosen = np.take_along_axis(c, (np.arange(K) * K + lab)[..., None].reshape(D, n * K, 1), axis=1)
+    dist = ((u[:, :, None, :] - chosen.reshape(D, n, K, G)) ** 2).sum(-1)  # exact, float64
+    inertia = (dist * w[..., None]).sum(1)
     return lab.transpose(0, 2, 1), c.reshape(D, K, K, G), inertia
 
 
