@@ -154,8 +154,11 @@ def test_report_files_and_structure(toy_run):
                 assert set(e[key]["domains"]) == set(res["domains"])
                 assert {"rare", "abundant", "rel_vs_baseline"} <= set(e[key])
     assert res["selected_drpo"]["variant"] in ("drpo-paper", "drpo-reference")
+    assert set(res["drpo_scale"]) == {"drpo-paper", "drpo-reference"}  # only DRPO logs scale factors
+    assert any(v is not None and v > 0 for v in res["drpo_scale"]["drpo-paper"].values())
     report = (out / "report.md").read_text()
     for heading in ("## What was run", "## Summary (test split)", "## Choosing the default DRPO variant",
+                    "## DRPO per-domain scale",
                     "## macro-F1 per domain", "## accuracy (exact match) per domain", "## macro-F1 change vs grpo",
                     "not-installed"):
         assert heading in report
@@ -181,6 +184,8 @@ def test_rerun_reuses_finished_units(toy_run):
                                  str(out)])
     assert result.exit_code == 0, result.output
     assert os.stat(unit).st_mtime_ns == before
+    context = json.loads((out / "results.json").read_text())["context"]
+    assert context["units_reused"] == context["units"] == 2 * 5
     assert json.loads((out / "results.json").read_text())["context"]["seeds"] == [0, 1]
 
 

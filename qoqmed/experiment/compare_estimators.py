@@ -215,6 +215,7 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
     units = len(seeds) * (1 + len(variants))
     runs: dict[str, dict[int, dict]] = defaultdict(dict)
     timings: dict[str, list[float]] = defaultdict(list)
+    reused = 0
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not show_progress) as bar:
         task = bar.add_task("compare-estimators", total=units)
@@ -225,6 +226,7 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
             ws_settings = {"sft": asdict(sft), "model": r.model, "data": r.data.synthetic or asdict(r.data)}
             bar.update(task, description=f"seed {seed}: warm start")
             done = _same(sdir / "warm_start_eval.json", ws_settings)
+            reused += done is not None and (model_dir / "config.json").is_file()
             if done is None or not (model_dir / "config.json").is_file():
                 t = time.perf_counter()
                 torch.manual_seed(seed)
@@ -253,6 +255,7 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
                 rl = RLSettings(**{**r.rl, **overrides, "seed": seed})
                 settings = {"rl": asdict(rl), "warm_start": ws_settings}
                 res = _same(vdir / "result.json", settings)
+                reused += res is not None
                 if res is None:
                     t = time.perf_counter()
                     logs = train_rl(model_dir, train, vdir / "rl", rl)
@@ -280,7 +283,10 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
                    f"{torch.get_num_threads()} threads, {'CUDA' if torch.cuda.is_available() else 'CPU only'}",
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
-        "wall_seconds": round(wall, 1), "data_seconds": round(data_seconds, 1),
+        "wall_seconds": round(wall, 1), "data_seconds": round(data_seconds, 1), "units": units,
+        "units_reused": reused,
+        "units_seconds_total": round(sum(u["seconds"] + u.get("eval_seconds", 0.0)
+                                         for by_seed in runs.values() for u in by_seed.values()), 1),
         "mean_seconds": {k: round(float(np.mean(v)), 1) for k, v in timings.items()},
     }
     shares = _train_shares(train)
@@ -366,6 +372,15 @@ def aggregate(runs: dict[str, dict[int, dict]], shares: dict[str, float], rare_s
             table[n]["paired_f1_diff"] = {**_stat(diffs),
                                           "wins": sum(1 for x in diffs if x is not None and x > 0)}
         out["splits"][split] = table
+    # DRPO's per-domain factor on the GRPO score, averaged over the steps that held the domain and over seeds
+    scales = {}
+    for n in names:
+        if n == WARM:
+            continue
+        s = _series(runs, n, "mean_abs_scale/")
+        if s:
+            scales[n] = {d: float(np.mean([v for _, v in s[d]])) if s.get(d) else None for d in domains}
+    out["drpo_scale"] = scales
     # the default DRPO variant is chosen on validation macro-F1 only
     val = out["splits"].get("val")
     drpo = [n for n in names if n != WARM and runs[n][seeds[0]]["settings"]["rl"]["estimator"] == "drpo"]
@@ -467,8 +482,10 @@ def write_outputs(res: dict, runs: dict, out: Path) -> dict[str, Path]:
         f"abundant: {', '.join(res['abundant_domains'])}",
         f"- machine: {c['machine']}; load average at start {c['load_average_start']}, at end "
         f"{c['load_average_end']} (other processes may have shared the CPU)",
-        f"- wall time {c['wall_seconds']:.0f} s (data {c['data_seconds']:.0f} s; mean per unit: "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in c["mean_seconds"].items()) + "; plus evaluation)",
+        f"- time: training + evaluation of all {c['units']} units {c['units_seconds_total']:.0f} s "
+        f"({c['units_seconds_total'] / 60:.1f} min; mean training time per unit: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in c["mean_seconds"].items()) + "); this invocation "
+        f"{c['wall_seconds']:.0f} s wall, {c['units_reused']} of {c['units']} units reused from an earlier one",
         "",
         "Values are mean ± sample standard deviation over seeds. Rare / abundant: per seed the unweighted mean over "
         "the group's domains. Relative change: 100 × (estimator − baseline) / baseline of the seed means. Paired Δ: "
@@ -482,6 +499,13 @@ def write_outputs(res: dict, runs: dict, out: Path) -> dict[str, Path]:
                   "| DRPO variant | val overall macro-F1 |", "|---|---|",
                   *[f"| {n} | {_f(v)} |" for n, v in sel["val"].items()], "",
                   f"Selected by {sel['by']}: **{sel['variant']}** (its {split} overall macro-F1: {_ms(t)}).", ""]
+    if res.get("drpo_scale"):
+        doms = res["domains"]
+        lines += ["## DRPO per-domain scale (mean |A / s| over training: the factor DRPO puts on the GRPO score)",
+                  "", "| variant | " + " | ".join(f"{d} ({res['train_share'][d]:.1%})" for d in doms) + " |",
+                  "|" + "---|" * (len(doms) + 1),
+                  *[f"| {n} | " + " | ".join(_f(v.get(d), 2) for d in doms) + " |"
+                    for n, v in res["drpo_scale"].items()], ""]
     for key, title in METRICS:
         lines += [f"## {title} per domain ({split} split; train share in brackets)", "",
                   *_metric_table(res, split, key), ""]
