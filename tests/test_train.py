@@ -243,3 +243,22 @@ def test_rl_estimators_log_accuracy_csv_and_periodic_eval(records, tiny, tmp_pat
     assert {("train", "reward"), ("train", "accuracy"), ("eval", "reward")} <= metrics
     assert {r["domain"] for r in rows} <= {"ecg", "chest_xray"}
     assert any(k.startswith("domain/reward/") for h in logs["log_history"] for k in h)  # reaches report_to
+
+
+def test_tensorboard_gets_per_domain_scalars(records, tiny, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    processor, model = tiny
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    settings = RLSettings(num_generations=2, batch_size=4, max_steps=1, max_completion_length=8, logging_steps=1,
+                          report_to=["tensorboard"], progress_bar=False, drpo_mode="bounded")
+    train_rl(tmp_path / "start", records, tmp_path / "rl", settings)
+    events = list((tmp_path / "rl" / "runs").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert any(t.startswith("train/domain/reward/") for t in tags), sorted(tags)[:20]
+    assert any(t.startswith("train/domain/mean_abs_scale/") for t in tags)
