@@ -428,3 +428,20 @@ def test_drpo_state_round_trip_bounded_modes(mode):
     assert b.last_stats == a.last_stats
     with pytest.raises(ValueError, match="history"):
         DRPO(4, mode=mode, history=5).load_state_dict(state)
+
+
+def test_drpo_bounded_warm_start_is_saved_and_checked():
+    batches = _random_batches(3)
+    a = DRPO(4, mode="bounded", history=12)
+    for b in batches[:2]:
+        a(*b)
+    state = a.state_dict()
+    assert state["warm_start"] and set(state["centres"]) == {"ct", "ecg"}
+    k_cap = state["centres"]["ct"].shape[0]
+    assert state["centres"]["ct"].shape == (k_cap, k_cap, 4)
+    cold = DRPO(4, mode="bounded", history=12, warm_start=False)
+    with pytest.raises(ValueError, match="warm_start"):
+        cold.load_state_dict(state)
+    assert not DRPO(4, mode="paper").warm_start and not DRPO(4, mode="reference").warm_start
+    for b in batches:  # a cold-started run is valid too (unit batch std), just slower per step
+        assert cold(*b).std().item() == pytest.approx(1.0, abs=1e-5)

@@ -80,41 +80,49 @@ def _kmeanspp(u: np.ndarray, w: np.ndarray, k: int, rng: np.random.Generator) ->
     return u[chosen]
 
 
-def _lloyd_all_k(u: np.ndarray, w: np.ndarray, seeds: np.ndarray, max_iter: int = 100):
+def _lloyd_all_k(u: np.ndarray, w: np.ndarray, seeds: np.ndarray, max_iter: int = 100,
+                 start: np.ndarray | None = None):
     """Weighted Lloyd iterations for D problems and every k = 1..K at once (fit a has k = a + 1 centres).
 
     ``u`` (D, n, G) rows, ``w`` (D, n) weights (0 for padding), ``seeds`` (D, K, G); fit a of problem d starts
-    from ``seeds[d, :a + 1]``. All K * K centres of a problem sit in one matrix, so an iteration is two batched
-    matrix products: distances ``|u|^2 - 2 u.c + |c|^2`` and the weighted cluster sums. An empty cluster keeps
-    its centre. Returns labels (D, K, n), centres (D, K, K, G) (slots >= k are padding), inertias (D, K).
+    from ``seeds[d, :a + 1]``. All K * K centres of a problem sit in one matrix, so an iteration is one batched
+    matrix product (distances ``|u|^2 - 2 u.c + |c|^2``) and bincounts (weighted cluster sums); a problem whose
+    labels stopped changing is at its fixed point and leaves the loop. An empty cluster keeps its centre. ``start`` (D, K, K, G), if given, replaces the seeds: fit a starts from ``start[d, a, :a + 1]``.
+    Returns labels (D, K, n), centres (D, K, K, G) (slots >= k are padding), inertias (D, K).
     """
     D, n, G = u.shape
     K = seeds.shape[1]
     mask = np.where(np.tri(K, dtype=bool), 0.0, np.inf).reshape(-1)  # centre j belongs to fit a iff j <= a
-    c = np.repeat(seeds[:, None], K, axis=1).reshape(D, K * K, G)
+    c = (np.repeat(seeds[:, None], K, axis=1) if start is None else start).reshape(D, K * K, G).copy()
     u32 = u.astype(np.float32)
-    offset = (np.arange(D)[:, None, None] * K * K + np.arange(K) * K)  # bin of (problem, fit, centre 0)
-    wk = np.repeat(w[..., None], K, axis=-1).reshape(-1)  # weight of each (problem, row, fit) label
-    uwk = [np.repeat((w * u[..., g])[..., None], K, axis=-1).reshape(-1) for g in range(G)]
+    fit_offset = np.arange(K) * K  # bin of (fit, centre 0) within a problem
+    wk = np.repeat(w[..., None], K, axis=-1).reshape(D, n * K)  # weight of each (row, fit) label
+    uwk = np.repeat((w[..., None] * u)[:, :, None, :], K, axis=2).reshape(D, n * K, G)
 
-    def assign(c):
+    def assign(idx, c_sub):
         # |c|^2 - 2 u.c ranks centres like the full distance (|u|^2 is added back for the inertia); float32
         # is ample to rank distances between rewards in [0, 1] and halves the memory traffic
-        d = u32 @ c.astype(np.float32).transpose(0, 2, 1)
+        d = u32[idx] @ c_sub.astype(np.float32).transpose(0, 2, 1)
         d *= -2.0
-        d += ((c**2).sum(-1) + mask).astype(np.float32)[:, None, :]
-        return d.reshape(D, n, K, K).argmin(-1), d  # labels (D, n, K)
+        d += ((c_sub**2).sum(-1) + mask).astype(np.float32)[:, None, :]
+        return d.reshape(len(idx), n, K, K).argmin(-1)  # labels (len(idx), n, K)
 
-    lab, d = assign(c)
+    lab = assign(np.arange(D), c)
+    active = np.arange(D)  # problems whose labels still change; the others sit at their fixed point
     for _ in range(max_iter):
-        bins = (offset + lab).reshape(-1)  # weighted cluster masses and sums: one bincount per coordinate
-        mass = np.bincount(bins, weights=wk, minlength=D * K * K).reshape(D, K * K)
-        sums = np.stack([np.bincount(bins, weights=x, minlength=D * K * K) for x in uwk], -1).reshape(D, K * K, G)
-        c = np.where(mass[..., None] > 0, sums / np.maximum(mass, 1e-300)[..., None], c)
-        new, d = assign(c)
-        if np.array_equal(new, lab):
+        A = len(active)
+        bins = ((np.arange(A)[:, None, None] * K * K + fit_offset) + lab[active]).reshape(-1)
+        mass = np.bincount(bins, weights=wk[active].reshape(-1), minlength=A * K * K).reshape(A, K * K)
+        uw = uwk[active].reshape(-1, G)
+        sums = np.stack([np.bincount(bins, weights=uw[:, g], minlength=A * K * K) for g in range(G)], -1)
+        sums = sums.reshape(A, K * K, G)
+        c[active] = np.where(mass[..., None] > 0, sums / np.maximum(mass, 1e-300)[..., None], c[active])
+        new = assign(active, c[active])
+        changed = (new != lab[active]).reshape(A, -1).any(1)
+        lab[active] = new
+        active = active[changed]
+        if not len(active):
             break
-        lab = new
     chosen = np.take_along_axis(c, (np.arange(K) * K + lab)[..., None].reshape(D, n * K, 1), axis=1)
     dist = ((u[:, :, None, :] - chosen.reshape(D, n, K, G)) ** 2).sum(-1)  # exact, float64
     inertia = (dist * w[..., None]).sum(1)
@@ -122,12 +130,18 @@ def _lloyd_all_k(u: np.ndarray, w: np.ndarray, seeds: np.ndarray, max_iter: int 
 
 
 def kmeans_elbow_many(
-    xs: Sequence[np.ndarray], *, k_max: int = 10, tol: float = 0.10, seed: int = 0
-) -> list[tuple[np.ndarray, np.ndarray]]:
+    xs: Sequence[np.ndarray], *, k_max: int = 10, tol: float = 0.10, seed: int = 0,
+    warm: Sequence[np.ndarray | None] | None = None, return_fits: bool = False,
+) -> list[tuple]:
     """:func:`kmeans_elbow` on several problems (e.g. one per domain) in one batched computation.
 
     Each problem is deduplicated and padded to the largest one with zero-weight rows, so a DRPO step costs
     the same whatever the fill of each domain's history: O(domains x history) per Lloyd iteration.
+
+    ``warm[i]``: the centres of every fit from an earlier call on a similar problem (its ``fits`` output,
+    shape (k_cap, k_cap, G)); Lloyd starts there instead of from k-means++ seeds when k_cap is unchanged, so
+    a slowly changing history converges in a few iterations. ``return_fits`` adds those centres as a third
+    element of each result.
     """
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(xs)
     todo = []
@@ -135,7 +149,8 @@ def kmeans_elbow_many(
         uniq, inverse, counts = np.unique(x, axis=0, return_inverse=True, return_counts=True)
         k_cap = min(k_max, len(uniq))
         if k_cap <= 1:
-            out[i] = (np.zeros(len(x), dtype=np.int64), x.mean(axis=0, keepdims=True))
+            single = (np.zeros(len(x), dtype=np.int64), x.mean(axis=0, keepdims=True))
+            out[i] = single + (None,) if return_fits else single
         else:
             todo.append((i, uniq, inverse.reshape(-1), counts.astype(np.float64), k_cap))
     if todo:
@@ -143,18 +158,31 @@ def kmeans_elbow_many(
         n = max(len(t[1]) for t in todo)
         G = todo[0][1].shape[1]
         u, w, seeds = np.zeros((len(todo), n, G)), np.zeros((len(todo), n)), np.zeros((len(todo), K, G))
-        for j, (_, uniq, _, counts, k_cap) in enumerate(todo):
+        start = None
+        for j, (i, uniq, _, counts, k_cap) in enumerate(todo):
             u[j, : len(uniq)], w[j, : len(uniq)] = uniq, counts
-            s = _kmeanspp(uniq, counts, k_cap, np.random.default_rng(seed))
-            seeds[j] = np.concatenate([s, np.repeat(s[-1:], K - k_cap, axis=0)])  # fits k > k_cap are unused
-        labels, centres, inertias = _lloyd_all_k(u, w, seeds)
+            prev = warm[i] if warm is not None else None
+            if prev is not None and prev.shape == (k_cap, k_cap, G):
+                if start is None:
+                    start = np.repeat(seeds[:, None], K, axis=1)
+                start[j, :k_cap, :k_cap] = prev  # fits k > k_cap keep padding and are unused
+                continue
+            sd = _kmeanspp(uniq, counts, k_cap, np.random.default_rng(seed))
+            seeds[j] = np.concatenate([sd, np.repeat(sd[-1:], K - k_cap, axis=0)])  # fits k > k_cap are unused
+        if start is not None:  # problems without warm centres start from their seeds
+            for j in range(len(todo)):
+                if not (warm is not None and warm[todo[j][0]] is not None
+                        and warm[todo[j][0]].shape == (todo[j][4], todo[j][4], G)):
+                    start[j] = np.repeat(seeds[j][None], K, axis=0)
+        labels, centres, inertias = _lloyd_all_k(u, w, seeds, start=start)
         for j, (i, uniq, inverse, _, k_cap) in enumerate(todo):
             k = select_k(inertias[j, :k_cap].tolist(), tol)
             lab = labels[j, k - 1, : len(uniq)]
             used = np.unique(lab)
             remap = np.full(k, -1, dtype=np.int64)
             remap[used] = np.arange(len(used))
-            out[i] = (remap[lab][inverse], centres[j, k - 1, used])
+            res = (remap[lab][inverse], centres[j, k - 1, used])
+            out[i] = res + (centres[j, :k_cap, :k_cap].copy(),) if return_fits else res
     return out  # type: ignore[return-value]
 
 
@@ -214,8 +242,11 @@ class DRPO:
       the one deviation from the released code.
 
     In paper/bounded mode the reward vectors are sorted (rollouts are exchangeable, so the clustering must not
-    depend on their order) and clustered with :func:`kmeans_elbow` (numpy, bounded cost); ``clusterer="sklearn"``
-    uses the reference's scikit-learn search instead.
+    depend on their order) and clustered with :func:`kmeans_elbow_many` (numpy, all domains and all k in one
+    batched computation); ``clusterer="sklearn"`` uses the reference's scikit-learn search instead. With a
+    history (bounded mode) and ``warm_start=True`` (default), each domain's k-means starts from its previous
+    step's centres instead of fresh k-means++ seeds: the history changes by a few questions per step, so Lloyd
+    converges in a few iterations. The centres are part of ``state_dict`` so a resumed run matches.
 
     ``kl`` (optional): per rollout (length B) or per question (length Q, questions in order of first
     appearance in ``question_ids``).
@@ -238,6 +269,7 @@ class DRPO:
         kl_quantile: float | None = 0.75,
         seed: int = 0,
         clusterer: str | None = None,
+        warm_start: bool = True,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -265,7 +297,9 @@ class DRPO:
         self.kl_quantile = None if mode == "reference" else kl_quantile
         self.seed = int(seed)
         self.clusterer = clusterer
+        self.warm_start = bool(warm_start) and self.history is not None and clusterer == "numpy"
         self._hist: dict[Hashable, np.ndarray] = {}  # domain -> (n, G) reward vectors, oldest first
+        self._centres: dict[Hashable, np.ndarray] = {}  # domain -> last step's centres of every k (warm start)
         self.last_stats: dict[Hashable, dict[str, Any]] = {}
 
     # ---- input handling -------------------------------------------------------------------------------
@@ -320,11 +354,14 @@ class DRPO:
             prev = prev[len(prev) - min(keep, len(prev)) :]
         return np.concatenate([prev, current], axis=0)
 
-    def _cluster(self, pools: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(labels, centroids) per domain pool (§3.2)."""
+    def _cluster(self, domains: list[Hashable], pools: list[np.ndarray]) -> list[tuple]:
+        """(labels, centroids, centres of every k or None) per domain pool (§3.2)."""
         if self.clusterer == "sklearn":
-            return [cluster_reward_vectors(p, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed) for p in pools]
-        return kmeans_elbow_many(pools, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed)
+            return [cluster_reward_vectors(p, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed) + (None,)
+                    for p in pools]
+        warm = [self._centres.get(d) for d in domains] if self.warm_start else None
+        return kmeans_elbow_many(pools, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed, warm=warm,
+                                 return_fits=True)
 
     def _domain_scales(self, pool: np.ndarray, n_current: int, labels: np.ndarray,
                        centroids: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
@@ -388,9 +425,12 @@ class DRPO:
         new_hist: dict[Hashable, np.ndarray] = {}
         rows_of = [np.flatnonzero(didx_np == j) for j in range(len(duniq))]
         pools = [self._pool(d, vectors[rows]) for d, rows in zip(duniq, rows_of)]
-        clusters = self._cluster(pools)  # (2)
-        for d, rows, pool, (labels, centroids) in zip(duniq, rows_of, pools, clusters):  # (3)
+        clusters = self._cluster(duniq, pools)  # (2)
+        new_centres = {}
+        for d, rows, pool, (labels, centroids, fits) in zip(duniq, rows_of, pools, clusters):  # (3)
             q_scale[rows], stats[d] = self._domain_scales(pool, len(rows), labels, centroids)
+            if self.warm_start and fits is not None:
+                new_centres[d] = fits
             if self.mode == "reference":
                 new_hist[d] = pool
             elif self.history is not None:
@@ -412,6 +452,7 @@ class DRPO:
             stats[d]["mean_abs_scale"] = float(factor[j] / n_rows[j])
             stats[d]["mean_reward"] = float(reward[j] / n_rows[j])
         self._hist.update({d: a.copy() for d, a in new_hist.items()})
+        self._centres.update(new_centres)
         self.last_stats = stats
 
         src = torch.as_tensor(rewards)
@@ -420,13 +461,14 @@ class DRPO:
 
     # ---- checkpointing ----------------------------------------------------------------------------------
     _CONFIG_KEYS = ("mode", "num_generations", "history", "k_max", "elbow_tol", "eps", "kl_quantile", "seed",
-                    "clusterer")
+                    "clusterer", "warm_start")
 
     def state_dict(self) -> dict[str, Any]:
         """Plain python / numpy state; restoring it makes later calls return identical advantages."""
         state: dict[str, Any] = {"version": _STATE_VERSION}
         state.update({k: getattr(self, k) for k in self._CONFIG_KEYS})
         state["domains"] = {d: a.copy() for d, a in self._hist.items()}
+        state["centres"] = {d: a.copy() for d, a in self._centres.items()}
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -443,4 +485,9 @@ class DRPO:
                 raise ValueError(f"DRPO state: history of domain {d!r} has shape {arr.shape}, expected "
                                  f"(n, {self.num_generations})")
             hist[d] = arr
-        self._hist = hist
+        centres = {d: np.array(a, dtype=np.float64) for d, a in state.get("centres", {}).items()}
+        for d, a in centres.items():
+            if a.ndim != 3 or a.shape[0] != a.shape[1] or a.shape[2] != self.num_generations:
+                raise ValueError(f"DRPO state: centres of domain {d!r} have shape {a.shape}, expected (k, k, "
+                                 f"{self.num_generations})")
+        self._hist, self._centres = hist, centres
