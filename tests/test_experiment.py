@@ -105,7 +105,9 @@ def test_aggregate_means_changes_groups_and_val_selection():
         "drpo-b": {0: _unit("drpo", {"ct": .1, "mri": .1, "ultrasound": .1}, {"ct": .9, "mri": .9, "ultrasound": .9}),
                    1: _unit("drpo", {"ct": .1, "mri": .1, "ultrasound": .1}, {"ct": .9, "mri": .9, "ultrasound": .9})},
     }
+    runs["rloo"] = runs["grpo"]  # a variant that comes out exactly the same is flagged
     res = aggregate(runs, shares, 0.2, "grpo", {"seeds": [0, 1], "baseline": "grpo"})
+    assert res["identical_results"] == [["grpo", "rloo"]]
     assert res["domains"] == ["ct", "mri", "ultrasound"]
     assert res["rare_domains"] == ["mri", "ultrasound"] and res["abundant_domains"] == ["ct"]
     t = res["splits"]["test"]

@@ -280,7 +280,8 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
         "n_params": n_params, "data": r.data.synthetic or asdict(r.data),
         "train_rows": len(train), "split_rows": {s: len(v) for s, v in splits.items()},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads, {'CUDA' if torch.cuda.is_available() else 'CPU only'}",
+                   f"torch threads {torch.get_num_threads()}, "
+                   f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}",
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "wall_seconds": round(wall, 1), "data_seconds": round(data_seconds, 1), "units": units,
@@ -381,6 +382,14 @@ def aggregate(runs: dict[str, dict[int, dict]], shares: dict[str, float], rare_s
         if s:
             scales[n] = {d: float(np.mean([v for _, v in s[d]])) if s.get(d) else None for d in domains}
     out["drpo_scale"] = scales
+    # variants whose every evaluation came out exactly the same (e.g. RLOO's advantage is Dr.GRPO's times
+    # G/(G-1), a constant Adam normalises away), so a reader does not take two bars for two results
+    same = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if all(runs[a][s]["metrics"] == runs[b][s]["metrics"] for s in seeds):
+                same.append([a, b])
+    out["identical_results"] = same
     # the default DRPO variant is chosen on validation macro-F1 only
     val = out["splits"].get("val")
     drpo = [n for n in names if n != WARM and runs[n][seeds[0]]["settings"]["rl"]["estimator"] == "drpo"]
@@ -490,6 +499,10 @@ def write_outputs(res: dict, runs: dict, out: Path) -> dict[str, Path]:
         "Values are mean ± sample standard deviation over seeds. Rare / abundant: per seed the unweighted mean over "
         "the group's domains. Relative change: 100 × (estimator − baseline) / baseline of the seed means. Paired Δ: "
         "per seed, the estimator's overall macro-F1 minus the baseline's, from the same warm start.", "",
+        *([f"Identical evaluations (every seed and split): "
+           + "; ".join(" = ".join(pair) for pair in res["identical_results"])
+           + ". A constant factor on all advantages (RLOO's is Dr.GRPO's times G/(G-1)) does not change an "
+             "Adam update, so such runs coincide.", ""] if res.get("identical_results") else []),
         f"## Summary ({split} split)", "", *_summary_table(res, split), "",
     ]
     sel = res.get("selected_drpo")
