@@ -87,7 +87,8 @@ def _lloyd_all_k(u: np.ndarray, w: np.ndarray, seeds: np.ndarray, max_iter: int 
     ``u`` (D, n, G) rows, ``w`` (D, n) weights (0 for padding), ``seeds`` (D, K, G); fit a of problem d starts
     from ``seeds[d, :a + 1]``. All K * K centres of a problem sit in one matrix, so an iteration is one batched
     matrix product (distances ``|u|^2 - 2 u.c + |c|^2``) and bincounts (weighted cluster sums); a problem whose
-    labels stopped changing is at its fixed point and leaves the loop. An empty cluster keeps its centre. ``start`` (D, K, K, G), if given, replaces the seeds: fit a starts from ``start[d, a, :a + 1]``.
+    labels stopped changing is at its fixed point and leaves the loop. An empty cluster keeps its centre.
+    ``start`` (D, K, K, G), if given, replaces the seeds: fit a starts from ``start[d, a, :a + 1]``.
     Returns labels (D, K, n), centres (D, K, K, G) (slots >= k are padding), inertias (D, K).
     """
     D, n, G = u.shape

@@ -135,7 +135,7 @@ def disco_advantages(
     tau: float = 1.0,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """DISCO-style advantage ``A = w_dom(g) * w_diff(q) * s_{q,i}`` with ``s`` the GRPO score (see :func:`disco_weights`).
+    """DISCO-style advantage ``A = w_dom(g) * w_diff(q) * s_{q,i}``, ``s`` the GRPO score (see :func:`disco_weights`).
 
     The weights multiply the normalised score, not the raw reward: a per-question factor on the reward would
     cancel in the GRPO std division.

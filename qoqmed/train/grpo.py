@@ -45,6 +45,7 @@ from ..data.schema import Record
 from ..modeling import QoQMedProcessor, freeze
 from ..modeling.configuration_qoqmed import FREEZABLE
 from ..rewards.scores import score_batch
+from .sft import SFTSettings
 
 ESTIMATORS = ("grpo", "drgrpo", "rloo", "disco", "drpo")
 LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "dapo": "dapo", "grpo": "grpo", "bnpo": "bnpo",
@@ -488,8 +489,8 @@ class _SFTCollator:
         return encode_batch(self.processor, [load_record(self.records[r["id"]]) for r in rows], with_targets=True)
 
 
-def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_dir: str | Path, settings,
-              eval_records: Sequence[Record] | None = None) -> list[dict]:
+def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_dir: str | Path,
+              settings: SFTSettings, eval_records: Sequence[Record] | None = None) -> list[dict]:
     """Fine-tune ``model`` in place on the records' reference answers with TRL's SFTTrainer.
 
     The loss covers the answer tokens only (``<think>``, boxes, ``\\boxed{}``), as ``encode_batch`` labels
@@ -505,20 +506,21 @@ def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_
         by_id.update({r.id: r for r in eval_records})
         eval_ds = Dataset.from_list([{"id": r.id} for r in eval_records])
     s = settings
-    bf16 = torch.cuda.is_available() if getattr(s, "bf16", None) is None else s.bf16
-    eval_steps = getattr(s, "eval_steps", None)
+    bf16 = torch.cuda.is_available() if s.bf16 is None else s.bf16
+    eval_steps = s.eval_steps
     args = SFTConfig(
         output_dir=str(out_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
         per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
-        gradient_accumulation_steps=getattr(s, "gradient_accumulation_steps", 1), learning_rate=s.learning_rate,
+        gradient_accumulation_steps=s.gradient_accumulation_steps, learning_rate=s.learning_rate,
         warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, lr_scheduler_type="cosine",
-        logging_steps=s.logging_steps, save_strategy="steps" if getattr(s, "save_steps", None) else "no",
-        save_steps=getattr(s, "save_steps", None) or 500, report_to=list(getattr(s, "report_to", []) or []),
-        remove_unused_columns=False, seed=s.seed, data_seed=s.seed, dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), bf16=bf16,
-        gradient_checkpointing=getattr(s, "gradient_checkpointing", False),
+        logging_steps=s.logging_steps, save_strategy="steps" if s.save_steps else "no",
+        save_steps=s.save_steps or 500, report_to=list(s.report_to),
+        remove_unused_columns=False, seed=s.seed, data_seed=s.seed, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(), bf16=bf16,
+        gradient_checkpointing=s.gradient_checkpointing,
         eval_strategy="steps" if eval_ds is not None and eval_steps else "no", eval_steps=eval_steps,
         dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
-        disable_tqdm=not getattr(s, "progress_bar", True),
+        disable_tqdm=not s.progress_bar,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"id": r.id} for r in records]),
                          eval_dataset=eval_ds, processing_class=processor,
