@@ -217,7 +217,7 @@ def test_drpo_reference_state_round_trip():
 
 def test_drpo_deterministic_for_seed():
     (r, q, d), = _random_batches(1, n_q=16, seed=3)
-    for mode in ("paper", "reference"):
+    for mode in ("paper", "bounded", "reference"):
         assert torch.equal(DRPO(4, mode=mode, seed=5)(r, q, d), DRPO(4, mode=mode, seed=5)(r, q, d))
 
 
@@ -445,3 +445,10 @@ def test_drpo_bounded_warm_start_is_saved_and_checked():
     assert not DRPO(4, mode="paper").warm_start and not DRPO(4, mode="reference").warm_start
     for b in batches:  # a cold-started run is valid too (unit batch std), just slower per step
         assert cold(*b).std().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_drpo_bounded_runs_are_reproducible_over_steps():
+    batches = _random_batches(4, seed=9)
+    a, b = DRPO(4, mode="bounded", history=10, seed=2), DRPO(4, mode="bounded", history=10, seed=2)
+    for batch in batches:  # the warm-started k-means depends only on the state, which both share
+        assert torch.equal(a(*batch), b(*batch))
