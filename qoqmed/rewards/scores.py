@@ -201,7 +201,7 @@ def prepare_region(mask: np.ndarray | None = None, box: BoxLike | Sequence[BoxLi
             raise ValueError(f"mask must be 2-D (height, width), got shape {fg.shape}")
         if image_size is not None and tuple(image_size) != (fg.shape[1], fg.shape[0]):
             raise ValueError(f"image_size {tuple(image_size)} does not match the mask's (w, h) {fg.shape[::-1]}")
-        fg = fg if fg.dtype == bool else fg != 0
+        # counted as is: any nonzero pixel is foreground, and a bool copy of a large mask costs more than the count
         return Region(fg, int(np.count_nonzero(fg)), (fg.shape[1], fg.shape[0]))
     boxes = _as_box_list(box)
     if boxes:
@@ -349,8 +349,8 @@ def score_batch(
     model_sizes: Sequence[tuple[int, int] | None] | None = None,
     **options,
 ) -> list[dict]:
-    """:func:`score` over a batch, as the trainer calls it. Options are checked once, and a ground truth shared
-    by several responses (the rollouts of one question pass the same mask object) is prepared once."""
+    """:func:`score` over a batch, as the trainer calls it. Options are checked once, and consecutive responses
+    with the same ground truth (a question's rollouts, passing the same mask object) share one prepared region."""
     n = len(responses)
     cols = {"answers": answers, "masks": masks, "boxes": boxes, "image_sizes": image_sizes,
             "model_sizes": model_sizes}
@@ -360,16 +360,13 @@ def score_batch(
     scorer = make_scorer(preset, **options)
     masks, boxes = masks or [None] * n, boxes or [None] * n
     image_sizes, model_sizes = image_sizes or [None] * n, model_sizes or [None] * n
-    regions: dict[tuple, Region] = {}
-    out = []
+    last_key, region, out = None, None, []
     for i in range(n):
-        region = None
         if scorer.preset == "paper":
             key = (id(masks[i]), repr(boxes[i]) if masks[i] is None else None,
                    tuple(image_sizes[i]) if image_sizes[i] is not None else None)
-            region = regions.get(key)
-            if region is None:
-                region = regions[key] = prepare_region(masks[i], boxes[i], image_sizes[i])
+            if key != last_key:
+                last_key, region = key, prepare_region(masks[i], boxes[i], image_sizes[i])
         out.append(_score_one(scorer, responses[i], answers[i], masks[i], boxes[i], region, image_sizes[i],
                               model_sizes[i]))
     return out

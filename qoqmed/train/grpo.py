@@ -44,7 +44,7 @@ from ..data.readers import load_ecg, load_mask
 from ..data.schema import Record
 from ..modeling import QoQMedProcessor, freeze
 from ..modeling.configuration_qoqmed import FREEZABLE
-from ..rewards.scores import score_batch
+from ..rewards.scores import make_scorer, score_batch
 from .sft import SFTSettings
 
 ESTIMATORS = ("grpo", "drgrpo", "rloo", "disco", "drpo")
@@ -74,8 +74,8 @@ class RLSettings:
     loss_type: str = "dapo"            # token_mean (= dapo) | sequence_mean (= grpo) | bnpo | dr_grpo
     temperature: float = 1.0
     max_completion_length: int = 96
-    reward_preset: str = "paper"       # weights of accuracy / IoU / format (see qoqmed.rewards.WEIGHTS)
-    iou_reduce: str = "max"
+    reward_preset: str = "paper"       # paper | reference (the released scorer exactly); see qoqmed.rewards
+    iou_reduce: str | None = None      # paper preset: max (default) or mean over predicted boxes
     seed: int = 0
     logging_steps: int = 10
     save_steps: int | None = None
@@ -108,6 +108,10 @@ class RLSettings:
                              "(it caps the ratio of negative-advantage tokens above the clip range)")
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
+        try:
+            make_scorer(self.reward_preset, iou_reduce=self.iou_reduce)
+        except ValueError as exc:
+            raise ValueError(f"rl.reward_preset / rl.iou_reduce: {exc}") from None
         bad = sorted(set(self.freeze) - set(FREEZABLE))
         if bad:
             raise ValueError(f"rl.freeze has unknown part(s) {bad}; choose from {list(FREEZABLE)}")
@@ -147,7 +151,7 @@ def _cached_mask(path: str) -> np.ndarray:
     return load_mask(path)
 
 
-def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou_reduce: str = "max"):
+def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou_reduce: str | None = None):
     """A TRL reward function scoring each completion against its row's answer, boxes and mask.
 
     The components of the last call (accuracy, iou, format per completion) are kept on the function as
@@ -162,7 +166,7 @@ def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou
         scores = score_batch(
             texts, [f.answer for f in rows], [_cached_mask(g.mask_path) if g.mask_path else None for g in ground],
             [list(g.boxes) or None for g in ground], preset, image_sizes=[g.image_size for g in ground],
-            model_sizes=[g.model_size for g in ground], iou_reduce=iou_reduce if preset != "reference" else None)
+            model_sizes=[g.model_size for g in ground], iou_reduce=iou_reduce)
         qoqmed_reward.last_components = [{k: s.get(k) for k in ("accuracy", "iou", "format")} for s in scores]
         return [s["overall"] for s in scores]
 

@@ -42,8 +42,8 @@ class DataSection:
 class EvalSection:
     batch_size: int = 32
     max_new_tokens: int = 96
-    reward_preset: str = "paper"
-    iou_reduce: str = "max"
+    reward_preset: str = "paper"       # paper | reference (the released scorer exactly)
+    iou_reduce: str | None = None      # paper preset: max (default) or mean
     evaluate_warm_start: bool = True   # also evaluate the warm-started model, to show what RL changed
 
 
