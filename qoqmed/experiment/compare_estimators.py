@@ -396,7 +396,9 @@ def aggregate(runs: dict[str, dict[int, dict]], shares: dict[str, float], rare_s
     if val and drpo:
         best = max(drpo, key=lambda n: val[n]["macro_f1"]["overall"]["mean"] or -1.0)
         out["selected_drpo"] = {"variant": best, "by": "mean overall macro-F1 on the validation split",
-                                "val": {n: val[n]["macro_f1"]["overall"]["mean"] for n in drpo}}
+                                "val": {n: val[n]["macro_f1"]["overall"]["mean"] for n in drpo},
+                                "val_std": {n: val[n]["macro_f1"]["overall"]["std"] for n in drpo},
+                                "val_rare": {n: val[n]["macro_f1"]["rare"]["mean"] for n in drpo}}
     return out
 
 
@@ -509,8 +511,10 @@ def write_outputs(res: dict, runs: dict, out: Path) -> dict[str, Path]:
     if sel:
         t = res["splits"][split][sel["variant"]]["macro_f1"]["overall"]
         lines += ["## Choosing the default DRPO variant (validation split only)", "",
-                  "| DRPO variant | val overall macro-F1 |", "|---|---|",
-                  *[f"| {n} | {_f(v)} |" for n, v in sel["val"].items()], "",
+                  "| DRPO variant | val overall macro-F1 (mean ± std) | val rare-domain macro-F1 |", "|---|---|---|",
+                  *[f"| {n} | {_f(v)}" + (f" ± {sel['val_std'][n]:.3f}" if sel["val_std"].get(n) is not None
+                                          else "") + f" | {_f(sel['val_rare'].get(n))} |"
+                    for n, v in sel["val"].items()], "",
                   f"Selected by {sel['by']}: **{sel['variant']}** (its {split} overall macro-F1: {_ms(t)}).", ""]
     if res.get("drpo_scale"):
         doms = res["domains"]
