@@ -117,3 +117,14 @@ def test_two_processes_agree_on_advantages_and_train(start, mini_records_path, t
     logs = json.loads((out / "rl_logs.json").read_text())
     assert len(logs["domains"]) == 2
     assert {k.split("/")[0] for k in logs["domains"][1]} >= {"reward", "mean_abs_scale", "T_g", "k", "n_history"}
+
+    # both processes resume from that checkpoint: one more step, on top of the restored reference history
+    res = _run([str(start), str(mini_records_path), str(out), "--max-steps", "3", "--mode", "reference", "--resume"],
+               timeout=400, torchrun=True)
+    assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
+    r0, r1 = _steps(out / "advantages_rank0.jsonl"), _steps(out / "advantages_rank1.jsonl")
+    assert [s["step"] for s in r0] == [s["step"] for s in r1] == [0, 1, 2]
+    assert r0[-1]["advantages"] == r1[-1]["advantages"]
+    assert json.loads((out / "rl_logs.json").read_text())["resumed_from"].endswith("checkpoint-2")
+    state = _state(out / "checkpoint-3" / "drpo_state.pt")
+    assert sum(len(v) for v in state["domains"].values()) == 12  # 8 restored + 4 questions of the resumed step
