@@ -214,6 +214,11 @@ def convert_climb(
                 pending.append(record)
             else:
                 out.add(record.split, record)
+    return _finish(out, pending, seed, val, test)
+
+
+def _finish(out: Conversion, pending: list[Record], seed: int, val: float, test: float) -> Conversion:
+    """Give rows without a split one from the seeded split, then check ids are unique across splits."""
     if pending:
         assign = _seeded_split([r.id for r in pending], seed, val, test)
         for record in pending:
@@ -364,13 +369,7 @@ def convert_ptbxl(
             pending.append(record)
         else:
             out.add(split, record)
-    if pending:
-        assign = _seeded_split([r.id for r in pending], seed, val, test)
-        for record in pending:
-            record.split = assign[record.id]
-            out.add(record.split, record)
-    _check_unique_ids(out)
-    return out
+    return _finish(out, pending, seed, val, test)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..data.schema import DOMAINS, Record, load_records
-from ..train.recipe import RecipeConfig
+from ..train.recipe import RecipeConfig, read_config
 
 console = Console(stderr=True)
 
@@ -91,12 +91,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 def load_experiment_config(path: str | Path, quick: bool = False, seeds: int | None = None) -> ExperimentConfig:
     """Read the YAML; ``quick`` applies the file's ``experiment.quick`` overrides; ``seeds`` overrides the count."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read the config: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a config must be a mapping of sections")
+    raw = read_config(path)
     exp = dict(raw.get("experiment") or {})
     unknown = set(exp) - _EXPERIMENT_KEYS
     if unknown:

@@ -38,6 +38,17 @@ class DataSection:
     val: str | None = None             # optional: periodic evaluation during RL (rl.eval_steps) and SFT
 
 
+def read_config(path: str | Path) -> dict:
+    """A YAML config file as a mapping of sections; unreadable or malformed files are clear ValueErrors."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read the config: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a config must be a mapping of sections")
+    return raw
+
+
 @dataclass
 class EvalSection:
     batch_size: int = 32
@@ -75,13 +86,7 @@ class RecipeConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RecipeConfig:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"{path}: cannot read the config: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a config must be a mapping of sections")
-        return cls.from_dict(raw)
+        return cls.from_dict(read_config(path))
 
 
 def _section(cls, raw: dict | None, name: str):
