@@ -556,6 +556,8 @@ def experiment_compare_estimators(
     seeds: Annotated[Optional[int], typer.Option(help="Number of seeds (overrides experiment.seeds).")] = None,
     quick: Annotated[bool, typer.Option(help="Apply the config's experiment.quick overrides (smaller data, "
                                              "shorter training): the minutes-long preset.")] = False,
+    workers: Annotated[Optional[int], typer.Option(min=1, help="Units trained side by side, each in its own "
+                                                               "process (default: one per CPU core).")] = None,
 ) -> None:
     """Train GRPO, DRPO (each mode) and other baselines from one shared warm start per seed; compare them.
 
@@ -563,7 +565,8 @@ def experiment_compare_estimators(
     budget from it. All are evaluated on the validation and the held-out test split; OUT/report.md gives
     per-domain macro-F1 and accuracy (mean +- std over seeds), change vs the baseline (GRPO), a rare- vs
     abundant-domain summary, the DRPO variant chosen on validation, learning curves and DRPO's per-domain
-    scale factors (PNG). Re-running the same command reuses finished units. CONFIG may be `default` for
+    scale factors (PNG). Units run side by side, one process per CPU core (--workers); re-running the same
+    command reuses finished units. CONFIG may be `default` for
     the bundled configs/experiment.yaml (3 seeds in under an hour on 2 CPU cores; with --quick, minutes).
     """
     from .data.schema import DataError
@@ -572,7 +575,7 @@ def experiment_compare_estimators(
     path = bundled_config("experiment") if str(config) == "default" else config
     try:
         cfg = load_experiment_config(path, quick=quick, seeds=seeds)
-        run_compare_estimators(cfg, out)
+        run_compare_estimators(cfg, out, workers=workers)
     except (DataError, ValueError, FileNotFoundError) as exc:
         _fail(str(exc))
 

@@ -133,7 +133,7 @@ def toy_run(tmp_path_factory):
     cfg = _write(root, TOY)
     out = root / "out"
     result = runner.invoke(app, ["experiment", "compare-estimators", cfg, "--quick", "--seeds", "2", "--out",
-                                 str(out)])
+                                 str(out), "--workers", "2"])
     assert result.exit_code == 0, result.output
     return root, cfg, out
 
@@ -145,6 +145,7 @@ def test_report_files_and_structure(toy_run):
     assert res["variants"] == variants
     assert res["context"]["skipped_variants"] == {"not-installed": "no-such-estimator"}
     assert res["context"]["seeds"] == [0, 1] and res["context"]["rl"]["max_steps"] == 2
+    assert res["context"]["workers"] == 2 and res["context"]["threads_per_worker"] >= 1
     assert sorted(res["domains"]) == sorted(res["train_share"]) and len(res["domains"]) == 9
     assert set(res["rare_domains"]) | set(res["abundant_domains"]) == set(res["domains"])
     for split in ("val", "test"):
@@ -191,8 +192,32 @@ def test_rerun_reuses_finished_units(toy_run):
     assert json.loads((out / "results.json").read_text())["context"]["seeds"] == [0, 1]
 
 
+def _without_timings(logs: dict) -> list[dict]:
+    timing = ("runtime", "per_second", "step_time")
+    return [{k: v for k, v in row.items() if not any(t in k for t in timing)} for row in logs["log_history"]]
+
+
+def test_unit_rerun_in_process_equals_the_worker_result(toy_run):
+    """The toy run trained its units in 2 worker processes; one unit redone here, in this process, must give the
+    same losses, rewards and metrics: the numbers do not depend on workers or the order units finish in."""
+    _, cfg, out = toy_run
+    unit = out / "seed0" / "drpo-paper"
+    before = json.loads((unit / "result.json").read_text())
+    logs_before = json.loads((unit / "rl" / "rl_logs.json").read_text())
+    (unit / "result.json").unlink()
+    result = runner.invoke(app, ["experiment", "compare-estimators", cfg, "--quick", "--seeds", "2", "--out",
+                                 str(out), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    after = json.loads((unit / "result.json").read_text())
+    assert after["metrics"] == before["metrics"]
+    assert _without_timings(json.loads((unit / "rl" / "rl_logs.json").read_text())) == _without_timings(logs_before)
+    context = json.loads((out / "results.json").read_text())["context"]
+    assert context["units_reused"] == context["units"] - 1 and context["workers"] == 1
+    assert "'train_runtime'" in (unit / "train.log").read_text()  # the trainer's printout is kept, not shown
+
+
 def test_help_explains_the_command():
     result = runner.invoke(app, ["experiment", "compare-estimators", "--help"])
     assert result.exit_code == 0
-    for word in ("warm start", "--seeds", "--quick", "--out", "report.md"):
+    for word in ("warm start", "--seeds", "--quick", "--out", "--workers", "report.md"):
         assert word in result.output

@@ -14,17 +14,20 @@ Layout of DIR::
 
     data/                           the benchmark (when generated)
     seed<k>/warm_start/             model after the warm start (shared by all variants of that seed)
-    seed<k>/warm_start_eval.json    its val/test metrics
+    seed<k>/warm_start_eval.json    its val/test metrics (warm_start.log: what the trainer printed)
     seed<k>/<variant>/rl/           RL logs (rl_logs.json) and the final model
-    seed<k>/<variant>/result.json   settings, timings, val/test metrics
+    seed<k>/<variant>/result.json   settings, timings, val/test metrics (train.log: what the trainer printed)
     report.md, results.json, *.png
 
 A unit whose result file exists with the same settings is reused, so an interrupted run can be continued by running
-the same command again.
+the same command again. Units run side by side in ``workers`` processes (default one per CPU core); a seed's
+variants start once its warm start is saved. Each unit fixes its own seeds, so the order units finish in does not
+change any number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -32,6 +35,7 @@ import platform
 import shutil
 import time
 from collections import defaultdict
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,15 +165,127 @@ def _available_estimators() -> tuple[str, ...]:
     return tuple(grpo.ESTIMATORS)
 
 
-def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_progress: bool = True) -> dict:
-    """Run every (seed, variant) unit, aggregate, write the report; return the ``results.json`` dict."""
+def default_workers() -> int:
+    """One worker per CPU core this process may use: the tiny model gains little from a second thread, while two
+    independent units on two cores run in about the time of one."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass
+class _Shared:
+    """What every unit of a run needs; sent once to each worker process."""
+
+    recipe: RecipeConfig
+    train: list[Record]
+    splits: dict[str, list[Record]]
+    label_sets: dict | None
+
+
+def _evaluate_splits(shared: _Shared, model, processor, path: Path) -> dict:
+    from ..eval.evaluate import evaluate
+
+    ev = shared.recipe.eval
+    res = {}
+    for split, records in shared.splits.items():
+        expected = [d for d in DOMAINS if any(x.domain == d for x in records)]
+        m, _ = evaluate(model, processor, records, path / f"eval_{split}", batch_size=ev.batch_size,
+                        max_new_tokens=ev.max_new_tokens, preset=ev.reward_preset, iou_reduce=ev.iou_reduce,
+                        expected_domains=expected, label_sets=shared.label_sets,
+                        show_progress=False)
+        res[split] = {"overall": m["overall"], "domains": m["domains"]}
+    return res
+
+
+def _warm_start_unit(shared: _Shared, seed: int, sdir: Path, settings: dict) -> dict:
+    """Build the tiny model, train the supervised warm start, save it to ``sdir/warm_start``, evaluate it."""
     import torch
 
-    from ..eval.evaluate import evaluate
-    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
     from ..modeling.tiny import TinySpec, build_tiny
-    from ..train.grpo import RLSettings, train_rl
     from ..train.sft import SFTSettings, warm_start
+
+    r = shared.recipe
+    t = time.perf_counter()
+    torch.manual_seed(seed)
+    corpus = [x.problem for x in shared.train] + [x.answer for x in shared.train]
+    spec = TinySpec(**{k: v for k, v in r.model.items() if k != "init"})
+    processor, model = build_tiny(corpus, spec, seed=seed)
+    history = warm_start(model, processor, shared.train, sdir / "sft",
+                         SFTSettings(**{**settings["sft"], "progress_bar": False}))
+    model.save_pretrained(sdir / "warm_start")
+    processor.save_pretrained(sdir / "warm_start")
+    shutil.rmtree(sdir / "sft", ignore_errors=True)  # trainer scratch; the model is in warm_start/
+    train_s = time.perf_counter() - t
+    t = time.perf_counter()
+    done = {"settings": settings, "seconds": round(train_s, 1),
+            "final_loss": history[-1]["loss"] if history else None,
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "metrics": _evaluate_splits(shared, model, processor, sdir / "warm_start_eval"),
+            "eval_seconds": round(time.perf_counter() - t, 1)}
+    (sdir / "warm_start_eval.json").write_text(json.dumps(done, indent=1, default=str))
+    return done
+
+
+def _variant_unit(shared: _Shared, model_dir: Path, vdir: Path, settings: dict) -> dict:
+    """RL from the seed's warm start with one estimator variant, then evaluate the final model."""
+    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
+    from ..train.grpo import RLSettings, train_rl
+
+    t = time.perf_counter()
+    logs = train_rl(model_dir, shared.train, vdir / "rl", RLSettings(**{**settings["rl"], "progress_bar": False}))
+    rl_s = time.perf_counter() - t
+    t = time.perf_counter()
+    final = vdir / "rl" / "model"
+    model = QoQMedForConditionalGeneration.from_pretrained(final)
+    processor = QoQMedProcessor.from_pretrained(final)
+    res = {"settings": settings, "seconds": round(rl_s, 1),
+           "metrics": _evaluate_splits(shared, model, processor, vdir),
+           "eval_seconds": round(time.perf_counter() - t, 1), "curves": logs.get("domains", [])}
+    (vdir / "result.json").write_text(json.dumps(res, indent=1, default=str))
+    return res
+
+
+_WORKER_SHARED: _Shared | None = None
+
+
+def _worker_init(shared: _Shared, threads: int) -> None:
+    """Worker process start: keep the run's data, and use ``threads`` cores so the workers do not contend."""
+    import torch
+
+    global _WORKER_SHARED
+    _WORKER_SHARED = shared
+    torch.set_num_threads(threads)
+
+
+def _run_unit(shared: _Shared, name: str, args: tuple) -> dict:
+    """One unit, quietly: the run's own bar shows progress; what the trainers print goes to the unit's train.log."""
+    from transformers.utils import logging as hf_logging
+
+    log_path = args[1] / ("warm_start.log" if name == WARM else "train.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    hf_logging.disable_progress_bar()
+    try:
+        with open(log_path, "w") as log, contextlib.redirect_stdout(log):
+            return (_warm_start_unit if name == WARM else _variant_unit)(shared, *args)
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def _in_worker(name: str, args: tuple) -> dict:
+    return _run_unit(_WORKER_SHARED, name, args)
+
+
+def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_progress: bool = True,
+                           workers: int | None = None) -> dict:
+    """Run every (seed, variant) unit, aggregate, write the report; return the ``results.json`` dict.
+
+    ``workers`` processes run units side by side (default: one per CPU core), each with ``cores // workers``
+    torch threads; a seed's variants start as soon as its warm start is saved. Every unit fixes its own seeds, so
+    the numbers do not depend on the order units finish in.
+    """
+    import torch
+
+    from ..train.grpo import RLSettings
+    from ..train.sft import SFTSettings
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -194,80 +310,95 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
     label_sets = ({r.dataset: stats["labels"][r.domain] for s in splits.values() for r in s}
                   if stats and "labels" in stats else None)
     r = cfg.recipe
-    ev = r.eval
-
-    def run_eval(model, processor, path: Path) -> dict:
-        res = {}
-        for split, records in splits.items():
-            expected = [d for d in DOMAINS if any(x.domain == d for x in records)]
-            m, _ = evaluate(model, processor, records, path / f"eval_{split}", batch_size=ev.batch_size,
-                            max_new_tokens=ev.max_new_tokens, preset=ev.reward_preset, iou_reduce=ev.iou_reduce,
-                            expected_domains=expected, label_sets=label_sets, show_progress=False)
-            res[split] = {"overall": m["overall"], "domains": m["domains"]}
-        return res
+    shared = _Shared(recipe=r, train=train, splits=splits, label_sets=label_sets)
 
     seeds = cfg.seed_list()
     units = len(seeds) * (1 + len(variants))
     runs: dict[str, dict[int, dict]] = defaultdict(dict)
-    timings: dict[str, list[float]] = defaultdict(list)
     reused = 0
+
+    # what each unit is, and which are already done (same settings on disk)
+    ws_settings, todo_warm, todo_variants = {}, [], defaultdict(list)
+    for seed in seeds:
+        sdir = out / f"seed{seed}"
+        sft = SFTSettings(**{**asdict(r.sft), "seed": seed})
+        ws_settings[seed] = {"sft": asdict(sft), "model": r.model, "data": r.data.synthetic or asdict(r.data)}
+        done = _same(sdir / "warm_start_eval.json", ws_settings[seed])
+        if done is not None and (sdir / "warm_start" / "config.json").is_file():
+            runs[WARM][seed] = done
+            reused += 1
+        else:
+            todo_warm.append(seed)
+        for name, overrides in variants.items():
+            rl = RLSettings(**{**r.rl, **overrides, "seed": seed})
+            settings = {"rl": asdict(rl), "warm_start": ws_settings[seed]}
+            res = _same(sdir / name / "result.json", settings)
+            if res is not None and seed not in todo_warm:
+                runs[name][seed] = res
+                reused += 1
+            else:
+                todo_variants[seed].append((name, settings))
+
+    todo = len(todo_warm) + sum(len(v) for v in todo_variants.values())
+    workers = max(1, min(workers or default_workers(), todo or 1))
+    threads = max(1, default_workers() // workers) if workers > 1 else torch.get_num_threads()
+    queue: list[tuple[int, str, tuple]] = [(seed, WARM, (seed, out / f"seed{seed}", ws_settings[seed]))
+                                           for seed in todo_warm]
+
+    def queue_variants(seed: int) -> None:
+        sdir = out / f"seed{seed}"
+        queue.extend((seed, name, (sdir / "warm_start", sdir / name, settings))
+                     for name, settings in todo_variants.pop(seed, []))
+
+    for seed in seeds:
+        if seed not in todo_warm:
+            queue_variants(seed)
+
+    pool = None
+    if workers > 1:
+        import multiprocessing
+
+        # spawn: a fresh interpreter per worker; forking a process that has used torch threads can hang
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init, initargs=(shared, threads))
+    pending: dict[Future, tuple[int, str]] = {}
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not show_progress) as bar:
-        task = bar.add_task("compare-estimators", total=units)
-        for seed in seeds:
-            sdir = out / f"seed{seed}"
-            model_dir = sdir / "warm_start"
-            sft = SFTSettings(**{**asdict(r.sft), "seed": seed})
-            ws_settings = {"sft": asdict(sft), "model": r.model, "data": r.data.synthetic or asdict(r.data)}
-            bar.update(task, description=f"seed {seed}: warm start")
-            done = _same(sdir / "warm_start_eval.json", ws_settings)
-            reused += done is not None and (model_dir / "config.json").is_file()
-            if done is None or not (model_dir / "config.json").is_file():
-                t = time.perf_counter()
-                torch.manual_seed(seed)
-                corpus = [x.problem for x in train] + [x.answer for x in train]
-                spec = TinySpec(**{k: v for k, v in r.model.items() if k != "init"})
-                processor, model = build_tiny(corpus, spec, seed=seed)
-                history = warm_start(model, processor, train, sdir / "sft", sft)
-                model.save_pretrained(model_dir)
-                processor.save_pretrained(model_dir)
-                shutil.rmtree(sdir / "sft", ignore_errors=True)  # trainer scratch; the model is in warm_start/
-                train_s = time.perf_counter() - t
-                t = time.perf_counter()
-                done = {"settings": ws_settings, "seconds": round(train_s, 1),
-                        "final_loss": history[-1]["loss"] if history else None,
-                        "n_params": sum(p.numel() for p in model.parameters()),
-                        "metrics": run_eval(model, processor, sdir / "warm_start_eval"),
-                        "eval_seconds": round(time.perf_counter() - t, 1)}
-                (sdir / "warm_start_eval.json").write_text(json.dumps(done, indent=1, default=str))
-                _log(f"seed {seed} warm start", done)
-            runs[WARM][seed] = done
-            timings["warm start"].append(done["seconds"])
+        task = bar.add_task("compare-estimators", total=units, completed=reused)
+
+        def finish(seed: int, name: str, res: dict) -> None:
+            runs[name][seed] = res
+            _log(f"seed {seed} {name}", res)
             bar.advance(task)
-            for name, overrides in variants.items():
-                bar.update(task, description=f"seed {seed}: {name}")
-                vdir = sdir / name
-                rl = RLSettings(**{**r.rl, **overrides, "seed": seed})
-                settings = {"rl": asdict(rl), "warm_start": ws_settings}
-                res = _same(vdir / "result.json", settings)
-                reused += res is not None
-                if res is None:
-                    t = time.perf_counter()
-                    logs = train_rl(model_dir, train, vdir / "rl", rl)
-                    rl_s = time.perf_counter() - t
-                    t = time.perf_counter()
-                    final = vdir / "rl" / "model"
-                    model = QoQMedForConditionalGeneration.from_pretrained(final)
-                    processor = QoQMedProcessor.from_pretrained(final)
-                    res = {"settings": settings, "seconds": round(rl_s, 1), "metrics": run_eval(model, processor, vdir),
-                           "eval_seconds": round(time.perf_counter() - t, 1), "curves": logs.get("domains", [])}
-                    (vdir / "result.json").write_text(json.dumps(res, indent=1, default=str))
-                    _log(f"seed {seed} {name}", res)
-                runs[name][seed] = res
-                timings[name].append(res["seconds"])
-                bar.advance(task)
+            if name == WARM:
+                queue_variants(seed)  # its variants can start now
+
+        try:
+            while queue or pending:
+                if pool is None:  # one unit at a time in this process: simplest to debug, no start-up cost
+                    seed, name, args = queue.pop(0)
+                    bar.update(task, description=f"seed {seed}: {name}")
+                    finish(seed, name, _run_unit(shared, name, args))
+                    continue
+                while queue:  # the pool queues what exceeds its workers, in this order
+                    seed, name, args = queue.pop(0)
+                    pending[pool.submit(_in_worker, name, args)] = (seed, name)
+                bar.update(task, description=f"{workers} workers, {len(pending)} units queued or running")
+                finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    seed, name = pending.pop(fut)
+                    try:
+                        res = fut.result()
+                    except Exception as exc:
+                        raise RuntimeError(f"seed {seed} {name} failed: {exc} (finished units are kept; run the "
+                                           f"same command again to continue)") from exc
+                    finish(seed, name, res)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     wall = time.perf_counter() - t_start
+    timings = {name: [runs[name][s]["seconds"] for s in seeds] for name in [WARM, *variants]}
     n_params = runs[WARM][seeds[0]].get("n_params")
     context = {
         "seeds": seeds, "variants": {n: variants[n] for n in variants}, "skipped_variants": skipped,
@@ -275,8 +406,8 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
         "n_params": n_params, "data": r.data.synthetic or asdict(r.data),
         "train_rows": len(train), "split_rows": {s: len(v) for s, v in splits.items()},
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-                   f"torch threads {torch.get_num_threads()}, "
                    f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}",
+        "workers": workers, "threads_per_worker": threads,
         "load_average_start": [round(x, 2) for x in load_start],
         "load_average_end": [round(x, 2) for x in os.getloadavg()],
         "wall_seconds": round(wall, 1), "data_seconds": round(data_seconds, 1), "units": units,
@@ -487,11 +618,13 @@ def write_outputs(res: dict, runs: dict, out: Path) -> dict[str, Path]:
         f"- rare domains (train share < {res['rare_share_threshold']:.0%}): {', '.join(res['rare_domains']) or '-'}; "
         f"abundant: {', '.join(res['abundant_domains'])}",
         f"- machine: {c['machine']}; load average at start {c['load_average_start']}, at end "
-        f"{c['load_average_end']} (other processes may have shared the CPU)",
+        f"{c['load_average_end']} (other processes may have shared the CPU); {c.get('workers', 1)} worker "
+        f"process(es) with {c.get('threads_per_worker', '?')} torch thread(s) each",
         f"- time: training + evaluation of all {c['units']} units {c['units_seconds_total']:.0f} s "
         f"({c['units_seconds_total'] / 60:.1f} min; mean training time per unit: "
         + ", ".join(f"{k} {v:.0f} s" for k, v in c["mean_seconds"].items()) + "); this invocation "
-        f"{c['wall_seconds']:.0f} s wall, {c['units_reused']} of {c['units']} units reused from an earlier one",
+        f"{c['wall_seconds']:.0f} s wall ({c['wall_seconds'] / 60:.1f} min), {c['units_reused']} of {c['units']} "
+        "units reused from an earlier one",
         "",
         "Values are mean ± sample standard deviation over seeds. Rare / abundant: per seed the unweighted mean over "
         "the group's domains. Relative change: 100 × (estimator − baseline) / baseline of the seed means. Paired Δ: "
