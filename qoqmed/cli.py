@@ -635,7 +635,11 @@ def predict(
         "--volume", help="NIfTI file, DICOM series folder or multi-frame DICOM; 4 slices are shown. Repeatable.")]
     = None,
     ecg: Annotated[Optional[list[Path]], typer.Option(
-        "--ecg", help="ECG: WFDB .hea, DICOM waveform .dcm, or .npy (8 x 2500, 250 Hz, mV). Repeatable.")] = None,
+        "--ecg", help="ECG: WFDB .hea, DICOM waveform .dcm, .npy (8 x 2500, 250 Hz, mV), or with --ecg-fs a .csv "
+                      "(header row naming the leads) or .npy at another rate. Repeatable.")] = None,
+    ecg_fs: Annotated[Optional[float], typer.Option(
+        help="Sampling rate in Hz of the .csv/.npy ECGs given with --ecg; they are resampled and lead-mapped "
+             "(WFDB and DICOM carry their own rate).")] = None,
     ehr: Annotated[Optional[str], typer.Option(help="Clinical notes as text, or @FILE to read them from a file.")]
     = None,
     window: Annotated[Optional[str], typer.Option(help="CT window for volumes: a preset (lung, brain, bone, ...) "
@@ -669,7 +673,7 @@ def predict(
     if batch is not None:
         if out is None:
             _fail("--batch needs --out (the folder for predictions.jsonl)")
-        if question or image or volume or ecg or ehr:
+        if question or image or volume or ecg or ecg_fs or ehr:
             _fail("--batch takes its questions and inputs from the jsonl rows; drop the question and input options")
         from .infer.batch import run_batch
 
@@ -701,9 +705,10 @@ def predict(
             vol_window = tuple(float(v) for v in window.split(",")) if "," in window else window
         except ValueError:
             _fail(f"--window {window!r}: use a preset name or CENTER,WIDTH")
+    ecgs = [{"path": p, "fs": ecg_fs} if ecg_fs and p.suffix.lower() in (".csv", ".npy") else p for p in ecg or []]
     pipe = _load_pipeline(model, device, max_new_tokens)
     try:
-        pred = pipe(question, images=image or None, volumes=volume or None, ecg=ecg or None, ehr=ehr,
+        pred = pipe(question, images=image or None, volumes=volume or None, ecg=ecgs or None, ehr=ehr,
                     window=vol_window)
     except InputError as exc:
         _fail(str(exc))

@@ -171,6 +171,28 @@ def test_ecg_dict_is_resampled_and_lead_mapped(pipe):
     np.testing.assert_allclose(q.ecgs[0], load_ecg(ECG_DCM), atol=1e-3)
 
 
+def _csv_ecg(path, fs: int = 500):
+    """The pydicom sample ECG as a CSV file at ``fs`` Hz, 12 leads in the standard order, header row of names."""
+    from qoqmed.data.ecg import ECGSpec, STANDARD_LEADS, read_ecg
+
+    sig = read_ecg(ECG_DCM, ECGSpec(sampling_rate=fs, seconds=10.0, leads=STANDARD_LEADS))
+    np.savetxt(path, sig.data.T, delimiter=",", header=",".join(STANDARD_LEADS), comments="", fmt="%.5f")
+    return path
+
+
+def test_ecg_csv_path_needs_its_rate_and_is_resampled(pipe, tmp_path):
+    csv_path = _csv_ecg(tmp_path / "ecg.csv")
+    with pytest.raises(InputError, match=r"ecg\[0\].*ecg.csv.*sampling rate.*--ecg-fs"):
+        pipe.prepare("rhythm?", ecg=csv_path)
+    q = pipe.prepare("rhythm?", ecg={"path": csv_path, "fs": 500})
+    np.testing.assert_allclose(q.ecgs[0], load_ecg(ECG_DCM), atol=1e-3)  # same recording as the DICOM
+    with pytest.raises(InputError, match=r"ecg\[0\].*unknown ECG key.*'rate'"):
+        pipe.prepare("rhythm?", ecg={"path": csv_path, "rate": 500})
+    (tmp_path / "bad.csv").write_text("I,II\n0.1\n")
+    with pytest.raises(InputError, match=r"ecg\[0\].*bad.csv"):
+        pipe.prepare("rhythm?", ecg={"path": tmp_path / "bad.csv", "fs": 500})
+
+
 def test_predict_batch_keeps_order_and_isolates_bad_rows(pipe, tmp_path):
     rows = [Query("Which findings?", images=CT, id="a"), Query("q", images=tmp_path / "nope.dcm", id="b"),
             Query("Which findings?", images=CT, id="c"), {"question": "rhythm?", "ecg": ECG_DCM, "id": "d"}]
@@ -240,6 +262,15 @@ def test_cli_predict_json_and_overlay(model_dir, tmp_path):
     body = json.loads(res.stdout)
     assert body["images"][0]["width"] == 128 and body["overlay"] == str(overlay)
     assert Image.open(overlay).size == (384, 384)  # small images are upscaled so labels stay legible
+
+    csv_path = _csv_ecg(tmp_path / "rec.csv")
+    res = runner.invoke(app, ["predict", "--model", str(model_dir), "--ecg", str(csv_path), "--max-new-tokens", "4",
+                              "--json", "Rhythm?"])
+    assert res.exit_code == 2 and "--ecg-fs" in res.output
+    res = runner.invoke(app, ["predict", "--model", str(model_dir), "--ecg", str(csv_path), "--ecg-fs", "500",
+                              "--max-new-tokens", "4", "--json", "Rhythm?"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["completion_tokens"] <= 4
 
     res = runner.invoke(app, ["predict", "--model", str(model_dir), "--volume", _nifti(), "--window", "brain",
                               "--max-new-tokens", "4", "--overlay", str(tmp_path / "v.png"), "Tumour?"])

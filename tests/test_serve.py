@@ -44,6 +44,15 @@ def npy_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def csv_bytes(signal: np.ndarray) -> bytes:
+    """A (12, samples) recording as CSV text: a header row of the standard lead names, one row per sample."""
+    from qoqmed.data.ecg import STANDARD_LEADS
+
+    buf = io.StringIO()
+    np.savetxt(buf, signal.T, delimiter=",", header=",".join(STANDARD_LEADS), comments="", fmt="%.5f")
+    return buf.getvalue().encode()
+
+
 def png_bytes(size=(100, 80)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (120, 40, 40)).save(buf, format="PNG")
@@ -131,7 +140,8 @@ def test_predict_dicom_image_and_every_ecg_form(client, tmp_path):
         "ecg": [{"dicom": b64(open(ECG_DCM, "rb").read())},
                 {"hea": b64((tmp_path / "ecg01.hea").read_bytes()), "dat": b64((tmp_path / "ecg01.dat").read_bytes())},
                 {"npy": b64(npy_bytes(ecg))},
-                {"signal": sig.data[:, ::2].tolist(), "fs": 250, "leads": list(STANDARD_LEADS)}],
+                {"signal": sig.data[:, ::2].tolist(), "fs": 250, "leads": list(STANDARD_LEADS)},
+                {"csv": b64(csv_bytes(sig.data)), "fs": 500}],
         "ehr": "Palpitations.", "return_previews": True,
     }
     r = client.post("/v1/predict", json=body)
@@ -142,9 +152,9 @@ def test_predict_dicom_image_and_every_ecg_form(client, tmp_path):
     assert p["completion_tokens"] <= 8
     assert p["previews"]["images"][0].startswith("data:image/png;base64,")
     sigs = [np.array(e["signal"]) for e in p["previews"]["ecg"]]
-    assert len(sigs) == 4 and all(s.shape == (8, 2500) for s in sigs)
+    assert len(sigs) == 5 and all(s.shape == (8, 2500) for s in sigs)
     for s in sigs[1:]:
-        np.testing.assert_allclose(s, sigs[0], atol=0.05)  # four encodings of one recording
+        np.testing.assert_allclose(s, sigs[0], atol=0.05)  # five encodings of one recording
 
 
 def test_predict_volumes_nifti_and_dicom_series(client):
@@ -194,6 +204,8 @@ def test_chat_completions_openai_shape(client):
     ({"question": "q", "ecg": [{"npy": "AAAA", "dicom": "AAAA"}]}, 422, "ecg[0]", "exactly one of"),
     ({"question": "q", "ecg": [{"hea": "AAAA"}]}, 422, "ecg[0]", "both hea and dat"),
     ({"question": "q", "ecg": [{"signal": [[1.0, 2.0]]}]}, 422, "ecg[0]", "needs fs"),
+    ({"question": "q", "ecg": [{"csv": "AAAA"}]}, 422, "ecg[0]", "csv needs fs"),
+    ({"question": "q", "ecg": [{"csv": b64(b"I,II\n1,2,3\n"), "fs": 500}]}, 400, "ecg[0]", "3 data columns"),
     ({"question": "q", "images": ["%%%not-base64"]}, 400, "images[0]", "not valid base64"),
     ({"question": "q", "images": ["/etc/passwd"]}, 400, "images[0]", "base64"),
     ({"question": "q", "images": ["file:///etc/passwd"]}, 400, "images[0]", "not fetched"),
@@ -273,6 +285,13 @@ def test_multipart_form(client, tmp_path):
     r = client.post("/v1/predict/form", data={"question": "Findings?", "max_new_tokens": "2"}, files=files)
     assert r.status_code == 200, r.text
     assert [im["source"] for im in r.json()["images"]] == [f"volumes[0] slice {k}/4" for k in range(1, 5)]
+    csv_file = [("ecg", ("rec.csv", csv_bytes(sig.data), "text/csv"))]
+    r = client.post("/v1/predict/form", data={"question": "Rhythm?", "max_new_tokens": "3", "ecg_fs": "500",
+                                              "return_previews": "true"}, files=csv_file)
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array(r.json()["previews"]["ecg"][0]["signal"]), load_ecg(ECG_DCM), atol=0.05)
+    r = client.post("/v1/predict/form", data={"question": "Rhythm?"}, files=csv_file)
+    assert r.status_code == 400 and error_of(r)["param"] == "ecg_fs" and "rec.csv" in error_of(r)["message"]
     r = client.post("/v1/predict/form", data={"question": "q"}, files=[("ecg", ("r1.hea", b"r1 1 500 10\n"))])
     assert r.status_code == 400 and "needs its .dat" in error_of(r)["message"]
     r = client.post("/v1/predict/form", data={"question": "q", "max_new_tokens": "many"})

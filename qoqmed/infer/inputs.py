@@ -132,16 +132,23 @@ def load_volume_input(item: Any, field: str, num_slices: int, window: Any = None
 
 
 def load_ecg_input(item: Any, field: str, leads: int, samples: int) -> np.ndarray:
-    """An ECG as a path (.npy, WFDB .hea/.dat, DICOM waveform .dcm), a ``(leads, samples)`` array already in the
-    model's layout (I, II, V1..V6 at 250 Hz, mV), or ``{"signal": array, "fs": Hz, "leads": [names]}`` which is
-    resampled and lead-mapped by the ECG reader."""
+    """An ECG as a path (.npy already in the model's layout, WFDB .hea/.dat, DICOM waveform .dcm), a
+    ``(leads, samples)`` array in the model's layout (I, II, V1..V6 at 250 Hz, mV), ``{"signal": array, "fs": Hz,
+    "leads": [names]}``, or ``{"path": file, "fs": Hz, "leads": [names]}`` for a file at another rate or lead order
+    (a .csv with a header row naming the leads, or a .npy); the last two are resampled and lead-mapped by the ECG
+    reader."""
     if _is_path(item):
         from ..data.readers import load_ecg
 
+        if Path(item).suffix.lower() == ".csv":
+            raise InputError(field, f"{item}: a CSV ECG needs its sampling rate: pass {{'path': ..., 'fs': Hz}} "
+                                    "(command line: --ecg-fs HZ)")
         try:
             return load_ecg(item, leads=leads, samples=samples)
         except DataError as exc:
             raise InputError(field, str(exc)) from exc
+    if isinstance(item, dict) and "path" in item:
+        return _ecg_from_file(item, field, leads, samples)
     if hasattr(item, "data") and hasattr(item, "sampling_rate") and hasattr(item, "leads"):
         item = item.data  # an ECGSignal from qoqmed.data.ecg.read_ecg
     if isinstance(item, dict):
@@ -166,8 +173,35 @@ def load_ecg_input(item: Any, field: str, leads: int, samples: int) -> np.ndarra
                             f"got {type(item).__name__}")
 
 
+def _model_ecg_spec(field: str, leads: int, samples: int):
+    from ..data.ecg import ECGSpec
+
+    spec = ECGSpec(sampling_rate=250, seconds=samples / 250)  # the rate load_ecg reads files at
+    if len(spec.leads) != leads:
+        raise InputError(field, f"the model wants {leads} leads; the ECG reader produces {len(spec.leads)}")
+    return spec
+
+
+def _ecg_from_file(item: dict, field: str, leads: int, samples: int) -> np.ndarray:
+    from ..data.ecg import read_ecg
+
+    unknown = set(item) - {"path", "fs", "leads"}
+    if unknown:
+        raise InputError(field, f"unknown ECG key(s) {sorted(unknown)}; expected path, fs and optionally leads")
+    if not _is_path(item["path"]):
+        raise InputError(field, f"ECG 'path' must be a file path, got {type(item['path']).__name__}")
+    try:
+        fs = None if item.get("fs") is None else float(item["fs"])
+    except (TypeError, ValueError) as exc:
+        raise InputError(field, f"ECG 'fs' must be a number of Hz: {exc}") from exc
+    try:
+        return read_ecg(item["path"], _model_ecg_spec(field, leads, samples), fs=fs, lead_names=item.get("leads")).data
+    except DataError as exc:
+        raise InputError(field, str(exc)) from exc
+
+
 def _ecg_from_dict(item: dict, field: str, leads: int, samples: int) -> np.ndarray:
-    from ..data.ecg import ECGSpec, read_ecg
+    from ..data.ecg import read_ecg
 
     if "signal" not in item or "fs" not in item:
         raise InputError(field, "an ECG dict needs 'signal' (leads x samples, mV) and 'fs' (Hz); 'leads' optional")
@@ -178,9 +212,7 @@ def _ecg_from_dict(item: dict, field: str, leads: int, samples: int) -> np.ndarr
         raise InputError(field, f"ECG dict has a non-numeric signal or fs: {exc}") from exc
     if signal.ndim != 2:
         raise InputError(field, f"ECG signal must be 2D (leads, samples), got shape {signal.shape}")
-    spec = ECGSpec(sampling_rate=250, seconds=samples / 250)  # the rate load_ecg reads files at
-    if len(spec.leads) != leads:
-        raise InputError(field, f"the model wants {leads} leads; the ECG reader produces {len(spec.leads)}")
+    spec = _model_ecg_spec(field, leads, samples)
     # read_ecg does lead mapping and anti-aliased resampling from files; a temporary .npy reuses all of it.
     with tempfile.TemporaryDirectory(prefix="qoqmed-ecg-") as tmp:
         path = Path(tmp) / "signal.npy"

@@ -285,8 +285,8 @@ class QoQMedPipeline:
 
         ``images``: path(s) (PNG, JPEG, TIFF, DICOM) or PIL images / numpy arrays. ``volumes``: NIfTI or DICOM
         path(s), (slices, H, W) arrays or lists of slices; ``num_slices`` uniformly spaced slices are shown.
-        ``ecg``: path(s) (.npy, WFDB .hea/.dat, DICOM waveform), (8, 2500) arrays (I, II, V1..V6, 250 Hz, mV) or
-        ``{"signal", "fs", "leads"}`` dicts. ``ehr``: clinical notes as text. ``window``: CT window for volumes.
+        ``ecg``: path(s) (.npy, WFDB .hea/.dat, DICOM waveform), (8, 2500) arrays (I, II, V1..V6, 250 Hz, mV),
+        ``{"signal", "fs", "leads"}`` dicts, or ``{"path", "fs", "leads"}`` for a .csv/.npy at another rate. ``ehr``: clinical notes as text. ``window``: CT window for volumes.
         """
         if isinstance(question, (list, tuple)):
             return self.predict_batch(question, max_new_tokens=max_new_tokens)

@@ -64,10 +64,12 @@ class ECGPart(_Strict):
       (leads, samples) array at that rate, lead names from ``leads``, default I, II, V1..V6);
     - ``hea`` + ``dat``: a WFDB record, both base64;
     - ``dicom``: a base64 DICOM 12-lead waveform;
-    - ``signal`` + ``fs`` (+ ``leads``): numbers in mV, (leads, samples).
+    - ``signal`` + ``fs`` (+ ``leads``): numbers in mV, (leads, samples);
+    - ``csv`` + ``fs`` (+ ``leads``): a base64 CSV file, a header row naming the leads, then one row per sample, mV.
     """
 
     npy: StrictStr | None = None
+    csv: StrictStr | None = None
     hea: StrictStr | None = None
     dat: StrictStr | None = None
     dicom: StrictStr | None = None
@@ -78,14 +80,14 @@ class ECGPart(_Strict):
     @model_validator(mode="after")
     def _one_form(self):
         forms = [name for name, on in (("npy", self.npy is not None), ("hea+dat", self.hea is not None
-                 or self.dat is not None), ("dicom", self.dicom is not None), ("signal", self.signal is not None))
-                 if on]
+                 or self.dat is not None), ("dicom", self.dicom is not None), ("signal", self.signal is not None),
+                 ("csv", self.csv is not None)) if on]
         if len(forms) != 1:
-            raise ValueError(f"give exactly one of npy, hea+dat, dicom or signal (got {forms or 'none'})")
+            raise ValueError(f"give exactly one of npy, hea+dat, dicom, signal or csv (got {forms or 'none'})")
         if forms == ["hea+dat"] and (self.hea is None or self.dat is None):
             raise ValueError("a WFDB record needs both hea and dat")
-        if self.signal is not None and self.fs is None:
-            raise ValueError("signal needs fs (sampling rate in Hz)")
+        if (self.signal is not None or self.csv is not None) and self.fs is None:
+            raise ValueError(f"{forms[0]} needs fs (sampling rate in Hz)")
         return self
 
 
@@ -342,9 +344,11 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
         images: Annotated[list[UploadFile], File()] = [],  # noqa: B006 - FastAPI copies defaults
         volumes: Annotated[list[UploadFile], File()] = [],  # noqa: B006
         ecg: Annotated[list[UploadFile], File()] = [],  # noqa: B006
+        ecg_fs: Annotated[float | None, Form(gt=0)] = None,
     ):
         """The same as /v1/predict from a multipart form: files under ``images``, ``volumes`` (one NIfTI/DICOM file
-        each, or several DICOM slices that form one series) and ``ecg`` (.npy, DICOM, or a WFDB .hea + .dat)."""
+        each, or several DICOM slices that form one series) and ``ecg`` (.npy, DICOM, a WFDB .hea + .dat, or a .csv
+        with a header row naming the leads, whose rate ``ecg_fs`` gives)."""
         max_new = _max_new(max_new_tokens)
         if len(images) + len(volumes) + len(ecg) > 4 * MAX_FILES:
             raise APIError(400, f"too many files (limit {4 * MAX_FILES})", "files")
@@ -362,7 +366,7 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
             else:
                 for i, (name, raw) in enumerate(vols):
                     staged.add_volume(raw, name, f"volumes[{i}]")
-            _add_ecg_files(staged, blobs["ecg"])
+            _add_ecg_files(staged, blobs["ecg"], ecg_fs)
 
         pred = await _predict(question, fill, ehr or None, window or None, max_new)
         return _prediction_body(pred, return_previews)
@@ -459,6 +463,8 @@ def _add_ecg(staged: Staged, ecg: ECGPart, where: str) -> None:
         staged.add_wfdb(hea, decode_b64(ecg.dat, f"{where}.dat")[0], where)
     elif ecg.dicom is not None:
         staged.add_ecg_file(decode_b64(ecg.dicom, f"{where}.dicom")[0], None, f"{where}.dicom")
+    elif ecg.csv is not None:
+        staged.add_ecg_csv(decode_b64(ecg.csv, f"{where}.csv")[0], ecg.fs, ecg.leads, f"{where}.csv")
     else:
         raw = decode_b64(ecg.npy, f"{where}.npy")[0]
         if ecg.fs is None:
@@ -473,13 +479,18 @@ def _add_ecg(staged: Staged, ecg: ECGPart, where: str) -> None:
             staged.ecg.append({"signal": arr, "fs": ecg.fs, "leads": ecg.leads})
 
 
-def _add_ecg_files(staged: Staged, files: list[tuple[str | None, bytes]]) -> None:
-    """Uploaded ECG files: WFDB .hea/.dat pairs are matched by stem; the rest are .npy or DICOM waveforms."""
+def _add_ecg_files(staged: Staged, files: list[tuple[str | None, bytes]], fs: float | None = None) -> None:
+    """Uploaded ECG files: WFDB .hea/.dat pairs are matched by stem; .csv files are read at ``fs`` Hz; the rest are
+    .npy or DICOM waveforms."""
     by_stem: dict[str, dict[str, bytes]] = {}
     for i, (name, raw) in enumerate(files):
         lower = (name or "").lower()
         if lower.endswith((".hea", ".dat")):
             by_stem.setdefault(Path(lower).stem, {})[lower[-3:]] = raw
+        elif lower.endswith(".csv"):
+            if fs is None:
+                raise InputError("ecg_fs", f"{name}: a CSV ECG needs its sampling rate: send the form field ecg_fs")
+            staged.add_ecg_csv(raw, fs, None, f"ecg[{i}]")
         else:
             staged.add_ecg_file(raw, name, f"ecg[{i}]")
     for stem, pair in by_stem.items():

@@ -107,6 +107,13 @@ class Staged:
             (folder / f"slice_{k:05d}.dcm").write_bytes(raw)
         self.volumes.append(folder)
 
+    def add_ecg_csv(self, raw: bytes, fs: float | None, leads: list[str] | None, field: str) -> None:
+        """A CSV ECG (header row naming the leads, one row per sample, mV) at ``fs`` Hz."""
+        if fs is None:
+            raise InputError(field, "a CSV ECG needs its sampling rate (fs, in Hz)")
+        path = self.write(f"ecg_{len(self.ecg)}.csv", raw)
+        self.ecg.append({"path": path, "fs": fs, "leads": leads})
+
     def add_ecg_file(self, raw: bytes, filename: str | None, field: str) -> None:
         i = len(self.ecg)
         if _is_dicom(raw):

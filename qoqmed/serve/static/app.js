@@ -17,6 +17,7 @@ $("ask").addEventListener("submit", async (event) => {
     form.delete(name);
     files.forEach((f) => form.append(name, f, f.name));
   }
+  if (!form.get("ecg_fs")) form.delete("ecg_fs");  // only a .csv ECG needs its rate
   setStatus("thinking...", false);
   $("submit").disabled = true;
   $("result").dataset.state = "pending";
