@@ -657,6 +657,12 @@ def predict(
     = False,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate() call.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 answers greedily (the same inputs, the same answer); "
+                                                    "above 0 samples, e.g. 0.7.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="With --temperature > 0: sample from the smallest set of tokens "
+                                              "whose probability reaches this.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(help="With --temperature > 0: makes the sampled answer "
+                                                     "reproducible.")] = None,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
     = None,
 ) -> None:
@@ -668,8 +674,12 @@ def predict(
 
     Boxes are reported in pixels of the original image and drawn on it in the overlay PNG.
     """
-    from .infer import InputError, save_overlay
+    from .infer import Decoding, InputError, save_overlay
 
+    try:
+        decoding = Decoding(temperature, top_p, seed)
+    except InputError as exc:
+        _fail(f"--{exc.field.replace('_', '-')}: {exc.reason}")
     if batch is not None:
         if out is None:
             _fail("--batch needs --out (the folder for predictions.jsonl)")
@@ -680,7 +690,7 @@ def predict(
         pipe = _load_pipeline(model, device, max_new_tokens)
         try:
             s = run_batch(pipe, batch, out, batch_size=batch_size, overlays=not no_overlay,
-                          retry_failed=retry_failed, show_progress=not as_json)
+                          retry_failed=retry_failed, show_progress=not as_json, decoding=decoding)
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
         summary = {"rows": s.rows, "skipped": s.skipped, "predicted": s.predicted, "failed": s.failed,
@@ -709,7 +719,7 @@ def predict(
     pipe = _load_pipeline(model, device, max_new_tokens)
     try:
         pred = pipe(question, images=image or None, volumes=volume or None, ecg=ecgs or None, ehr=ehr,
-                    window=vol_window)
+                    window=vol_window, temperature=decoding.temperature, top_p=decoding.top_p, seed=decoding.seed)
     except InputError as exc:
         _fail(str(exc))
     written = None

@@ -180,6 +180,19 @@ def _csv_ecg(path, fs: int = 500):
     return path
 
 
+def test_sampling_is_seeded_and_greedy_by_default(pipe):
+    greedy = pipe("Which findings are present?", images=CT, max_new_tokens=10)
+    assert pipe("Which findings are present?", images=CT, max_new_tokens=10).text == greedy.text
+    sampled = [pipe("Which findings are present?", images=CT, max_new_tokens=10, temperature=1.0, seed=s).text
+               for s in (1, 1, 2, 3)]
+    assert sampled[0] == sampled[1]  # same seed, same answer
+    assert len(set(sampled[1:]) | {greedy.text}) > 1  # a random-init model samples something other than its argmax
+    with pytest.raises(InputError, match="temperature"):
+        pipe("q", temperature=-0.5)
+    with pytest.raises(InputError, match="top_p"):
+        pipe("q", temperature=1.0, top_p=0.0)
+
+
 def test_ecg_csv_path_needs_its_rate_and_is_resampled(pipe, tmp_path):
     csv_path = _csv_ecg(tmp_path / "ecg.csv")
     with pytest.raises(InputError, match=r"ecg\[0\].*ecg.csv.*sampling rate.*--ecg-fs"):
@@ -271,6 +284,12 @@ def test_cli_predict_json_and_overlay(model_dir, tmp_path):
                               "--max-new-tokens", "4", "--json", "Rhythm?"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["completion_tokens"] <= 4
+    sample = ["predict", "--model", str(model_dir), "--image", CT, "--max-new-tokens", "6", "--json", "--no-overlay",
+              "--temperature", "0.9", "--seed", "4", "Findings?"]
+    texts = [json.loads(runner.invoke(app, sample).stdout)["text"] for _ in range(2)]
+    assert texts[0] == texts[1]
+    res = runner.invoke(app, [*sample[:-1], "--top-p", "0", "Findings?"])
+    assert res.exit_code == 2 and "--top-p" in res.output
 
     res = runner.invoke(app, ["predict", "--model", str(model_dir), "--volume", _nifti(), "--window", "brain",
                               "--max-new-tokens", "4", "--overlay", str(tmp_path / "v.png"), "Tumour?"])

@@ -234,6 +234,33 @@ def test_wfdb_header_cannot_name_paths(client):
     assert r.status_code == 400 and error_of(r)["param"] == "ecg[0].hea" and "plain file name" in r.text
 
 
+def test_sampling_n_choices_and_seeds(client):
+    """temperature > 0 samples: n choices differ from one another, and the same seed gives the same choices."""
+    body = {"messages": [{"role": "user", "content": "Which findings are present?"}], "max_tokens": 8,
+            "temperature": 1.0, "top_p": 0.95, "seed": 11, "n": 3}
+    first = client.post("/v1/chat/completions", json=body)
+    assert first.status_code == 200, first.text
+    texts = [c["message"]["content"] for c in first.json()["choices"]]
+    assert [c["index"] for c in first.json()["choices"]] == [0, 1, 2] and len(set(texts)) > 1
+    assert first.json()["usage"]["completion_tokens"] == sum(c["qoqmed"]["completion_tokens"]
+                                                             for c in first.json()["choices"])
+    again = client.post("/v1/chat/completions", json=body)
+    assert [c["message"]["content"] for c in again.json()["choices"]] == texts
+    greedy = client.post("/v1/chat/completions", json={**body, "temperature": 0, "n": 1})
+    assert greedy.json()["choices"][0]["message"]["content"] == client.post(
+        "/v1/chat/completions", json={"messages": body["messages"], "max_tokens": 8}).json()["choices"][0][
+        "message"]["content"]  # temperature 0 is the default: greedy
+    r = client.post("/v1/chat/completions", json={**body, "temperature": 0})
+    assert r.status_code == 400 and error_of(r)["param"] == "n" and "temperature" in error_of(r)["message"]
+    for key, value in (("temperature", 3), ("top_p", 0), ("n", 9), ("seed", -1)):
+        r = client.post("/v1/chat/completions", json={**body, key: value})
+        assert r.status_code == 422 and error_of(r)["param"] == key
+    # /v1/predict takes the same decoding fields
+    req = {"question": "Which findings are present?", "max_new_tokens": 8, "temperature": 1.0, "seed": 3}
+    a, b = (client.post("/v1/predict", json=req).json()["text"] for _ in range(2))
+    assert a == b
+
+
 def test_malformed_json_and_chat_rules(client):
     r = client.post("/v1/predict", content=b'{"question": "q", ', headers={"content-type": "application/json"})
     assert r.status_code == 400 and error_of(r)["code"] == "malformed_json"

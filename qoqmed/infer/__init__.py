@@ -2,6 +2,6 @@
 
 from .inputs import InputError
 from .overlay import draw_boxes, save_overlay
-from .pipeline import Prediction, PreparedQuery, QoQMedPipeline, Query
+from .pipeline import Decoding, Prediction, PreparedQuery, QoQMedPipeline, Query
 
-__all__ = ["InputError", "Prediction", "PreparedQuery", "QoQMedPipeline", "Query", "draw_boxes", "save_overlay"]
+__all__ = ["Decoding", "InputError", "Prediction", "PreparedQuery", "QoQMedPipeline", "Query", "draw_boxes", "save_overlay"]

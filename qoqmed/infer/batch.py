@@ -19,7 +19,7 @@ from typing import Any
 
 from .inputs import InputError
 from .overlay import save_overlay
-from .pipeline import QoQMedPipeline, Query
+from .pipeline import Decoding, QoQMedPipeline, Query
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -82,7 +82,7 @@ def _write_rows(path: Path, rows: dict[int, dict]) -> None:
 
 def run_batch(pipe: QoQMedPipeline, rows_path: str | Path, out_dir: str | Path, batch_size: int = 8,
               max_new_tokens: int | None = None, overlays: bool = True, retry_failed: bool = False,
-              show_progress: bool = True) -> BatchSummary:
+              show_progress: bool = True, decoding: Decoding | None = None) -> BatchSummary:
     """Predict every row of ``rows_path`` into ``out_dir/predictions.jsonl`` (see the module docstring)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -130,7 +130,7 @@ def run_batch(pipe: QoQMedPipeline, rows_path: str | Path, out_dir: str | Path, 
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]
                 preds = pipe.predict_batch([queries[i] for i in chunk], batch_size=batch_size,
-                                           max_new_tokens=max_new_tokens)
+                                           max_new_tokens=max_new_tokens, decoding=decoding)
                 for i, pred in zip(chunk, preds):
                     if isinstance(pred, InputError):
                         row = {"row": i, "id": queries[i].id, "ok": False, "error": str(pred), "field": pred.field}

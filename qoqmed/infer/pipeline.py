@@ -41,6 +41,37 @@ class Query:
     id: str | None = None
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How an answer is drawn. Greedy by default (``temperature=0``): the same inputs give the same answer, as in
+    evaluation. ``temperature > 0`` samples, with nucleus ``top_p``; ``seed`` makes a sampled answer reproducible."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not (np.isfinite(self.temperature) and 0.0 <= self.temperature <= 10.0):
+            raise InputError("temperature", f"must be a number in [0, 10] (0 = greedy), got {self.temperature}")
+        if not (np.isfinite(self.top_p) and 0.0 < self.top_p <= 1.0):
+            raise InputError("top_p", f"must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not 0 <= self.seed < 2**63:
+            raise InputError("seed", f"must be an integer in [0, 2**63), got {self.seed}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def generate_kwargs(self) -> dict:
+        if self.greedy:
+            return {"do_sample": False}
+        # top_k=0 turns off the generation config's top-k, so top_p alone bounds the candidates (as clients expect)
+        return {"do_sample": True, "temperature": float(self.temperature), "top_p": float(self.top_p), "top_k": 0}
+
+
+GREEDY = Decoding()
+
+
 @dataclass
 class PreparedQuery:
     """A query with every file read and the prompt built; ready to be batched into one generate call."""
@@ -217,11 +248,14 @@ class QoQMedPipeline:
 
     # ------------------------------------------------------------------------------------------------ generation
     @torch.no_grad()
-    def generate(self, prepared: Sequence[PreparedQuery], max_new_tokens: int | None = None) -> list[Prediction]:
-        """Greedy answers for prepared queries, in one generate call (callers chunk to a batch size)."""
+    def generate(self, prepared: Sequence[PreparedQuery], max_new_tokens: int | None = None,
+                 decoding: Decoding | None = None) -> list[Prediction]:
+        """Answers for prepared queries, in one generate call (callers chunk to a batch size); greedy unless
+        ``decoding`` samples."""
         if not prepared:
             return []
         max_new = int(max_new_tokens or self.max_new_tokens)
+        decoding = decoding or GREEDY
         p = self.processor
         images = [v.image for q in prepared for v in q.visuals]
         ecgs = [e for q in prepared for e in q.ecgs]
@@ -232,7 +266,9 @@ class QoQMedPipeline:
                 enc = p(text=[q.prompt for q in prepared], images=images or None, ecg=ecgs or None, padding=True,
                         padding_side="left", return_tensors="pt")
             enc = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
-            out = self.model.generate(**enc, max_new_tokens=max_new, do_sample=False,
+            if decoding.seed is not None:
+                torch.manual_seed(decoding.seed)  # under the lock: no other call draws from the generator meanwhile
+            out = self.model.generate(**enc, max_new_tokens=max_new, **decoding.generate_kwargs(),
                                       suppress_tokens=self.model.placeholder_token_ids())
             new = out[:, enc["input_ids"].shape[1]:].cpu()
             gen_s = time.perf_counter() - t0
@@ -279,22 +315,27 @@ class QoQMedPipeline:
 
     # ------------------------------------------------------------------------------------------------ front doors
     def __call__(self, question: str | Sequence[Query | dict], images: Any = None, volumes: Any = None,
-                 ecg: Any = None, ehr: str | None = None, max_new_tokens: int | None = None, window: Any = None
+                 ecg: Any = None, ehr: str | None = None, max_new_tokens: int | None = None, window: Any = None,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None
                  ) -> Prediction | list[Prediction | InputError]:
         """Answer one question (or, given a list of ``Query``/dicts, many: see :meth:`predict_batch`).
 
         ``images``: path(s) (PNG, JPEG, TIFF, DICOM) or PIL images / numpy arrays. ``volumes``: NIfTI or DICOM
         path(s), (slices, H, W) arrays or lists of slices; ``num_slices`` uniformly spaced slices are shown.
         ``ecg``: path(s) (.npy, WFDB .hea/.dat, DICOM waveform), (8, 2500) arrays (I, II, V1..V6, 250 Hz, mV),
-        ``{"signal", "fs", "leads"}`` dicts, or ``{"path", "fs", "leads"}`` for a .csv/.npy at another rate. ``ehr``: clinical notes as text. ``window``: CT window for volumes.
+        ``{"signal", "fs", "leads"}`` dicts, or ``{"path", "fs", "leads"}`` for a .csv/.npy at another rate.
+        ``ehr``: clinical notes as text. ``window``: CT window for volumes. ``temperature``/``top_p``/``seed``:
+        see :class:`Decoding` (greedy by default).
         """
+        decoding = Decoding(temperature, top_p, seed)
         if isinstance(question, (list, tuple)):
-            return self.predict_batch(question, max_new_tokens=max_new_tokens)
-        return self.generate([self.prepare(question, images, volumes, ecg, ehr, window=window)], max_new_tokens)[0]
+            return self.predict_batch(question, max_new_tokens=max_new_tokens, decoding=decoding)
+        prepared = self.prepare(question, images, volumes, ecg, ehr, window=window)
+        return self.generate([prepared], max_new_tokens, decoding)[0]
 
     def predict_batch(self, queries: Iterable[Query | dict], batch_size: int | None = None,
-                      max_new_tokens: int | None = None, show_progress: bool = False
-                      ) -> list[Prediction | InputError]:
+                      max_new_tokens: int | None = None, show_progress: bool = False,
+                      decoding: Decoding | None = None) -> list[Prediction | InputError]:
         """Answer many queries, ``batch_size`` per generate call. A query whose inputs fail gives its
         ``InputError`` in its slot; the others still run."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -314,7 +355,7 @@ class QoQMedPipeline:
                         slots.append(i)
                     except InputError as exc:
                         results[i] = exc
-                for i, pred in zip(slots, self.generate(ready, max_new_tokens)):
+                for i, pred in zip(slots, self.generate(ready, max_new_tokens, decoding)):
                     results[i] = pred
                 bar.advance(task, min(size, len(queries) - start))
         return results

@@ -16,6 +16,7 @@ Errors use the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -24,6 +25,7 @@ import tempfile
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -36,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from starlette.concurrency import run_in_threadpool
 
 from ..infer.inputs import InputError
-from ..infer.pipeline import Prediction, QoQMedPipeline
+from ..infer.pipeline import GREEDY, Decoding, Prediction, QoQMedPipeline
 from .batcher import Batcher, QueueFull
 from .payloads import Staged, decode_b64, scrub
 
@@ -105,7 +107,18 @@ class VolumePart(_Strict):
         return self
 
 
-class PredictRequest(_Strict):
+class _Sampling(BaseModel):
+    """Decoding: greedy unless ``temperature > 0`` (then nucleus sampling with ``top_p``; ``seed`` reproduces)."""
+
+    temperature: StrictFloat | StrictInt | None = Field(None, ge=0, le=2)
+    top_p: StrictFloat | StrictInt | None = Field(None, gt=0, le=1)
+    seed: StrictInt | None = Field(None, ge=0, lt=2**63 - 8)  # room for the seeds of n choices
+
+    def decoding(self) -> Decoding:
+        return Decoding(float(self.temperature or 0.0), float(1.0 if self.top_p is None else self.top_p), self.seed)
+
+
+class PredictRequest(_Strict, _Sampling):
     question: StrictStr = Field(max_length=20_000)
     images: list[FilePart | StrictStr] = Field(default_factory=list, max_length=MAX_FILES)
     volumes: list[VolumePart] = Field(default_factory=list, max_length=8)
@@ -149,15 +162,16 @@ class ChatMessage(_Strict):
     content: StrictStr | list[ContentPart]
 
 
-class ChatRequest(BaseModel):
-    # OpenAI clients send many optional parameters; unknown ones are accepted and ignored (decoding is greedy).
+class ChatRequest(_Sampling):
+    # OpenAI clients send many optional parameters; unknown ones are accepted and ignored. Unlike OpenAI's default
+    # temperature of 1, an absent temperature means greedy decoding, as in evaluation.
     model_config = ConfigDict(extra="allow", strict=True)
     model: StrictStr | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     stream: StrictBool = False
-    n: StrictInt = 1
+    n: StrictInt = Field(1, ge=1, le=8)
 
 
 # ------------------------------------------------------------------------------------------------- errors
@@ -291,8 +305,9 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
         return n
 
     async def _predict(question: str, fill, ehr: str | None, window: str | None, max_new: int,
-                       system: str | None = None) -> Prediction:
-        """Stage the inputs in a private temp folder, read them (threadpool), then queue for batched generation."""
+                       system: str | None = None, decoding: Decoding = GREEDY, n: int = 1) -> list[Prediction]:
+        """Stage the inputs in a private temp folder, read them (threadpool), then queue for batched generation;
+        ``n`` sampled answers to the same prompt (seeds ``seed``, ``seed + 1``, ... when seeded)."""
         with tempfile.TemporaryDirectory(prefix="qoqmed-req-") as tmp:
             staged = Staged(Path(tmp))
             try:
@@ -301,8 +316,9 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
                                                    staged.ecg, ehr, None, _window(window), system)
             except InputError as exc:
                 raise APIError(400, scrub(str(exc), Path(tmp)), exc.field) from exc
+        draws = [decoding if decoding.seed is None else replace(decoding, seed=decoding.seed + i) for i in range(n)]
         try:
-            return await batcher.submit(prepared, max_new)
+            return list(await asyncio.gather(*(batcher.submit(prepared, max_new, d) for d in draws)))
         except QueueFull as exc:
             raise APIError(503, f"server busy: {exc}", code="overloaded") from exc
         except Exception as exc:  # noqa: BLE001
@@ -331,7 +347,7 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
             for i, ecg in enumerate(req.ecg):
                 _add_ecg(staged, ecg, f"ecg[{i}]")
 
-        pred = await _predict(req.question, fill, req.ehr, req.window, max_new)
+        pred = (await _predict(req.question, fill, req.ehr, req.window, max_new, decoding=_decoding(req)))[0]
         return _prediction_body(pred, req.return_previews)
 
     @app.post("/v1/predict/form")
@@ -368,16 +384,18 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
                     staged.add_volume(raw, name, f"volumes[{i}]")
             _add_ecg_files(staged, blobs["ecg"], ecg_fs)
 
-        pred = await _predict(question, fill, ehr or None, window or None, max_new)
+        pred = (await _predict(question, fill, ehr or None, window or None, max_new))[0]
         return _prediction_body(pred, return_previews)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
-        """OpenAI-compatible chat completion (single turn; greedy decoding). The parsed answer is under ``qoqmed``."""
+        """OpenAI-compatible chat completion (single turn). Greedy unless ``temperature > 0``; ``n`` samples up to 8
+        answers. The parsed answer is under ``qoqmed`` (per choice, and the first at the top level)."""
         if req.stream:
             raise APIError(400, "streaming is not supported; send stream=false", "stream", code="unsupported")
-        if req.n != 1:
-            raise APIError(400, "only n=1 is supported (decoding is greedy)", "n", code="unsupported")
+        decoding = _decoding(req)
+        if req.n > 1 and decoding.greedy:
+            raise APIError(400, "n > 1 needs temperature > 0: greedy answers to one prompt are all the same", "n")
         max_new = _max_new(req.max_completion_tokens or req.max_tokens)
         system = [m for m in req.messages if m.role in ("system", "developer")]
         users = [m for m in req.messages if m.role == "user"]
@@ -414,15 +432,18 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
         sys_text = "\n".join(m.content if isinstance(m.content, str) else
                              " ".join(p.text for p in m.content if isinstance(p, TextPart)) for m in system)
         # A client's system prompt replaces the default for this request only.
-        pred = await _predict("".join(question), fill, None, None, max_new, system=sys_text or None)
+        preds = await _predict("".join(question), fill, None, None, max_new, system=sys_text or None,
+                               decoding=decoding, n=req.n)
+        completion = sum(p.completion_tokens for p in preds)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
             "model": req.model or pipe.name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": pred.text},
-                         "finish_reason": pred.finish_reason, "logprobs": None}],
-            "usage": {"prompt_tokens": pred.prompt_tokens, "completion_tokens": pred.completion_tokens,
-                      "total_tokens": pred.prompt_tokens + pred.completion_tokens},
-            "qoqmed": pred.to_dict(),
+            "choices": [{"index": i, "message": {"role": "assistant", "content": p.text},
+                         "finish_reason": p.finish_reason, "logprobs": None, "qoqmed": p.to_dict()}
+                        for i, p in enumerate(preds)],
+            "usage": {"prompt_tokens": preds[0].prompt_tokens, "completion_tokens": completion,
+                      "total_tokens": preds[0].prompt_tokens + completion},
+            "qoqmed": preds[0].to_dict(),  # the first choice's parsed answer
         }
 
     @app.get("/", include_in_schema=False)
@@ -431,6 +452,13 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _decoding(req: _Sampling) -> Decoding:
+    try:
+        return req.decoding()
+    except InputError as exc:
+        raise APIError(400, exc.reason, exc.field) from exc
 
 
 def _window(window: str | None) -> Any:

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..infer.pipeline import Prediction, PreparedQuery, QoQMedPipeline
+from ..infer.pipeline import GREEDY, Decoding, Prediction, PreparedQuery, QoQMedPipeline
 
 
 class QueueFull(RuntimeError):
@@ -63,13 +63,14 @@ class Batcher:
                 pass
         self._executor.shutdown(wait=True, cancel_futures=True)
 
-    async def submit(self, prepared: PreparedQuery, max_new_tokens: int) -> Prediction:
+    async def submit(self, prepared: PreparedQuery, max_new_tokens: int, decoding: Decoding | None = None
+                     ) -> Prediction:
         if self._queue is None:
             raise RuntimeError("the batcher is not running")
         if self._queue.qsize() >= self.max_queue:
             raise QueueFull(f"{self._queue.qsize()} requests are waiting; try again shortly")
         fut = asyncio.get_running_loop().create_future()
-        await self._queue.put((prepared, int(max_new_tokens), fut))
+        await self._queue.put((prepared, int(max_new_tokens), fut, decoding or GREEDY))
         return await fut
 
     async def _collect(self) -> list:
@@ -95,18 +96,20 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
-            # Requests asking for different answer lengths go in separate calls, so none gets more than it asked.
-            groups: dict[int, list] = {}
+            # Requests asking for different answer lengths or decoding go in separate calls, so none gets more than
+            # it asked; a seeded one goes alone, so its answer does not depend on what it was batched with.
+            groups: dict[tuple, list] = {}
             for item in batch:
-                groups.setdefault(item[1], []).append(item)
-            for max_new, items in groups.items():
+                max_new, fut, decoding = item[1], item[2], item[3]
+                groups.setdefault((max_new, decoding, id(fut) if decoding.seed is not None else None), []).append(item)
+            for (max_new, decoding, _), items in groups.items():
                 items = [it for it in items if not it[2].done()]  # the client may have gone away
                 if not items:
                     continue
                 t0 = time.perf_counter()
                 try:
                     preds = await loop.run_in_executor(self._executor, self.pipe.generate,
-                                                       [it[0] for it in items], max_new)
+                                                       [it[0] for it in items], max_new, decoding)
                 except Exception as exc:  # noqa: BLE001 - every waiting request must hear about the failure
                     for it in items:
                         if not it[2].done():
