@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 
 from qoqmed.data.schema import load_records
 from qoqmed.train import grpo
+from qoqmed.train.recipe import end_distributed
 
 
 def main() -> None:
@@ -77,6 +78,7 @@ def main() -> None:
     callbacks = [KillAfterCheckpoint()] if a.kill_after_step else None
     grpo.train_rl(a.model, load_records(a.records), a.out, settings, resume_from="latest" if a.resume else None,
                   callbacks=callbacks)
+    end_distributed()
 
 
 if __name__ == "__main__":

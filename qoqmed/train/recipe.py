@@ -131,6 +131,19 @@ def _state():
     return PartialState()
 
 
+def end_distributed() -> None:
+    """After the last collective step: every process waits for the others, then the process group is taken down.
+
+    Processes that leave one by one with the group still up can abort in its teardown (a peer's connection closes
+    under a pending read); taking it down together avoids that, and lets the main process evaluate alone for as
+    long as it needs without the others waiting at a barrier that could time out."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
     """Run every stage; return the metrics dict that is also written to ``run_dir/metrics.json``."""
     import torch
@@ -201,7 +214,8 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
     rl_logs = train_rl(rl_start, train, run / "rl", rl_settings, resume_from="latest" if cfg.resume else None,
                        eval_records=val if rl_settings.eval_steps else None)
     timings["rl"] = time.perf_counter() - t
-    if not main:  # evaluation and the report run on the main process only (no barrier: evaluation may be long)
+    end_distributed()  # training was the only multi-process stage
+    if not main:  # evaluation and the report run on the main process only
         return {}
 
     console.rule("evaluating the final model")
