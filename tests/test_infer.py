@@ -180,6 +180,23 @@ def _csv_ecg(path, fs: int = 500):
     return path
 
 
+def test_conversation_history_builds_one_prompt_in_turn_order(pipe):
+    img = Image.new("RGB", (64, 48), (90, 40, 40))
+    ecg = np.zeros((8, 2500), np.float32) + 0.1
+    q = pipe.prepare("And the rhythm?", images=img, ecg=ecg,
+                     history=[("<image>\nWhat is shown?", "\\boxed{Pleural Effusion}")])
+    order = [q.prompt.index(x) for x in ("<|image_pad|>", "What is shown?", "\\boxed{Pleural Effusion}",
+                                         "<|ecg_pad|>", "And the rhythm?")]
+    assert order == sorted(order) and q.prompt.count("<|im_start|>user") == 2
+    assert q.prompt.count("<|im_start|>assistant") == 2 and q.prompt.rstrip().endswith("<|im_start|>assistant")
+    assert q.problem == "<ecg>\nAnd the rhythm?" and len(q.visuals) == 1
+    assert pipe.generate([q])[0].images[0]["width"] == 64
+    with pytest.raises(InputError, match=r"history.*2 <image> but 1 images"):
+        pipe.prepare("q", images=img, history=[("<image><image>", "a")])
+    with pytest.raises(InputError, match=r"history\[0\].*pair"):
+        pipe.prepare("q", history=["just text"])
+
+
 def test_sampling_is_seeded_and_greedy_by_default(pipe):
     greedy = pipe("Which findings are present?", images=CT, max_new_tokens=10)
     assert pipe("Which findings are present?", images=CT, max_new_tokens=10).text == greedy.text

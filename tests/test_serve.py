@@ -234,6 +234,22 @@ def test_wfdb_header_cannot_name_paths(client):
     assert r.status_code == 400 and error_of(r)["param"] == "ecg[0].hea" and "plain file name" in r.text
 
 
+def test_chat_conversation_with_inputs_in_an_earlier_turn(client, server):
+    """A follow-up question: the image sent in the first user turn is still part of the prompt."""
+    url = "data:image/png;base64," + b64(png_bytes())
+    turns = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                          {"type": "text", "text": "What is shown?"}]},
+             {"role": "assistant", "content": "\\boxed{Pleural Effusion}"},
+             {"role": "user", "content": [{"type": "text", "text": "And the rhythm?"},
+                                          {"type": "ecg", "ecg": {"npy": b64(npy_bytes(load_ecg(ECG_DCM)))}}]}]
+    r = client.post("/v1/chat/completions", json={"messages": turns, "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    c = r.json()
+    assert c["qoqmed"]["images"][0]["width"] == 100  # the first turn's image
+    first = client.post("/v1/chat/completions", json={"messages": turns[:1], "max_tokens": 4}).json()
+    assert c["usage"]["prompt_tokens"] > first["usage"]["prompt_tokens"]  # the whole conversation is the prompt
+
+
 def test_sampling_n_choices_and_seeds(client):
     """temperature > 0 samples: n choices differ from one another, and the same seed gives the same choices."""
     body = {"messages": [{"role": "user", "content": "Which findings are present?"}], "max_tokens": 8,
@@ -269,9 +285,17 @@ def test_malformed_json_and_chat_rules(client):
     assert r.status_code == 400 and error_of(r)["param"] == "messages[0].content[0].image_url.url"
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "stream": True})
     assert r.status_code == 400 and error_of(r)["param"] == "stream"
-    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    for turns in ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                  [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+                  [{"role": "assistant", "content": "a"}, {"role": "user", "content": "b"}]):
+        r = client.post("/v1/chat/completions", json={"messages": turns})
+        assert r.status_code == 400 and "alternate" in error_of(r)["message"]
+    url = "data:image/png;base64," + b64(png_bytes())
+    turns = [{"role": "user", "content": "a"},
+             {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": url}}]},
+             {"role": "user", "content": "b"}]
     r = client.post("/v1/chat/completions", json={"messages": turns})
-    assert r.status_code == 400 and "one user message" in error_of(r)["message"]
+    assert r.status_code == 400 and error_of(r)["param"] == "messages[1].content[0]"
     r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": [{"type": "audio"}]}]})
     assert r.status_code == 422 and error_of(r)["param"].startswith("messages[0].content[0]")
     r = client.post("/v1/chat/completions", json={"messages": []})

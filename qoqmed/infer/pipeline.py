@@ -27,6 +27,7 @@ from ..rewards.parsing import parse_response, rescale_box
 from .inputs import InputError, VisualInput, as_list, load_ecg_input, load_image_input, load_volume_input
 
 PLACEHOLDERS = ("<image>", "<volume>", "<ecg>")
+_TURN = "\x1e"  # record separator: splits the user turns of a conversation after their inputs are numbered
 
 
 @dataclass
@@ -161,11 +162,13 @@ class QoQMedPipeline:
 
     # ------------------------------------------------------------------------------------------------ inputs
     def prepare(self, question: str, images: Any = None, volumes: Any = None, ecg: Any = None,
-                ehr: str | None = None, id: str | None = None, window: Any = None, system: str | None = None
-                ) -> PreparedQuery:
+                ehr: str | None = None, id: str | None = None, window: Any = None, system: str | None = None,
+                history: Sequence[tuple[str, str]] | None = None) -> PreparedQuery:
         """Read every input and build the prompt. Raises ``InputError`` naming the bad input.
 
-        ``system`` replaces the pipeline's system prompt for this query."""
+        ``system`` replaces the pipeline's system prompt for this query. ``history``: earlier turns of a
+        conversation as (user text, assistant answer) pairs; inputs shown in those turns are marked in their text
+        with ``<image>``/``<volume>``/``<ecg>`` and take the first images/volumes/ECGs, in order."""
         t0 = time.perf_counter()
         if not isinstance(question, str):
             raise InputError("question", f"must be a string, got {type(question).__name__}")
@@ -180,9 +183,28 @@ class QoQMedPipeline:
         p = self.processor
         ecgs = [load_ecg_input(x, f"ecg[{i}]", p.ecg_num_leads, p.ecg_num_samples) for i, x in enumerate(ecg_items)]
 
-        problem = self._problem(question, len(loaded_images), len(loaded_volumes), len(ecgs), ehr)
-        visuals, problem = self._order_visuals(problem, loaded_images, loaded_volumes)
-        messages = chat_messages(problem, [v.image for v in visuals], system=system or self.system_prompt)
+        history = self._check_history(history)
+        earlier = {tag: sum(u.count(tag) for u, _ in history) for tag in PLACEHOLDERS}
+        for tag, n, what in (("<image>", len(loaded_images), "images"), ("<volume>", len(loaded_volumes), "volumes"),
+                             ("<ecg>", len(ecgs), "ecg")):
+            if earlier[tag] > n:
+                raise InputError("history", f"earlier turns show {earlier[tag]} {tag} but {n} {what} given")
+        problem = self._problem(question, len(loaded_images) - earlier["<image>"],
+                                len(loaded_volumes) - earlier["<volume>"], len(ecgs) - earlier["<ecg>"], ehr)
+        # One pass over all user turns, so images and volume slices are numbered in conversation order.
+        visuals, joined = self._order_visuals(_TURN.join([u for u, _ in history] + [problem]), loaded_images,
+                                              loaded_volumes)
+        users = joined.split(_TURN)
+        problem = users[-1]
+        system = system or self.system_prompt
+        messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []
+        images_left = [v.image for v in visuals]
+        for k, text in enumerate(users):
+            n = text.count("<image>")
+            messages += chat_messages(text, images_left[:n])  # the user turn with its own images
+            images_left = images_left[n:]
+            if k < len(history):
+                messages.append({"role": "assistant", "content": [{"type": "text", "text": history[k][1]}]})
         prompt = p.apply_chat_template(messages, add_generation_prompt=True)
         n_tokens = self._count_tokens(prompt, visuals, len(ecgs))
         if self.max_positions and n_tokens + self.max_new_tokens > self.max_positions:
@@ -190,6 +212,17 @@ class QoQMedPipeline:
                                          f"exceeds the model's {self.max_positions} positions (fewer/smaller inputs)")
         return PreparedQuery(prompt=prompt, problem=problem, visuals=visuals, ecgs=ecgs, prompt_tokens=n_tokens,
                              prepare_s=time.perf_counter() - t0, id=id)
+
+    @staticmethod
+    def _check_history(history: Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
+        out = []
+        for i, turn in enumerate(history or []):
+            if not (isinstance(turn, (tuple, list)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
+                raise InputError(f"history[{i}]", "must be a (user text, assistant answer) pair of strings")
+            if _TURN in turn[0]:
+                raise InputError(f"history[{i}]", "contains a reserved control character")
+            out.append((turn[0], turn[1]))
+        return out
 
     @staticmethod
     def _problem(question: str, n_images: int, n_volumes: int, n_ecgs: int, ehr: str | None) -> str:

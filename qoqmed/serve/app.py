@@ -305,7 +305,8 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
         return n
 
     async def _predict(question: str, fill, ehr: str | None, window: str | None, max_new: int,
-                       system: str | None = None, decoding: Decoding = GREEDY, n: int = 1) -> list[Prediction]:
+                       system: str | None = None, decoding: Decoding = GREEDY, n: int = 1,
+                       history: list[tuple[str, str]] | None = None) -> list[Prediction]:
         """Stage the inputs in a private temp folder, read them (threadpool), then queue for batched generation;
         ``n`` sampled answers to the same prompt (seeds ``seed``, ``seed + 1``, ... when seeded)."""
         with tempfile.TemporaryDirectory(prefix="qoqmed-req-") as tmp:
@@ -313,7 +314,7 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
             try:
                 await run_in_threadpool(fill, staged)
                 prepared = await run_in_threadpool(pipe.prepare, question, staged.images, staged.volumes,
-                                                   staged.ecg, ehr, None, _window(window), system)
+                                                   staged.ecg, ehr, None, _window(window), system, history)
             except InputError as exc:
                 raise APIError(400, scrub(str(exc), Path(tmp)), exc.field) from exc
         draws = [decoding if decoding.seed is None else replace(decoding, seed=decoding.seed + i) for i in range(n)]
@@ -389,8 +390,8 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
-        """OpenAI-compatible chat completion (single turn). Greedy unless ``temperature > 0``; ``n`` samples up to 8
-        answers. The parsed answer is under ``qoqmed`` (per choice, and the first at the top level)."""
+        """OpenAI-compatible chat completion: a conversation of user and assistant turns, inputs in any user turn.
+        Greedy unless ``temperature > 0``; ``n`` samples up to 8 answers. The parsed answer is under ``qoqmed`` (per choice, and the first at the top level)."""
         if req.stream:
             raise APIError(400, "streaming is not supported; send stream=false", "stream", code="unsupported")
         decoding = _decoding(req)
@@ -398,27 +399,33 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
             raise APIError(400, "n > 1 needs temperature > 0: greedy answers to one prompt are all the same", "n")
         max_new = _max_new(req.max_completion_tokens or req.max_tokens)
         system = [m for m in req.messages if m.role in ("system", "developer")]
-        users = [m for m in req.messages if m.role == "user"]
-        if len(users) != 1 or any(m.role == "assistant" for m in req.messages):
-            raise APIError(400, "send exactly one user message (multi-turn conversations are not supported)",
-                           "messages", code="unsupported")
-        user = users[0]
-        parts = [TextPart(type="text", text=user.content)] if isinstance(user.content, str) else user.content
-        user_index = req.messages.index(user)
-        question, images, volumes, ecgs = [], [], [], []
-        for k, part in enumerate(parts):
-            where = f"messages[{user_index}].content[{k}]"
-            if isinstance(part, TextPart):
-                question.append(part.text)
-            elif isinstance(part, ImagePart):
-                question.append("<image>")
-                images.append((part.image_url.url, f"{where}.image_url.url"))
-            elif isinstance(part, ECGContent):
-                question.append("<ecg>")
-                ecgs.append((part.ecg, f"{where}.ecg"))
-            else:
-                question.append("<volume>")
-                volumes.append((part.volume, f"{where}.volume"))
+        turns = [(i, m) for i, m in enumerate(req.messages) if m.role in ("user", "assistant")]
+        roles = [m.role for _, m in turns]
+        if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
+            raise APIError(400, "messages must alternate user and assistant turns, from a user turn to a user turn",
+                           "messages")
+        texts: list[str] = []  # user and assistant turns in order, inputs marked by placeholders
+        images, volumes, ecgs = [], [], []
+        for i, msg in turns:
+            parts = [TextPart(type="text", text=msg.content)] if isinstance(msg.content, str) else msg.content
+            text = []
+            for k, part in enumerate(parts):
+                where = f"messages[{i}].content[{k}]"
+                if isinstance(part, TextPart):
+                    text.append(part.text)
+                elif msg.role == "assistant":
+                    raise APIError(400, "an assistant turn may hold text only", where)
+                elif isinstance(part, ImagePart):
+                    text.append("<image>")
+                    images.append((part.image_url.url, f"{where}.image_url.url"))
+                elif isinstance(part, ECGContent):
+                    text.append("<ecg>")
+                    ecgs.append((part.ecg, f"{where}.ecg"))
+                else:
+                    text.append("<volume>")
+                    volumes.append((part.volume, f"{where}.volume"))
+            texts.append("".join(text))
+        question, history = texts[-1], list(zip(texts[:-1:2], texts[1:-1:2]))
 
         def fill(staged: Staged):
             for url, where in images:
@@ -432,8 +439,8 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
         sys_text = "\n".join(m.content if isinstance(m.content, str) else
                              " ".join(p.text for p in m.content if isinstance(p, TextPart)) for m in system)
         # A client's system prompt replaces the default for this request only.
-        preds = await _predict("".join(question), fill, None, None, max_new, system=sys_text or None,
-                               decoding=decoding, n=req.n)
+        preds = await _predict(question, fill, None, None, max_new, system=sys_text or None, decoding=decoding,
+                               n=req.n, history=history)
         completion = sum(p.completion_tokens for p in preds)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
