@@ -191,6 +191,9 @@ def test_conversation_history_builds_one_prompt_in_turn_order(pipe):
     assert q.prompt.count("<|im_start|>assistant") == 2 and q.prompt.rstrip().endswith("<|im_start|>assistant")
     assert q.problem == "<ecg>\nAnd the rhythm?" and len(q.visuals) == 1
     assert pipe.generate([q])[0].images[0]["width"] == 64
+    follow = pipe("And the rhythm?", images=img, ecg=ecg, max_new_tokens=4,
+                  history=[("<image>\nWhat is shown?", "\\boxed{Pleural Effusion}")])
+    assert follow.images[0]["width"] == 64 and follow.completion_tokens <= 4
     with pytest.raises(InputError, match=r"history.*2 <image> but 1 images"):
         pipe.prepare("q", images=img, history=[("<image><image>", "a")])
     with pytest.raises(InputError, match=r"history\[0\].*pair"):

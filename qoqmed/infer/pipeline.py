@@ -349,8 +349,8 @@ class QoQMedPipeline:
     # ------------------------------------------------------------------------------------------------ front doors
     def __call__(self, question: str | Sequence[Query | dict], images: Any = None, volumes: Any = None,
                  ecg: Any = None, ehr: str | None = None, max_new_tokens: int | None = None, window: Any = None,
-                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None
-                 ) -> Prediction | list[Prediction | InputError]:
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+                 history: Sequence[tuple[str, str]] | None = None) -> Prediction | list[Prediction | InputError]:
         """Answer one question (or, given a list of ``Query``/dicts, many: see :meth:`predict_batch`).
 
         ``images``: path(s) (PNG, JPEG, TIFF, DICOM) or PIL images / numpy arrays. ``volumes``: NIfTI or DICOM
@@ -358,12 +358,12 @@ class QoQMedPipeline:
         ``ecg``: path(s) (.npy, WFDB .hea/.dat, DICOM waveform), (8, 2500) arrays (I, II, V1..V6, 250 Hz, mV),
         ``{"signal", "fs", "leads"}`` dicts, or ``{"path", "fs", "leads"}`` for a .csv/.npy at another rate.
         ``ehr``: clinical notes as text. ``window``: CT window for volumes. ``temperature``/``top_p``/``seed``:
-        see :class:`Decoding` (greedy by default).
+        see :class:`Decoding` (greedy by default). ``history``: earlier (question, answer) turns, see :meth:`prepare`.
         """
         decoding = Decoding(temperature, top_p, seed)
         if isinstance(question, (list, tuple)):
             return self.predict_batch(question, max_new_tokens=max_new_tokens, decoding=decoding)
-        prepared = self.prepare(question, images, volumes, ecg, ehr, window=window)
+        prepared = self.prepare(question, images, volumes, ecg, ehr, window=window, history=history)
         return self.generate([prepared], max_new_tokens, decoding)[0]
 
     def predict_batch(self, queries: Iterable[Query | dict], batch_size: int | None = None,
