@@ -301,3 +301,21 @@ def test_volume_frames_and_ecg_in_one_prompt(tiny):
     assert (enc["input_ids"][0] == model.config.image_token_id).sum() == 16
     _assert_greedy_matches_teacher_forcing(model, enc, steps=4)
 
+
+
+def test_left_padding_is_saved_with_the_processor(tiny, tmp_path):
+    """Generation and RL both need left padding; a reloaded processor (and its tokenizer alone) must keep it."""
+    from transformers import AutoTokenizer
+
+    processor, _ = tiny
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert reloaded.padding_side == "left" and reloaded.tokenizer.padding_side == "left"
+    assert AutoTokenizer.from_pretrained(tmp_path).padding_side == "left"
+    batch = reloaded(text=["a", "a b c d e f"], padding=True, return_tensors="pt")
+    assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][0, -1] == 1  # pads on the left
+    right = reloaded(text=["a", "a b c d e f"], padding=True, padding_side="right", return_tensors="pt")
+    assert right["attention_mask"][0, -1] == 0  # an explicit side still wins
+    with pytest.raises(ValueError, match="padding_side"):
+        type(processor)(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+                        padding_side="middle")

@@ -130,9 +130,9 @@ def test_ecg_reaches_every_trl_forward_and_rl_trains_the_encoder(records, tiny, 
     ref_seen = []
     trainer.ref_model.model.ecg_encoder.register_forward_hook(lambda m, a, o: ref_seen.append(a[0].shape[0]))
     trainer.train()
-    # generation prefill and the loss forward of the policy, and the reference log-probs (beta > 0), each see
-    # the ECGs of all 4 rollouts
-    assert seen == [4, 4] and ref_seen == [4]
+    # generation prefill, the sampling-time log-probs DRPO's KL damping needs (beta > 0) and the loss forward of
+    # the policy, and the reference log-probs, each see the ECGs of all 4 rollouts
+    assert seen == [4, 4, 4] and ref_seen == [4]
     assert not torch.equal(before, loaded.model.ecg_encoder.patch_embed.weight.detach())
 
 
@@ -219,7 +219,8 @@ def test_rl_settings_map_onto_trl_and_reject_bad_values(tmp_path):
                        (dict(dual_clip=1.1), "dual_clip"), (dict(loss_type="mean"), "loss_type"),
                        (dict(drpo_mode="reference", drpo_history=8), "drpo_history"),
                        (dict(batch_size=6, num_generations=4), "multiple"), (dict(freeze=["eyes"]), "freeze"),
-                       (dict(model_dtype="bfloat17"), "model_dtype")]:
+                       (dict(model_dtype="bfloat17"), "model_dtype"), (dict(probe_steps=0), "probe_steps"),
+                       (dict(drpo_k_max=0), "k_max"), (dict(domain_key=""), "domain_key")]:
         with pytest.raises(ValueError, match=match):
             RLSettings(**bad)
 
@@ -262,3 +263,77 @@ def test_tensorboard_gets_per_domain_scalars(records, tiny, tmp_path):
     tags = set(acc.Tags()["scalars"])
     assert any(t.startswith("train/domain/reward/") for t in tags), sorted(tags)[:20]
     assert any(t.startswith("train/domain/mean_abs_scale/") for t in tags)
+
+
+def test_probe_curve_is_logged_from_step_zero_and_does_not_change_training(records, tiny, tmp_path):
+    """The probe set is scored at step 0 and every probe_steps; its fixed draws leave the training RNG alone."""
+    import csv
+
+    processor, model = tiny
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    base = dict(estimator="grpo", num_generations=2, batch_size=4, max_steps=2, max_completion_length=8,
+                logging_steps=1, beta=0.0, progress_bar=False, learning_rate=1e-2, temperature=1.5)
+    plain = train_rl(tmp_path / "start", records, tmp_path / "plain", RLSettings(**base))
+    probed = train_rl(tmp_path / "start", records, tmp_path / "probed",
+                      RLSettings(**base, probe_steps=1, probe_per_domain=2))
+    steps = [e["step"] for e in probed["probe_domains"]]
+    assert steps[0] == 0 and 2 in steps
+    first = probed["probe_domains"][0]
+    assert {"reward/ecg", "reward/chest_xray", "pass@2/ecg", "constant_accuracy/ecg"} <= set(first)
+    assert first["rollouts/ecg"] == 4  # 2 probe questions x 2 rollouts
+    # training rewards and advantages are identical with and without probes
+    assert [e["reward/ecg"] for e in plain["domains"]] == [e["reward/ecg"] for e in probed["domains"]]
+    with open(tmp_path / "probed" / "rl_metrics.csv", newline="") as f:
+        assert {r["split"] for r in csv.DictReader(f)} == {"train", "probe"}
+    # the probe draws are fixed: scoring the same model twice gives the same numbers
+    again = train_rl(tmp_path / "start", records, tmp_path / "again", RLSettings(**base, probe_steps=1,
+                                                                                  probe_per_domain=2))
+    assert again["probe_domains"][0] == probed["probe_domains"][0]
+
+
+def test_drpo_gets_the_sampling_time_kl_for_damping(records, tiny, tmp_path, monkeypatch):
+    """With beta > 0 the KL to the reference reaches DRPO on every step, also when batches are not reused."""
+    from qoqmed.algos.drpo import DRPO
+
+    processor, model = tiny
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    seen = []
+    original = DRPO.__call__
+
+    def spy(self, rewards, question_ids, domains, kl=None):
+        seen.append(None if kl is None else torch.as_tensor(kl).clone())
+        return original(self, rewards, question_ids, domains, kl=kl)
+
+    monkeypatch.setattr(DRPO, "__call__", spy)
+    settings = RLSettings(estimator="drpo", drpo_mode="paper", num_generations=2, batch_size=8, max_steps=2,
+                          max_completion_length=8, logging_steps=1, beta=0.04, temperature=1.5, progress_bar=False)
+    train_rl(tmp_path / "start", records, tmp_path / "rl", settings)
+    assert len(seen) == 2 and all(k is not None and k.shape == (8,) and torch.isfinite(k).all() for k in seen)
+    assert seen[0].abs().max() < 1e-5  # step 0: the policy is the reference
+    # a policy that has moved away from the reference: the KL DRPO damps with is positive
+    from qoqmed.train.grpo import build_rl_trainer
+
+    seen.clear()
+    trainer = build_rl_trainer(tmp_path / "start", records, tmp_path / "moved", RLSettings(**{**settings.__dict__,
+                                                                                         "max_steps": 1}))
+    with torch.no_grad():
+        trainer.model.lm_head.weight.add_(torch.randn_like(trainer.model.lm_head.weight))
+    trainer.train()
+    assert len(seen) == 1 and seen[0].min() > 0
+    seen.clear()
+    train_rl(tmp_path / "start", records, tmp_path / "rl0",
+             RLSettings(**{**settings.__dict__, "beta": 0.0, "max_steps": 1}))
+    assert seen == [None]  # no reference model: no KL, no damping
+
+
+def test_domain_key_groups_drpo_by_dataset(records, tiny):
+    from qoqmed.train.grpo import group_of
+
+    processor, _ = tiny
+    dataset, _ = build_rl_dataset(records, processor, domain_key="dataset")
+    assert set(dataset["group"]) == {r.dataset for r in records}
+    assert set(dataset["domain"]) == {r.domain for r in records}
+    with pytest.raises(ValueError, match="domain_key"):
+        group_of(records[0], "no_such_field")

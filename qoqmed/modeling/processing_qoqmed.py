@@ -49,10 +49,15 @@ class QoQMedProcessor(Qwen2_5_VLProcessor):
 
     Every ``<|ecg_start|><|ecg_pad|><|ecg_end|>`` block in the text becomes ``num_ecg_tokens`` pad tokens, and
     ``ecg`` records (one per block, in prompt order across the batch) become ``ecg_values``.
+
+    Batches are padded on the left unless a call says otherwise: a decoder generates after the last prompt token,
+    and RL trainers (TRL) left-pad prompt ids themselves while taking ``mm_token_type_ids`` from this processor, so
+    any other side shifts the image-token flags and the 3-D rotary positions of every shorter row. The side is
+    saved with the processor and applied to its tokenizer.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, num_ecg_tokens: int = 1,
-                 ecg_num_leads: int = 8, ecg_num_samples: int = 2500, **kwargs):
+                 ecg_num_leads: int = 8, ecg_num_samples: int = 2500, padding_side: str = "left", **kwargs):
         self.image_token = "<|image_pad|>"
         self.video_token = "<|video_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
@@ -64,12 +69,17 @@ class QoQMedProcessor(Qwen2_5_VLProcessor):
         self.num_ecg_tokens = int(num_ecg_tokens)
         self.ecg_num_leads = int(ecg_num_leads)
         self.ecg_num_samples = int(ecg_num_samples)
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side={padding_side!r}: 'left' or 'right'")
+        self.padding_side = padding_side
+        tokenizer.padding_side = padding_side
+        tokenizer.init_kwargs["padding_side"] = padding_side  # saved in tokenizer_config.json too
         ProcessorMixin.__init__(self, image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE)
 
     def to_dict(self, *args, **kwargs):
         out = super().to_dict(*args, **kwargs)
         out.update(num_ecg_tokens=self.num_ecg_tokens, ecg_num_leads=self.ecg_num_leads,
-                   ecg_num_samples=self.ecg_num_samples)
+                   ecg_num_samples=self.ecg_num_samples, padding_side=self.padding_side)
         return out
 
     def __call__(self, images=None, text=None, ecg=None, **kwargs) -> BatchFeature:
@@ -79,6 +89,7 @@ class QoQMedProcessor(Qwen2_5_VLProcessor):
         images = _flatten_images(images)
         n_blocks = sum(t.count(ECG_BLOCK) for t in texts)
         texts = [t.replace(ECG_BLOCK, ECG_START + ECG_PAD * self.num_ecg_tokens + ECG_END) for t in texts]
+        kwargs.setdefault("padding_side", self.padding_side)
         out = super().__call__(images=images, text=texts, **kwargs)
         if ecg is not None:
             values = self._ecg_tensor(ecg)

@@ -59,7 +59,12 @@ class RLSettings:
     estimator: str = "drpo"            # grpo | drgrpo | rloo | disco | drpo
     drpo_mode: str = "paper"           # paper | bounded | reference
     drpo_history: int | None = None    # paper/bounded mode: keep the last H questions per domain
-    drpo_kl_quantile: float | None = 0.75
+    drpo_kl_quantile: float | None = 0.75  # KL damping (Eqs. 4-5); needs a reference model, i.e. beta > 0
+    drpo_k_max: int | None = None      # most clusters per domain (None: the mode's default)
+    drpo_elbow_tol: float = 0.10       # elbow rule: first k with D_{k+1} < tol * D_k
+    drpo_scaling: str = "hierarchical"  # hierarchical (T_g * T_c) | domain_only | cluster_only
+    drpo_cluster_cap: float | None = None  # bound on the within-domain cluster reweighting (see qoqmed.algos.drpo)
+    domain_key: str = "domain"         # what DRPO/DISCO group by: domain | dataset | any field of the records
     disco_tau: float = 1.0             # DISCO difficulty weight exp(tau * (1 - self-consistency))
     num_generations: int = 4
     num_iterations: int = 1            # policy updates per generation batch (GRPO's mu)
@@ -81,6 +86,8 @@ class RLSettings:
     save_steps: int | None = None
     save_total_limit: int | None = None
     eval_steps: int | None = None      # evaluate (generate + score) on eval records every N steps
+    probe_steps: int | None = None     # score a fixed probe set of training questions every N steps (and at 0)
+    probe_per_domain: int = 4          # probe questions per domain, sampled like RL (num_generations, temperature)
     bf16: bool | None = None           # None: on when CUDA is available
     gradient_checkpointing: bool = False
     report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"], ["wandb"]; the CSV is always written
@@ -112,11 +119,21 @@ class RLSettings:
             make_scorer(self.reward_preset, iou_reduce=self.iou_reduce)
         except ValueError as exc:
             raise ValueError(f"rl.reward_preset / rl.iou_reduce: {exc}") from None
+        if self.probe_steps is not None and (self.probe_steps < 1 or self.probe_per_domain < 1):
+            raise ValueError(f"rl.probe_steps={self.probe_steps} and rl.probe_per_domain={self.probe_per_domain} "
+                             "must be positive")
+        if not isinstance(self.domain_key, str) or not self.domain_key:
+            raise ValueError(f"rl.domain_key={self.domain_key!r}: a record field name such as 'domain' or 'dataset'")
         bad = sorted(set(self.freeze) - set(FREEZABLE))
         if bad:
             raise ValueError(f"rl.freeze has unknown part(s) {bad}; choose from {list(FREEZABLE)}")
         if self.model_dtype is not None and not isinstance(getattr(torch, self.model_dtype, None), torch.dtype):
             raise ValueError(f"rl.model_dtype={self.model_dtype!r} is not a torch dtype (e.g. bfloat16, float32)")
+        if self.estimator == "drpo":
+            try:
+                make_estimator(self)
+            except ValueError as exc:
+                raise ValueError(f"rl.drpo_*: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -129,16 +146,32 @@ class _RowFacts:
     ecg_paths: tuple[str, ...]
 
 
+def group_of(record: Record, key: str = "domain") -> str:
+    """The value DRPO and DISCO group ``record`` by: a record field (``domain``, ``dataset``, ...) or an extra field.
+
+    The released code groups by dataset (about 30 groups on CLIMB), the paper speaks of the 9 clinical domains.
+    """
+    if key in ("domain", "dataset", "split", "difficulty"):
+        value = getattr(record, key)
+    else:
+        value = record.extra.get(key)
+    if value is None or isinstance(value, (dict, list)):
+        raise ValueError(f"record {record.id!r}: rl.domain_key={key!r} names no scalar field of this record "
+                         "(use domain, dataset, or a field present in every row)")
+    return str(value)
+
+
 def build_rl_dataset(records: Sequence[Record], processor: QoQMedProcessor,
-                     system: str | None = SYSTEM_PROMPT) -> tuple[Dataset, dict[str, _RowFacts]]:
-    """One row per record: chat prompt with images, id, domain; plus the facts rewards need, keyed by id."""
+                     system: str | None = SYSTEM_PROMPT, domain_key: str = "domain") -> tuple[Dataset, dict[str, _RowFacts]]:
+    """One row per record: chat prompt with images, id, domain, DRPO group; plus the facts rewards need, by id."""
     rows, facts = [], {}
     for rec in records:
         loaded = load_record(rec)
         msgs = messages_for(loaded, system)
         for m in msgs:  # images travel in the `images` column; TRL puts them back into the placeholders
             m["content"] = [{k: v for k, v in part.items() if k != "image"} for part in m["content"]]
-        rows.append({"prompt": msgs, "images": loaded.images, "id": rec.id, "domain": rec.domain})
+        rows.append({"prompt": msgs, "images": loaded.images, "id": rec.id, "domain": rec.domain,
+                     "group": group_of(rec, domain_key)})
         facts[rec.id] = _RowFacts(rec.answer, grounding(loaded, processor),
                                   tuple(str(rec.resolve(p)) for p in rec.ecg))
     if len(set(r["id"] for r in rows)) != len(rows):
@@ -181,8 +214,12 @@ def make_estimator(settings: RLSettings) -> DRPO | None:
     """The stateful estimator of ``settings`` (DRPO), or None for the stateless ones."""
     if settings.estimator != "drpo":
         return None
+    options = {"k_max": settings.drpo_k_max, "scaling": settings.drpo_scaling, "cluster_cap": settings.drpo_cluster_cap}
+    defaults = {"k_max": None, "scaling": "hierarchical", "cluster_cap": None}  # None: the mode's own default
+    options = {k: v for k, v in options.items() if v != defaults[k]}
     return DRPO(settings.num_generations, mode=settings.drpo_mode, history=settings.drpo_history,
-                kl_quantile=settings.drpo_kl_quantile, seed=settings.seed)
+                kl_quantile=settings.drpo_kl_quantile, seed=settings.seed, elbow_tol=settings.drpo_elbow_tol,
+                **options)
 
 
 class QoQMedGRPOTrainer(GRPOTrainer):
@@ -199,6 +236,12 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         self._active_ecg: torch.Tensor | None = None
         self.domain_history: list[dict] = []
         self.eval_history: list[dict] = []
+        self._eval_split = "eval"
+        self._eval_buffer: dict[str, list] = {"rewards": [], "domains": [], "accuracy": []}
+        # TRL left-pads prompt ids itself but takes mm_token_type_ids from the processor: both must pad left, or
+        # every shorter image row is scored with shifted image flags and rotary positions (see _check_alignment)
+        self.processing_class.padding_side = "left"
+        self.processing_class.tokenizer.padding_side = "left"
         for model in (self.model, self.ref_model):
             if model is not None:
                 backbone = self.accelerator.unwrap_model(model).model
@@ -228,8 +271,19 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         rows = [r for r in rows if r.shape[0]]
         return torch.cat(rows) if rows else None
 
+    def _check_alignment(self, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor | None) -> None:
+        """Image-token flags must sit exactly on the image placeholders of the ids they come with."""
+        if mm_token_type_ids is None:
+            return
+        flags = mm_token_type_ids[:, : input_ids.shape[1]] == 1
+        if not torch.equal(flags, input_ids == self.processing_class.image_token_id):
+            raise RuntimeError("mm_token_type_ids do not line up with the image tokens of input_ids: the processor "
+                               "and the trainer pad on different sides; the loss would score other inputs than the "
+                               "rollouts were sampled with")
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, **kwargs):
+        self._check_alignment(input_ids, kwargs.get("mm_token_type_ids"))
         if self._active_ecg is not None:
             batch_size = None  # keep every row in one call so ECG records line up with their placeholders
         return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
@@ -248,29 +302,31 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         parts = getattr(self.reward_funcs[0], "last_components", None) or [{}] * len(inputs)
         if len(parts) != len(inputs):
             parts = [{}] * len(inputs)
-        local = [(x["id"], x["domain"], p.get("accuracy")) for x, p in zip(inputs, parts)]
+        local = [(x["id"], x["domain"], p.get("accuracy"), x["group"]) for x, p in zip(inputs, parts)]
         self._gathered = (rewards_per_func, gather_object(local))
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
+        mode = "train" if self.model.training else "eval"
         ecg_rows = self._ecg_rows(inputs)
         self._active_ecg = self._concat(ecg_rows)
         try:
             out = super()._generate_and_score_completions(inputs)
+            kl = self._rollout_kl(out) if mode == "train" else None
         finally:
             self._active_ecg = None
         out["ecg_rows"] = ecg_rows  # a per-row list, shuffled and split with the batch
-        mode = "train" if self.model.training else "eval"
         rewards_per_func, meta = self._gathered
         rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1).cpu()
         ids = [m[0] for m in meta]
         domains = [m[1] for m in meta]
         accuracy = [m[2] for m in meta]
+        domain_groups = [m[3] for m in meta]
         # TRL lays rollouts of one prompt out as consecutive blocks of num_generations rows
         groups = [f"{i}@{n // self.num_generations}" for n, i in enumerate(ids)]
         advantages = None
         if mode == "train":
-            advantages = self._advantages(rewards, groups, domains, self._rollout_kl(out))
+            advantages = self._advantages(rewards, groups, domain_groups, kl)
             n = len(inputs)
             local = advantages[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n]
             out["advantages"] = local.to(out["advantages"].device, out["advantages"].dtype)
@@ -280,18 +336,32 @@ class QoQMedGRPOTrainer(GRPOTrainer):
     def _rollout_kl(self, out: dict) -> torch.Tensor | None:
         """Per-rollout k3 KL(policy at sampling time || reference), mean over completion tokens, all processes.
 
-        Needs the sampling-time log-probs, which TRL computes only when a generation batch is reused
-        (``num_iterations > 1`` or several steps per generation); otherwise DRPO runs without KL damping.
+        DRPO's KL damping (paper Eqs. 4-5) needs it. TRL computes the sampling-time log-probs only when a
+        generation batch is reused, so they are computed here otherwise (one more no-grad forward per batch).
+        Without a reference model (``beta = 0``) there is no KL and DRPO runs undamped.
         """
         if self.estimator is None or self.estimator.kl_quantile is None:
             return None
-        old, ref = out.get("old_per_token_logps"), out.get("ref_per_token_logps")
-        if old is None or ref is None:
+        ref = out.get("ref_per_token_logps")
+        if ref is None:
             return None
+        old = out.get("old_per_token_logps")
+        if old is None:
+            old = self._sampling_logps(out)
         mask = out["completion_mask"].float()
         k3 = torch.exp(ref - old) - (ref - old) - 1
         kl = (k3 * mask).sum(1) / mask.sum(1).clamp(min=1)
         return self.accelerator.gather(kl.detach()).cpu()
+
+    @torch.no_grad()
+    def _sampling_logps(self, out: dict) -> torch.Tensor:
+        """Per-token log-probs of the sampled completions under the current (sampling) policy."""
+        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+        mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+        extra = {k: out[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids", "num_images") if k in out}
+        logps, _, _ = self._get_per_token_logps_and_entropies(self.model, ids, mask, out["completion_ids"].size(1),
+                                                              **extra)
+        return logps
 
     def _advantages(self, rewards: torch.Tensor, groups: list[str], domains: list[str],
                     kl: torch.Tensor | None = None) -> torch.Tensor:
@@ -310,30 +380,49 @@ class QoQMedGRPOTrainer(GRPOTrainer):
 
     def _log_domains(self, mode: str, rewards: torch.Tensor, domains: list[str], accuracy: list,
                      advantages: torch.Tensor | None) -> None:
+        """Per-domain metrics of one batch. A training step is logged at once; an evaluation (the probe set, or
+        eval records) is gathered over its batches and logged once by :meth:`evaluate`."""
+        entry = self._domain_entry(rewards.tolist(), domains, accuracy, advantages, mode == "train")
+        for key, value in entry.items():  # TRL averages these over logging_steps and hands them to report_to
+            self._metrics[mode][f"domain/{key}"].append(value)
+        if mode == "train":
+            entry = {"step": self.state.global_step, **entry}
+            self.domain_history.append(entry)
+            self._append_csv("train", entry)
+        else:
+            buf = self._eval_buffer
+            buf["rewards"] += rewards.tolist()
+            buf["domains"] += list(domains)
+            buf["accuracy"] += list(accuracy)
+
+    def _domain_entry(self, r: list[float], domains: list[str], accuracy: list, advantages: torch.Tensor | None,
+                      train: bool) -> dict:
         by_domain: dict[str, list[int]] = defaultdict(list)
         for i, d in enumerate(domains):
             by_domain[d].append(i)
-        r = rewards.tolist()
-        entry: dict = {"step": self.state.global_step}
-        stats_all = self.estimator.last_stats if self.estimator is not None and mode == "train" else {}
+        g = self.num_generations
+        entry: dict = {}
+        stats_all = self.estimator.last_stats if self.estimator is not None and train else {}
         for d, rows in sorted(by_domain.items()):
             entry[f"reward/{d}"] = float(np.mean([r[i] for i in rows]))
             acc = [accuracy[i] for i in rows if accuracy[i] is not None]
             if acc:
                 entry[f"accuracy/{d}"] = float(np.mean(acc))
+            # rollouts of one question are consecutive blocks of num_generations rows; a group whose rollouts
+            # all score the same accuracy gives group-relative estimators no signal on it
+            blocks = [accuracy[i:i + g] for i in rows if i % g == 0]
+            if blocks and all(a is not None for b in blocks for a in b):
+                entry[f"pass@{g}/{d}"] = float(np.mean([max(b) >= 1.0 for b in blocks]))
+                entry[f"constant_accuracy/{d}"] = float(np.mean([len(set(b)) == 1 for b in blocks]))
             entry[f"rollouts/{d}"] = len(rows)
             if advantages is not None:
                 entry[f"mean_abs_advantage/{d}"] = float(advantages[rows].abs().mean())
             stats = stats_all.get(d)
             if stats:
-                for key in ("mean_abs_scale", "T_g", "k", "mu_g", "n_history"):
+                for key in ("mean_abs_scale", "T_g", "k", "mu_g", "n_history", "kl_damping"):
                     if stats.get(key) is not None:
                         entry[f"{key}/{d}"] = float(stats[key])
-        for key, value in entry.items():  # TRL averages these over logging_steps and hands them to report_to
-            if key != "step":
-                self._metrics[mode][f"domain/{key}"].append(value)
-        (self.domain_history if mode == "train" else self.eval_history).append(entry)
-        self._append_csv(mode, entry)
+        return entry
 
     def _append_csv(self, mode: str, entry: dict) -> None:
         """Long format (step, split, domain, metric, value): domains may appear late, columns never change."""
@@ -346,9 +435,30 @@ class QoQMedGRPOTrainer(GRPOTrainer):
             if new:
                 w.writerow(["step", "split", "domain", "metric", "value"])
             for key, value in entry.items():
-                if key != "step":
+                if key not in ("step", "split"):
                     metric, domain = key.split("/", 1)
                     w.writerow([entry["step"], mode, domain, metric, value])
+
+    # -- evaluation and the probe set -----------------------------------------------------------------------
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        """TRL's evaluation (sampled like RL), with fixed draws that leave the training RNG untouched.
+
+        Each evaluation of the probe set draws the same random numbers, so the curve moves with the model and not
+        with the dice, and a run with probes trains exactly like one without.
+        """
+        self._eval_split = metric_key_prefix.removeprefix("eval_") if metric_key_prefix != "eval" else "eval"
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        self._eval_buffer = {"rewards": [], "domains": [], "accuracy": []}
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.settings.seed + 7919)
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        buf = self._eval_buffer
+        if buf["rewards"]:
+            entry = {"step": self.state.global_step, "split": self._eval_split,
+                     **self._domain_entry(buf["rewards"], buf["domains"], buf["accuracy"], None, train=False)}
+            self.eval_history.append(entry)
+            self._append_csv(self._eval_split, entry)
+        return metrics
 
     # -- checkpoints carry the estimator state ------------------------------------------------------------
     def _save_checkpoint(self, model, trial):
@@ -419,11 +529,57 @@ def make_grpo_config(s: RLSettings, out_dir: str | Path, suppress_tokens: Sequen
         max_completion_length=s.max_completion_length, logging_steps=s.logging_steps, report_to=list(s.report_to),
         save_strategy="steps" if s.save_steps else "no", save_steps=s.save_steps or 500,
         save_total_limit=s.save_total_limit, seed=s.seed, data_seed=s.seed,
-        eval_strategy="steps" if evaluate else "no", eval_steps=s.eval_steps,
+        eval_strategy="steps" if evaluate else "no", eval_steps=s.eval_steps or s.probe_steps,
+        eval_on_start=evaluate and s.probe_steps is not None,  # the probe curve starts at the warm start
         use_cpu=not torch.cuda.is_available(), bf16=bf16, dataloader_num_workers=0,
         generation_kwargs={"suppress_tokens": list(suppress_tokens)} if suppress_tokens else None,
         lr_scheduler_type="constant_with_warmup", warmup_steps=2, gradient_checkpointing=s.gradient_checkpointing,
         disable_tqdm=not s.progress_bar,
+    )
+
+
+def probe_records(records: Sequence[Record], per_domain: int) -> list[Record]:
+    """A fixed probe set: the first ``per_domain`` training records of each domain in id order (seed-independent)."""
+    by_domain: dict[str, list[Record]] = defaultdict(list)
+    for rec in sorted(records, key=lambda r: r.id):
+        if len(by_domain[rec.domain]) < per_domain:
+            by_domain[rec.domain].append(rec)
+    return [rec for domain in sorted(by_domain) for rec in by_domain[domain]]
+
+
+def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: str | Path,
+                     settings: RLSettings | None = None, eval_records: Sequence[Record] | None = None,
+                     callbacks: list[TrainerCallback] | None = None) -> QoQMedGRPOTrainer:
+    """The RL trainer for the model saved in ``model_dir`` on ``records`` (what :func:`train_rl` runs)."""
+    from ..modeling import QoQMedForConditionalGeneration
+
+    s = settings or RLSettings()
+    out_dir = Path(out_dir)
+    processor = QoQMedProcessor.from_pretrained(str(model_dir))
+    dtype = getattr(torch, s.model_dtype) if s.model_dtype else None
+    model = QoQMedForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype)
+    if s.freeze:
+        freeze(model, **{part: True for part in s.freeze})
+    dataset, facts = build_rl_dataset(records, processor, domain_key=s.domain_key)
+    eval_sets: dict[str, Dataset] = {}
+    if eval_records and s.eval_steps:
+        eval_sets["eval"], eval_facts = build_rl_dataset(eval_records, processor, domain_key=s.domain_key)
+        overlap = set(facts) & set(eval_facts)
+        if overlap:
+            raise ValueError(f"eval records share ids with training records, e.g. {sorted(overlap)[:3]}")
+        facts = {**facts, **eval_facts}
+    if s.probe_steps:  # training questions: their facts are already in `facts`
+        eval_sets["probe"], _ = build_rl_dataset(probe_records(records, s.probe_per_domain), processor,
+                                                 domain_key=s.domain_key)
+    args = make_grpo_config(s, out_dir, suppress_tokens=model.placeholder_token_ids(), evaluate=bool(eval_sets))
+    domain_counts: dict[str, int] = defaultdict(int)
+    for rec in records:
+        domain_counts[group_of(rec, s.domain_key)] += 1
+    eval_dataset = (eval_sets.get("eval") if list(eval_sets) == ["eval"] else eval_sets) or None
+    return QoQMedGRPOTrainer(
+        model=model, reward_funcs=make_reward_function(facts, s.reward_preset, s.iou_reduce), args=args,
+        train_dataset=dataset, eval_dataset=eval_dataset, processing_class=processor, settings=s, facts=facts,
+        domain_counts=dict(domain_counts), metrics_csv=out_dir / METRICS_CSV, callbacks=callbacks,
     )
 
 
@@ -434,42 +590,23 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
 
     ``resume_from``: a checkpoint folder, or ``"latest"`` for the newest ``checkpoint-*`` in ``out_dir``.
     ``eval_records`` with ``settings.eval_steps``: periodic evaluation (generation + reward per domain).
+    ``settings.probe_steps``: a fixed probe set of training questions scored every N steps, sampled as in RL
+    (the learning curve of what RL optimises; split ``probe`` in the CSV).
     Per-step per-domain metrics go to ``out_dir/rl_metrics.csv``, everything to ``out_dir/rl_logs.json``.
     """
-    from ..modeling import QoQMedForConditionalGeneration
-
     s = settings or RLSettings()
     out_dir = Path(out_dir)
-    processor = QoQMedProcessor.from_pretrained(str(model_dir))
-    dtype = getattr(torch, s.model_dtype) if s.model_dtype else None
-    model = QoQMedForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype)
-    if s.freeze:
-        freeze(model, **{part: True for part in s.freeze})
-    dataset, facts = build_rl_dataset(records, processor)
-    eval_dataset = None
-    if eval_records and s.eval_steps:
-        eval_dataset, eval_facts = build_rl_dataset(eval_records, processor)
-        overlap = set(facts) & set(eval_facts)
-        if overlap:
-            raise ValueError(f"eval records share ids with training records, e.g. {sorted(overlap)[:3]}")
-        facts = {**facts, **eval_facts}
-    args = make_grpo_config(s, out_dir, suppress_tokens=model.placeholder_token_ids(),
-                             evaluate=eval_dataset is not None)
-    domain_counts: dict[str, int] = defaultdict(int)
-    for rec in records:
-        domain_counts[rec.domain] += 1
-    trainer = QoQMedGRPOTrainer(
-        model=model, reward_funcs=make_reward_function(facts, s.reward_preset, s.iou_reduce), args=args,
-        train_dataset=dataset, eval_dataset=eval_dataset, processing_class=processor, settings=s, facts=facts,
-        domain_counts=dict(domain_counts), metrics_csv=out_dir / METRICS_CSV, callbacks=callbacks,
-    )
+    trainer = build_rl_trainer(model_dir, records, out_dir, s, eval_records, callbacks)
+    processor = trainer.processing_class
     resume = _resolve_resume(resume_from, out_dir)
     if trainer.accelerator.is_main_process:
         _reset_csv(out_dir / METRICS_CSV, resume)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(out_dir / "model"))
     logs = {"settings": asdict(s), "log_history": trainer.state.log_history, "domains": trainer.domain_history,
-            "eval_domains": trainer.eval_history, "resumed_from": resume}
+            "eval_domains": [e for e in trainer.eval_history if e.get("split") != "probe"],
+            "probe_domains": [e for e in trainer.eval_history if e.get("split") == "probe"],
+            "resumed_from": resume}
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(str(out_dir / "model"))
         if trainer.estimator is not None:
