@@ -452,3 +452,88 @@ def test_drpo_bounded_runs_are_reproducible_over_steps():
     a, b = DRPO(4, mode="bounded", history=10, seed=2), DRPO(4, mode="bounded", history=10, seed=2)
     for batch in batches:  # the warm-started k-means depends only on the state, which both share
         assert torch.equal(a(*batch), b(*batch))
+
+
+def _tie_heavy_batch(rng, n_questions, g, shares):
+    """Rewards as the paper preset gives them: 0.6 accuracy in {0, 1} + 0.2 IoU (mostly 0) + 0.2 format in thirds."""
+    domains = rng.choice(list(shares), size=n_questions, p=list(shares.values()))
+    acc = rng.random((n_questions, g)) < 0.5
+    iou = np.where(rng.random((n_questions, g)) < 0.8, 0.0, rng.random((n_questions, g)))
+    fmt = rng.integers(0, 4, (n_questions, g)) / 3
+    r = (0.6 * acc + 0.2 * iou + 0.2 * fmt).reshape(-1)
+    q = np.repeat(np.arange(n_questions), g)
+    return torch.tensor(r), q.tolist(), np.repeat(domains, g).tolist()
+
+
+def test_bounded_mode_keeps_rarity_scaling_once_histories_fill():
+    """N_g comes from running totals: the abundant/rare temperature ratio tracks reference mode, not 1."""
+    shares = {"ct": 0.8, "cxr": 0.15, "us": 0.05}
+    rng = np.random.default_rng(0)
+    modes = {"reference": DRPO(4, mode="reference"), "bounded": DRPO(4, mode="bounded", history=32)}
+    for step in range(40):
+        r, q, d = _tie_heavy_batch(rng, 40, 4, shares)
+        q = [f"{step}-{i}" for i in q]
+        for est in modes.values():
+            est(r, q, d)
+        if all(x in set(d) for x in shares):
+            ratio = {m: est.last_stats["ct"]["T_g"] / est.last_stats["us"]["T_g"] for m, est in modes.items()}
+    assert modes["bounded"].last_stats["ct"]["n_history"] < 40  # the history (or one larger batch) is clustered
+    assert modes["bounded"].last_stats["ct"]["N_g"] > 32 * 10  # a running total, not the history size
+    assert ratio["reference"] > 3
+    assert abs(ratio["bounded"] / ratio["reference"] - 1) < 0.25, ratio
+
+
+def test_bounded_running_counts_survive_a_state_round_trip():
+    rng = np.random.default_rng(1)
+    batches = [_tie_heavy_batch(rng, 16, 4, {"a": 0.7, "b": 0.3}) for _ in range(4)]
+    a = DRPO(4, mode="bounded", history=8)
+    for r, q, d in batches[:3]:
+        a(r, q, d)
+    b = DRPO(4, mode="bounded", history=8)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a(*batches[3]), b(*batches[3]))
+    old = a.state_dict()
+    old.pop("seen")
+    DRPO(4, mode="bounded", history=8).load_state_dict(old)  # a version-2 state still loads
+
+
+def test_drpo_ablation_settings():
+    rng = np.random.default_rng(2)
+    r, q, d = _tie_heavy_batch(rng, 24, 4, {"a": 0.6, "b": 0.4})
+    base = DRPO(4, mode="paper")
+    base(r, q, d)
+    only = DRPO(4, mode="paper", scaling="domain_only")
+    only(r, q, d)
+    for stats in only.last_stats.values():
+        assert stats["T_g"] > 0
+    # domain_only: every question of a domain gets the same scale, so A / s is constant within a domain
+    s = group_advantages(r, q, scale=True, unbiased=True, eps=1e-6)
+    a = DRPO(4, mode="paper", scaling="domain_only")(r, q, d)
+    for dom in ("a", "b"):
+        rows = [i for i, x in enumerate(d) if x == dom and abs(float(s[i])) > 1e-3]
+        factors = (a[rows] / s[rows]).numpy()
+        assert np.allclose(factors, factors[0], rtol=1e-5)
+    capped = DRPO(4, mode="paper", cluster_cap=1.0)(r, q, d)
+    for dom in ("a", "b"):
+        rows = [i for i, x in enumerate(d) if x == dom and abs(float(s[i])) > 1e-3]
+        factors = (capped[rows] / s[rows]).numpy()
+        assert np.allclose(factors, factors[0], rtol=1e-5)
+    assert torch.allclose(DRPO(4, mode="paper", cluster_cap=1e9)(r, q, d), DRPO(4, mode="paper")(r, q, d))
+    for bad in (dict(scaling="none"), dict(cluster_cap=0.5), dict(elbow_tol=1.5), dict(k_max=0)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            DRPO(4, **bad)
+
+
+def test_kl_damping_changes_only_high_kl_rollouts():
+    rng = np.random.default_rng(3)
+    r, q, d = _tie_heavy_batch(rng, 16, 4, {"a": 1.0})
+    plain = DRPO(4, mode="paper")(r, q, d)
+    assert torch.allclose(DRPO(4, mode="paper")(r, q, d, kl=torch.zeros(64)), plain)
+    kl = torch.full((64,), 0.01)  # a policy drifts a little everywhere ...
+    kl[:3] = 5.0  # ... and a lot on a few rollouts
+    est = DRPO(4, mode="paper")
+    damped = est(r, q, d, kl=kl)
+    assert not torch.allclose(damped, plain)
+    assert est.last_stats["a"]["kl_damping"] < 1.0
+    ratio = (damped / plain)[plain.abs() > 1e-6]
+    assert (damped[:3].abs() <= plain[:3].abs() * ratio.max() + 1e-6).all()

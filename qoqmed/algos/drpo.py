@@ -28,8 +28,9 @@ __all__ = [
 ]
 
 MODES = ("paper", "bounded", "reference")
+SCALINGS = ("hierarchical", "domain_only", "cluster_only")
 DEFAULT_HISTORY = 256  # bounded mode: questions kept per domain
-_STATE_VERSION = 2
+_STATE_VERSION = 3
 
 
 def select_k(inertias: Sequence[float], tol: float = 0.10) -> int:
@@ -231,9 +232,12 @@ class DRPO:
     - ``"paper"``: the equations as written, statistics from the current batch only. ``mu_g`` is the mean
       reward of the domain's questions, ``mu_c`` that of the cluster's questions, both temperatures are
       floored at eps, KL damping uses the ``kl_quantile`` of z.
-    - ``"bounded"``: the paper equations over the last ``history`` questions of each domain (default 256), so
-      rare domains are not judged on one question per step and the cost per step stays flat.
-      (``mode="paper", history=H`` is the same thing, kept for older configs.)
+    - ``"bounded"``: the paper equations with the clustering on the last ``history`` questions of each domain
+      (default 256), so rare domains are not judged on one question per step and the cost per step stays flat.
+      The counts of the rarity terms come from running totals, as in ``reference`` mode: N_g is every question
+      seen for the domain, and a cluster's N_c is its share of the history times N_g. (Counting the history
+      instead would give every domain N_g = H once the histories fill, and the rarity scaling would vanish.)
+      ``mode="paper", history=H`` is the same thing, kept for older configs.
     - ``"reference"``: the released code. The history is every question ever seen for the domain (cost grows
       with training length); scikit-learn ``KMeans(n_init="auto", random_state=seed)`` with the elbow search is
       refit on all of it every step on the vectors in rollout order; ``mu_g`` is the inverse-cluster-size-weighted
@@ -252,8 +256,15 @@ class DRPO:
     ``kl`` (optional): per rollout (length B) or per question (length Q, questions in order of first
     appearance in ``question_ids``).
 
-    ``last_stats[domain]`` after a call (for logging): ``k``, ``cluster_sizes`` (N_c), ``T_c`` and ``mu_c`` per
-    cluster, ``T_g``, ``mu_g``, ``n_questions`` (in this batch), ``n_history`` (N_g), ``zero_cluster_guard``,
+    Ablations (the paper's Table 3): ``scaling="domain_only"`` drops the cluster term (T_c = 1, rarity only),
+    ``"cluster_only"`` the domain term (T_g = 1); ``kl_quantile=None`` is NoKL; ``cluster_cap=c`` bounds the
+    within-domain reweighting: each question's cluster factor 1/T_c is clipped to [w/c, w*c], w the domain's
+    question-weighted mean of 1/T_c, so one tiny hard cluster cannot dominate its domain (c = 1: no cluster term
+    inside a domain beyond its mean). ``k_max`` and ``elbow_tol`` set the elbow search.
+
+    ``last_stats[domain]`` after a call (for logging): ``k``, ``cluster_sizes`` (in the clustered pool), ``T_c``
+    and ``mu_c`` per cluster, ``T_g``, ``mu_g``, ``n_questions`` (in this batch), ``n_history`` (questions
+    clustered), ``N_g`` (the count in T_g), ``kl_damping`` (mean m, when damping ran), ``zero_cluster_guard``,
     ``mean_abs_scale``: the mean over the domain's rollouts of ``|A / s|`` (the total factor applied to the GRPO
     score) and ``mean_reward``.
     """
@@ -271,6 +282,8 @@ class DRPO:
         seed: int = 0,
         clusterer: str | None = None,
         warm_start: bool = True,
+        scaling: str = "hierarchical",
+        cluster_cap: float | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -284,6 +297,12 @@ class DRPO:
             raise ValueError(f"k_max must be >= 1, got {k_max}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got {eps}")
+        if not 0.0 <= float(elbow_tol) < 1.0:
+            raise ValueError(f"elbow_tol must be in [0, 1), got {elbow_tol}")
+        if scaling not in SCALINGS:
+            raise ValueError(f"scaling must be one of {SCALINGS}, got {scaling!r}")
+        if cluster_cap is not None and not float(cluster_cap) >= 1.0:
+            raise ValueError(f"cluster_cap must be >= 1 (or None), got {cluster_cap}")
         if kl_quantile is not None and not 0.0 <= kl_quantile <= 1.0:
             raise ValueError(f"kl_quantile must be in [0, 1] or None, got {kl_quantile}")
         clusterer = clusterer or ("sklearn" if mode == "reference" else "numpy")
@@ -299,7 +318,10 @@ class DRPO:
         self.seed = int(seed)
         self.clusterer = clusterer
         self.warm_start = bool(warm_start) and self.history is not None and clusterer == "numpy"
+        self.scaling = scaling
+        self.cluster_cap = None if cluster_cap is None else float(cluster_cap)
         self._hist: dict[Hashable, np.ndarray] = {}  # domain -> (n, G) reward vectors, oldest first
+        self._seen: dict[Hashable, int] = {}  # domain -> questions seen over the whole run (bounded mode's N_g)
         self._centres: dict[Hashable, np.ndarray] = {}  # domain -> last step's centres of every k (warm start)
         self.last_stats: dict[Hashable, dict[str, Any]] = {}
 
@@ -365,11 +387,17 @@ class DRPO:
                                  return_fits=True)
 
     def _domain_scales(self, pool: np.ndarray, n_current: int, labels: np.ndarray,
-                       centroids: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
-        """``1 / (T_g * T_c)`` for the last ``n_current`` rows of ``pool`` (§3.3), and logging stats."""
+                       centroids: np.ndarray, n_seen: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """``1 / (T_g * T_c)`` for the last ``n_current`` rows of ``pool`` (§3.3), and logging stats.
+
+        ``n_seen``: the domain's running question count (bounded mode); the pool's counts are scaled up to it.
+        """
         k = len(centroids)
         sizes = np.bincount(labels, minlength=k).astype(np.float64)
-        n_g = float(len(pool))
+        n_g = n_pool = float(len(pool))
+        if n_seen is not None and n_seen > n_g:
+            sizes = sizes * (n_seen / n_g)  # each cluster's share of the history, applied to the running total
+            n_g = float(n_seen)
         if self.mode == "reference":
             mu_c = centroids.mean(axis=1)
             w = np.where(sizes > 0, 1.0 / np.maximum(sizes, 1.0), 0.0)
@@ -383,7 +411,15 @@ class DRPO:
             t_c = np.maximum(np.sqrt(sizes) * mu_c, self.eps)
             guarded = np.zeros(k, dtype=bool)
         t_g = temperature(n_g, mu_g, self.eps)
+        if self.scaling == "domain_only":
+            t_c = np.ones(k)
+        elif self.scaling == "cluster_only":
+            t_g = 1.0
         cur = labels[len(pool) - n_current :]
+        inv_c = 1.0 / t_c[cur]
+        if self.cluster_cap is not None:
+            w = float(np.mean(1.0 / t_c[labels]))  # the domain's question-weighted mean cluster factor
+            inv_c = np.clip(inv_c, w / self.cluster_cap, w * self.cluster_cap)
         stats = {
             "k": int(k),
             "cluster_sizes": [int(s) for s in sizes],
@@ -392,10 +428,11 @@ class DRPO:
             "T_g": float(t_g),
             "mu_g": float(mu_g),
             "n_questions": int(n_current),
-            "n_history": int(n_g),
+            "n_history": int(n_pool),  # questions clustered
+            "N_g": int(n_g),  # questions the rarity term counts
             "zero_cluster_guard": int(guarded[cur].sum()),
         }
-        return 1.0 / (t_g * t_c[cur]), stats
+        return inv_c / t_g, stats
 
     # ---- main -------------------------------------------------------------------------------------------
     def __call__(
@@ -428,8 +465,12 @@ class DRPO:
         pools = [self._pool(d, vectors[rows]) for d, rows in zip(duniq, rows_of)]
         clusters = self._cluster(duniq, pools)  # (2)
         new_centres = {}
+        new_seen: dict[Hashable, int] = {}
         for d, rows, pool, (labels, centroids, fits) in zip(duniq, rows_of, pools, clusters):  # (3)
-            q_scale[rows], stats[d] = self._domain_scales(pool, len(rows), labels, centroids)
+            seen = self._seen.get(d, 0) + len(rows)
+            n_seen = seen if self.mode != "reference" and self.history is not None else None
+            q_scale[rows], stats[d] = self._domain_scales(pool, len(rows), labels, centroids, n_seen)
+            new_seen[d] = seen
             if self.warm_start and fits is not None:
                 new_centres[d] = fits
             if self.mode == "reference":
@@ -442,6 +483,9 @@ class DRPO:
         m = kl_damping(scaled, kl_r, self.kl_quantile) if kl_r is not None else torch.ones_like(scaled)  # (4)
         scaled = m * scaled
         denom = scaled.std() + self.eps  # (5)
+        if kl_r is not None:
+            for j, d in enumerate(duniq):
+                stats[d]["kl_damping"] = float(m[didx[qidx] == j].mean())
         adv = scaled / denom
 
         # Diagnostics: per domain, the mean total factor |A / s| and the mean reward.
@@ -454,6 +498,7 @@ class DRPO:
             stats[d]["mean_reward"] = float(reward[j] / n_rows[j])
         self._hist.update({d: a.copy() for d, a in new_hist.items()})
         self._centres.update(new_centres)
+        self._seen.update(new_seen)
         self.last_stats = stats
 
         src = torch.as_tensor(rewards)
@@ -462,7 +507,7 @@ class DRPO:
 
     # ---- checkpointing ----------------------------------------------------------------------------------
     _CONFIG_KEYS = ("mode", "num_generations", "history", "k_max", "elbow_tol", "eps", "kl_quantile", "seed",
-                    "clusterer", "warm_start")
+                    "clusterer", "warm_start", "scaling", "cluster_cap")
 
     def state_dict(self) -> dict[str, Any]:
         """Plain python / numpy state; restoring it makes later calls return identical advantages."""
@@ -470,6 +515,7 @@ class DRPO:
         state.update({k: getattr(self, k) for k in self._CONFIG_KEYS})
         state["domains"] = {d: a.copy() for d, a in self._hist.items()}
         state["centres"] = {d: a.copy() for d, a in self._centres.items()}
+        state["seen"] = dict(self._seen)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -491,4 +537,6 @@ class DRPO:
             if a.ndim != 3 or a.shape[0] != a.shape[1] or a.shape[2] != self.num_generations:
                 raise ValueError(f"DRPO state: centres of domain {d!r} have shape {a.shape}, expected (k, k, "
                                  f"{self.num_generations})")
-        self._hist, self._centres = hist, centres
+        # version-2 states kept no running count: the history length is the best estimate of it
+        seen = {d: int(n) for d, n in state.get("seen", {d: len(a) for d, a in hist.items()}).items()}
+        self._hist, self._centres, self._seen = hist, centres, seen

@@ -419,7 +419,7 @@ class QoQMedGRPOTrainer(GRPOTrainer):
                 entry[f"mean_abs_advantage/{d}"] = float(advantages[rows].abs().mean())
             stats = stats_all.get(d)
             if stats:
-                for key in ("mean_abs_scale", "T_g", "k", "mu_g", "n_history", "kl_damping"):
+                for key in ("mean_abs_scale", "T_g", "k", "mu_g", "n_history", "N_g", "kl_damping"):
                     if stats.get(key) is not None:
                         entry[f"{key}/{d}"] = float(stats[key])
         return entry
