@@ -30,6 +30,7 @@ __all__ = [
 MODES = ("paper", "bounded", "reference")
 SCALINGS = ("hierarchical", "domain_only", "cluster_only")
 DEFAULT_HISTORY = 256  # bounded mode: questions kept per domain
+K_MAX = {"paper": 10, "bounded": 10, "reference": 20}  # the released code searches k up to 20, the paper says 10
 _STATE_VERSION = 3
 
 
@@ -275,7 +276,7 @@ class DRPO:
         *,
         mode: str = "paper",
         history: int | None = None,
-        k_max: int = 10,
+        k_max: int | None = None,
         elbow_tol: float = 0.10,
         eps: float = 1e-6,
         kl_quantile: float | None = 0.75,
@@ -293,6 +294,7 @@ class DRPO:
             history = DEFAULT_HISTORY
         if history is not None and (mode == "reference" or int(history) < 1):
             raise ValueError(f"history={history!r}: a positive int in paper/bounded mode (reference keeps everything)")
+        k_max = K_MAX[mode] if k_max is None else k_max
         if int(k_max) < 1:
             raise ValueError(f"k_max must be >= 1, got {k_max}")
         if not eps > 0:
@@ -371,11 +373,11 @@ class DRPO:
         """The questions whose statistics are used: the current batch last, preceded by kept history."""
         if self.mode != "reference" and self.history is None:
             return current
-        prev = self._hist.get(domain, np.zeros((0, self.num_generations)))
+        prev = self._hist.get(domain, np.zeros((0, self.num_generations), current.dtype))
         if self.mode != "reference":
             keep = max(self.history - len(current), 0)  # type: ignore[operator]
             prev = prev[len(prev) - min(keep, len(prev)) :]
-        return np.concatenate([prev, current], axis=0)
+        return np.concatenate([prev, current], axis=0).astype(current.dtype)
 
     def _cluster(self, domains: list[Hashable], pools: list[np.ndarray]) -> list[tuple]:
         """(labels, centroids, centres of every k or None) per domain pool (§3.2)."""
@@ -453,7 +455,9 @@ class DRPO:
         # Reward vectors (Q, G): rollouts in batch order (reference) or sorted (exchangeable rollouts).
         order = torch.argsort(qidx, stable=True)
         vectors = r[order].reshape(len(quniq), self.num_generations).numpy()
-        if self.mode != "reference":
+        if self.mode == "reference":
+            vectors = vectors.astype(np.float32)  # the released code clusters float32 vectors; ties depend on it
+        else:
             vectors = -np.sort(-vectors, axis=1)
 
         didx, duniq = group_index(qdom)  # domain of each question, domains in order of first appearance
@@ -525,7 +529,7 @@ class DRPO:
                 raise ValueError(f"DRPO state has {key}={state[key]!r} but this estimator has {getattr(self, key)!r}")
         hist: dict[Hashable, np.ndarray] = {}
         for d, a in state.get("domains", {}).items():
-            arr = np.array(a, dtype=np.float64)
+            arr = np.array(a, dtype=np.float32 if self.mode == "reference" else np.float64)
             if arr.size == 0:
                 arr = arr.reshape(0, self.num_generations)
             if arr.ndim != 2 or arr.shape[1] != self.num_generations:
