@@ -147,11 +147,17 @@ def evaluate_cmd(
                                                          "(e.g. {\"AF\": \"A. Fib/Aflutter\"}).")] = None,
     label_parser: Annotated[str, typer.Option(help="How predicted labels are read: qoqmed, or reference "
                                                    "(as the released evaluation script did).")] = "qoqmed",
+    samples: Annotated[int, typer.Option(help="Also sample K answers per record (0: off) and report mean "
+                                              "reward, accuracy and pass@K, as RL sees them.")] = 0,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature for --samples (use the RL one).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling for --samples.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the --samples draws (same seed, same samples).")] = 0,
 ) -> None:
     """Generate answers with greedy decoding and report per-label, per-dataset, per-domain metrics.
 
     Writes metrics.json, predictions.jsonl, report.md and PNG plots to --out. Decoding is greedy, so the
-    same model and data give the same metrics on every run."""
+    same model and data give the same metrics on every run. With --samples K, K sampled answers per record
+    are scored too (sampled_predictions.jsonl, a 'sampled' section in metrics.json and the report)."""
     from .data.schema import DataError, load_records
     from .eval.evaluate import evaluate
     from .eval.report import print_summary, write_report
@@ -178,10 +184,20 @@ def evaluate_cmd(
         _fail(str(exc))
     if label_parser not in ("qoqmed", "reference"):
         _fail(f"--label-parser must be qoqmed or reference, got {label_parser!r}")
+    if samples < 0 or (samples and not (temperature > 0 and 0 < top_p <= 1)):
+        _fail(f"--samples must be >= 0, and with samples --temperature > 0 and --top-p in (0, 1]; got "
+              f"{samples}, {temperature}, {top_p}")
     proc = QoQMedProcessor.from_pretrained(model)
     net = QoQMedForConditionalGeneration.from_pretrained(model)
     metrics, rows = evaluate(net, proc, records, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              preset=preset, iou_reduce=iou_reduce, synonyms=table, label_parser=label_parser)
+    if samples:
+        from .eval.evaluate import evaluate_sampled
+
+        metrics["sampled"], _ = evaluate_sampled(net, proc, records, k=samples, temperature=temperature,
+                                                 top_p=top_p, seed=seed, out_dir=out, batch_size=batch_size,
+                                                 max_new_tokens=max_new_tokens, preset=preset,
+                                                 iou_reduce=iou_reduce)
     write_report(metrics, out, title=f"qoqmed evaluation of {model.name}",
                  context={"model": str(model), "data": str(data), "records": len(records), "reward preset": preset,
                           "label parser": label_parser, "decoding": f"greedy, {max_new_tokens} new tokens"},

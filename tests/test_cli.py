@@ -61,6 +61,20 @@ def test_eval_command_on_the_quickstart_model(smoke_run, tmp_path):
     assert _without_timings(metrics) == _without_timings(json.loads((runs[1] / "metrics.json").read_text()))
 
 
+def test_eval_with_sampled_answers(smoke_run, tmp_path):
+    data = smoke_run / "data" / "val.jsonl"
+    result = runner.invoke(app, ["eval", "--model", str(smoke_run / "rl" / "model"), "--data", str(data),
+                                 "--out", str(tmp_path / "s"), "--max-new-tokens", "16", "--samples", "2",
+                                 "--temperature", "1.0", "--seed", "3"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    sampled = json.loads((tmp_path / "s" / "metrics.json").read_text())["sampled"]
+    assert sampled["k"] == 2 and {"pass@1", "pass@2", "mean_reward"} <= set(sampled["overall"])
+    assert "## Sampled answers (k=2" in (tmp_path / "s" / "report.md").read_text()
+    bad = runner.invoke(app, ["eval", "--model", str(smoke_run / "rl" / "model"), "--data", str(data),
+                              "--out", str(tmp_path / "bad"), "--samples", "2", "--temperature", "0"])
+    assert bad.exit_code != 0 and "--temperature" in bad.output
+
+
 def test_eval_with_the_released_scorer_and_label_reading(smoke_run, tmp_path):
     syn = tmp_path / "syn.json"
     syn.write_text(json.dumps({"AF": "A. Fib/Aflutter"}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from functools import lru_cache
@@ -24,23 +25,31 @@ from .metrics import compute_metrics, normalize_label
 @torch.no_grad()
 def generate_responses(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor,
                        records: Sequence[Record], batch_size: int = 16, max_new_tokens: int = 128,
-                       show_progress: bool = True) -> list[str]:
-    """Greedy answers, one per record, in input order. Records are batched by domain to limit padding."""
+                       show_progress: bool = True, samples: int = 0, temperature: float = 1.0,
+                       top_p: float = 1.0) -> list:
+    """Greedy answers, one per record, in input order. Records are batched by domain to limit padding.
+
+    ``samples=k > 0``: k sampled answers per record instead (a list per record), at ``temperature``/``top_p``.
+    """
     model.eval()
     order = sorted(range(len(records)), key=lambda i: (records[i].domain, len(records[i].images), i))
-    responses: list[str] = [""] * len(records)
+    k = max(samples, 1)
+    # a record's k samples are k copies of its row (not num_return_sequences, which cannot expand several ECG
+    # records of one row in order)
+    decoding = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if samples else dict(do_sample=False)
+    responses: list = [""] * len(records)
     with Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not show_progress) as bar:
         task = bar.add_task("generate", total=len(records))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            enc = encode_batch(processor, [load_record(records[i]) for i in idx])
-            enc = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+            enc = encode_batch(processor, [loaded for i in idx for loaded in [load_record(records[i])] * k])
+            enc = {key: v.to(model.device) if isinstance(v, torch.Tensor) else v for key, v in enc.items()}
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, **decoding,
                                  suppress_tokens=model.placeholder_token_ids())
             texts = processor.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-            for i, text in zip(idx, texts):
-                responses[i] = text
+            for j, i in enumerate(idx):  # the k copies of a record are consecutive rows
+                responses[i] = texts[j * k:(j + 1) * k] if samples else texts[j]
             bar.advance(task, len(idx))
     return responses
 
@@ -99,4 +108,62 @@ def evaluate(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, 
         with open(out / "predictions.jsonl", "w") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
+    return metrics, rows
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of a question with c correct among n samples: ``1 - C(n-c, k) / C(n, k)`` (Chen et al. 2021)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def evaluate_sampled(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, records: Sequence[Record],
+                     k: int = 4, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                     out_dir: str | Path | None = None, batch_size: int = 16, max_new_tokens: int = 128,
+                     preset: str = "paper", iou_reduce: str | None = None,
+                     show_progress: bool = True) -> tuple[dict, list[dict]]:
+    """What RL optimises: k answers per record sampled at the RL temperature, scored like rollouts.
+
+    Per domain and overall (unweighted mean over domains): mean reward, mean accuracy reward, pass@1 and pass@k
+    (a sample solves a question when its accuracy reward is 1, the exact label set), and the share of questions
+    whose k samples all score the same accuracy (no signal for group-relative RL). The draws are fixed by
+    ``seed`` and leave the caller's random state as it was. Returns (metrics, one row per sample).
+    """
+    if k < 1:
+        raise ValueError(f"k={k}: sample at least one answer per record")
+    if not temperature > 0 or not 0 < top_p <= 1:
+        raise ValueError(f"temperature={temperature} must be > 0 and top_p={top_p} in (0, 1]")
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        samples = generate_responses(model, processor, records, batch_size, max_new_tokens, show_progress,
+                                     samples=k, temperature=temperature, top_p=top_p)
+    flat_records = [rec for rec in records for _ in range(k)]
+    rows = score_records(flat_records, [t for texts in samples for t in texts], processor, preset, iou_reduce)
+    by_domain: dict[str, list[list[dict]]] = {}
+    for q in range(len(records)):
+        by_domain.setdefault(records[q].domain, []).append(rows[q * k:(q + 1) * k])
+    domains = {}
+    for d, groups in sorted(by_domain.items()):
+        solved = [sum(r["accuracy_reward"] >= 1.0 for r in g) for g in groups]
+        domains[d] = {
+            "questions": len(groups),
+            "mean_reward": float(np.mean([r["reward"] for g in groups for r in g])),
+            "mean_accuracy": float(np.mean([r["accuracy_reward"] for g in groups for r in g])),
+            "pass@1": float(np.mean([pass_at_k(k, c, 1) for c in solved])),
+            f"pass@{k}": float(np.mean([pass_at_k(k, c, k) for c in solved])),
+            "constant_accuracy": float(np.mean([len({r["accuracy_reward"] for r in g}) == 1 for g in groups])),
+        }
+    keys = ("mean_reward", "mean_accuracy", "pass@1", f"pass@{k}", "constant_accuracy")
+    metrics = {"k": k, "temperature": temperature, "top_p": top_p, "seed": seed, "domains": domains,
+               "overall": {key: float(np.mean([m[key] for m in domains.values()])) for key in keys}}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "sampled_predictions.jsonl", "w") as f:
+            for n, row in enumerate(rows):
+                f.write(json.dumps({**row, "sample": n % k}) + "\n")
     return metrics, rows

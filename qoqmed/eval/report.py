@@ -112,6 +112,8 @@ def _markdown(metrics: Mapping[str, Any], title: str, context: Mapping[str, Any]
             parts.append(f"- **{key}**: {shown}")
         parts.append("")
     parts += ["## Per domain", "", format_metrics_table(metrics), "", _DEFINITIONS, ""]
+    if metrics.get("sampled"):
+        parts += _sampled_section(metrics["sampled"])
     if plots:
         parts += [f"![{p.stem}]({p.name})" for p in plots] + [""]
     if metrics["datasets"]:
@@ -119,6 +121,21 @@ def _markdown(metrics: Mapping[str, Any], title: str, context: Mapping[str, Any]
         for ds, entry in metrics["datasets"].items():
             parts += [f"### {ds} ({entry['domain']}, n={entry['n']})", "", _label_table(entry), ""]
     return "\n".join(parts)
+
+
+def _sampled_section(sampled: Mapping[str, Any]) -> list[str]:
+    """The sampled evaluation (what RL optimises) as a per-domain table."""
+    k = sampled["k"]
+    keys = ("mean_reward", "mean_accuracy", "pass@1", f"pass@{k}", "constant_accuracy")
+    head = "| domain | " + " | ".join(keys) + " |"
+    lines = [f"## Sampled answers (k={k}, temperature {sampled['temperature']}, top_p {sampled['top_p']}, "
+             f"seed {sampled['seed']})", "", head, "|" + "---|" * (len(keys) + 1)]
+    for name, m in [*sampled["domains"].items(), ("**overall**", sampled["overall"])]:
+        lines.append(f"| {name} | " + " | ".join(format_value(m[key]) for key in keys) + " |")
+    lines += ["", "A question counts as solved by a sample whose label set is exactly right; pass@k is the unbiased "
+              "estimator; constant_accuracy is the share of questions whose samples all score the same accuracy "
+              "(no signal for group-relative RL).", ""]
+    return lines
 
 
 def _plot_domains(metrics: Mapping[str, Any], path: Path) -> None:
