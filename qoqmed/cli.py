@@ -137,7 +137,8 @@ def evaluate_cmd(
     model: Annotated[Path, typer.Option(help="Folder with a saved QoQ-Med model and processor.")],
     data: Annotated[Path, typer.Option(help="jsonl records to evaluate on.")],
     out: Annotated[Path, typer.Option(help="Folder for metrics.json, predictions.jsonl, report.md, plots.")],
-    batch_size: Annotated[int, typer.Option(help="Records per generate() call.")] = 16,
+    batch_size: Annotated[int, typer.Option(help="Records per generate() call (with --samples K: answers, "
+                                                 "so batch-size // K records).")] = 16,
     max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens.")] = 128,
     preset: Annotated[str, typer.Option(help="Reward scorer: paper, or reference (the released scorer, "
                                              "exactly, for comparing with old runs).")] = "paper",
@@ -147,23 +148,44 @@ def evaluate_cmd(
                                                          "(e.g. {\"AF\": \"A. Fib/Aflutter\"}).")] = None,
     label_parser: Annotated[str, typer.Option(help="How predicted labels are read: qoqmed, or reference "
                                                    "(as the released evaluation script did).")] = "qoqmed",
-    samples: Annotated[int, typer.Option(help="Also sample K answers per record (0: off) and report mean "
-                                              "reward, accuracy and pass@K, as RL sees them.")] = 0,
-    temperature: Annotated[float, typer.Option(help="Sampling temperature for --samples (use the RL one).")] = 1.0,
-    top_p: Annotated[float, typer.Option(help="Nucleus sampling for --samples.")] = 1.0,
-    seed: Annotated[int, typer.Option(help="Seed of the --samples draws (same seed, same samples).")] = 0,
+    samples: Annotated[int, typer.Option(
+        "--samples", metavar="K",
+        help="After the greedy pass, also sample K answers per record and report mean reward, accuracy, "
+             "pass@1, pass@K and the share of questions whose K samples all score the same accuracy, as RL "
+             "sees them. 0: off.")] = 0,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature for --samples, > 0 (use the RL "
+                                                    "one).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus (top-p) cutoff for --samples, in (0, 1]; 1: "
+                                              "off.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of the --samples draws: the same seed gives the same "
+                                           "samples.")] = 0,
 ) -> None:
     """Generate answers with greedy decoding and report per-label, per-dataset, per-domain metrics.
 
-    Writes metrics.json, predictions.jsonl, report.md and PNG plots to --out. Decoding is greedy, so the
-    same model and data give the same metrics on every run. With --samples K, K sampled answers per record
-    are scored too (sampled_predictions.jsonl, a 'sampled' section in metrics.json and the report)."""
+    Writes metrics.json, predictions.jsonl, report.md and PNG plots to --out.
+
+    Decoding is greedy, so the same model and data give the same metrics on every run.
+
+    --samples K then draws K answers per record at --temperature and scores them as RL scores its rollouts.
+
+    They go to sampled_predictions.jsonl and to a 'sampled' section of metrics.json and report.md.
+    """
+    import math
+
     from .data.schema import DataError, load_records
     from .eval.evaluate import evaluate
     from .eval.report import print_summary, write_report
     from .modeling import QoQMedForConditionalGeneration, QoQMedProcessor
     from .rewards.scores import make_scorer
 
+    if samples < 0:
+        _fail(f"--samples must be >= 0 (0 turns sampling off), got {samples}")
+    if samples and not (math.isfinite(temperature) and temperature > 0):
+        _fail(f"--temperature must be > 0 with --samples (greedy answers are the default pass), got {temperature}")
+    if samples and not 0 < top_p <= 1:
+        _fail(f"--top-p must be in (0, 1] with --samples, got {top_p}")
+    if samples and not 0 <= seed < 2**63:
+        _fail(f"--seed must be in [0, 2**63), got {seed}")
     try:
         records = load_records(data)
     except DataError as exc:
@@ -184,24 +206,22 @@ def evaluate_cmd(
         _fail(str(exc))
     if label_parser not in ("qoqmed", "reference"):
         _fail(f"--label-parser must be qoqmed or reference, got {label_parser!r}")
-    if samples < 0 or (samples and not (temperature > 0 and 0 < top_p <= 1)):
-        _fail(f"--samples must be >= 0, and with samples --temperature > 0 and --top-p in (0, 1]; got "
-              f"{samples}, {temperature}, {top_p}")
     proc = QoQMedProcessor.from_pretrained(model)
     net = QoQMedForConditionalGeneration.from_pretrained(model)
     metrics, rows = evaluate(net, proc, records, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              preset=preset, iou_reduce=iou_reduce, synonyms=table, label_parser=label_parser)
+    context = {"model": str(model), "data": str(data), "records": len(records), "reward preset": preset,
+               "label parser": label_parser, "decoding": f"greedy, {max_new_tokens} new tokens"}
     if samples:
         from .eval.evaluate import evaluate_sampled
 
         metrics["sampled"], _ = evaluate_sampled(net, proc, records, k=samples, temperature=temperature,
                                                  top_p=top_p, seed=seed, out_dir=out, batch_size=batch_size,
                                                  max_new_tokens=max_new_tokens, preset=preset,
-                                                 iou_reduce=iou_reduce)
-    write_report(metrics, out, title=f"qoqmed evaluation of {model.name}",
-                 context={"model": str(model), "data": str(data), "records": len(records), "reward preset": preset,
-                          "label parser": label_parser, "decoding": f"greedy, {max_new_tokens} new tokens"},
-                 rows=rows)
+                                                 iou_reduce=iou_reduce, synonyms=table)
+        context["sampled decoding"] = (f"{samples} samples per record, temperature {temperature:g}, top_p "
+                                       f"{top_p:g}, seed {seed}, {max_new_tokens} new tokens")
+    write_report(metrics, out, title=f"qoqmed evaluation of {model.name}", context=context, rows=rows)
     print_summary(metrics)
 
 

@@ -1,4 +1,8 @@
-"""Generate answers for records with fixed (greedy) decoding, score them and compute per-domain metrics."""
+"""Generate answers for records, score them and compute per-domain metrics.
+
+:func:`evaluate` decodes greedily (fixed answers); :func:`evaluate_sampled` draws k answers per record at a
+temperature, as RL does, and reports mean reward and pass@k beside it.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,9 @@ from ..data.schema import Record
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 from ..rewards.reference import eval_labels
 from ..rewards.scores import score_batch
-from .metrics import compute_metrics, normalize_label
+from .metrics import compute_metrics, compute_sampled_metrics, normalize_label, pass_at_k
+
+__all__ = ["evaluate", "evaluate_sampled", "generate_responses", "pass_at_k", "score_records"]
 
 
 @torch.no_grad()
@@ -29,20 +35,26 @@ def generate_responses(model: QoQMedForConditionalGeneration, processor: QoQMedP
                        top_p: float = 1.0) -> list:
     """Greedy answers, one per record, in input order. Records are batched by domain to limit padding.
 
-    ``samples=k > 0``: k sampled answers per record instead (a list per record), at ``temperature``/``top_p``.
+    ``samples=k > 0``: k sampled answers per record instead (a list of k per record), at ``temperature`` and
+    nucleus ``top_p`` (top-k off), drawn from torch's global generator. A batch then holds
+    ``max(1, batch_size // k)`` records, so one ``generate()`` call makes about ``batch_size`` answers either way.
     """
+    if samples < 0:
+        raise ValueError(f"samples={samples}: 0 for greedy answers, k > 0 for k sampled answers per record")
     model.eval()
     order = sorted(range(len(records)), key=lambda i: (records[i].domain, len(records[i].images), i))
     k = max(samples, 1)
-    # a record's k samples are k copies of its row (not num_return_sequences, which cannot expand several ECG
-    # records of one row in order)
+    per_call = max(1, batch_size // k)
+    # a record's k samples are k copies of its row, not num_return_sequences: generate() would repeat each
+    # tensor row-wise, and ecg_values (one entry per ECG block across the batch) would then no longer follow the
+    # prompt order when a row holds several ECGs
     decoding = dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if samples else dict(do_sample=False)
     responses: list = [""] * len(records)
     with Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   disable=not show_progress) as bar:
         task = bar.add_task("generate", total=len(records))
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+        for start in range(0, len(order), per_call):
+            idx = order[start:start + per_call]
             enc = encode_batch(processor, [loaded for i in idx for loaded in [load_record(records[i])] * k])
             enc = {key: v.to(model.device) if isinstance(v, torch.Tensor) else v for key, v in enc.items()}
             out = model.generate(**enc, max_new_tokens=max_new_tokens, **decoding,
@@ -111,59 +123,52 @@ def evaluate(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, 
     return metrics, rows
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k of a question with c correct among n samples: ``1 - C(n-c, k) / C(n, k)`` (Chen et al. 2021)."""
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
 def evaluate_sampled(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, records: Sequence[Record],
                      k: int = 4, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                      out_dir: str | Path | None = None, batch_size: int = 16, max_new_tokens: int = 128,
-                     preset: str = "paper", iou_reduce: str | None = None,
+                     preset: str = "paper", iou_reduce: str | None = None, synonyms: dict | None = None,
                      show_progress: bool = True) -> tuple[dict, list[dict]]:
     """What RL optimises: k answers per record sampled at the RL temperature, scored like rollouts.
 
-    Per domain and overall (unweighted mean over domains): mean reward, mean accuracy reward, pass@1 and pass@k
-    (a sample solves a question when its accuracy reward is 1, the exact label set), and the share of questions
-    whose k samples all score the same accuracy (no signal for group-relative RL). The draws are fixed by
-    ``seed`` and leave the caller's random state as it was. Returns (metrics, one row per sample).
+    Every sample is scored by :func:`score_records` (reward ``overall``, accuracy, IoU, format) and aggregated by
+    :func:`qoqmed.eval.metrics.compute_sampled_metrics`: per domain and overall (unweighted mean over domains)
+    ``mean_reward``, ``mean_accuracy``, ``mean_iou``, ``format_rate``, ``pass@1`` and ``pass@k`` (a sample solves
+    a question when its accuracy reward is 1.0, the exact label set; unbiased estimator), ``constant_accuracy``
+    and ``constant_reward`` (share of questions whose k samples all score the same: no signal for
+    group-relative RL). The draws are fixed by ``seed`` (for the same model, records, ``batch_size`` and device)
+    and leave the caller's random state as it was. ``batch_size`` counts answers per ``generate()`` call
+    (``batch_size // k`` records). With ``out_dir``, writes ``sampled_predictions.jsonl`` (one row per sample).
+
+    Returns (metrics, one row per sample: record order, then sample order, with a ``sample`` index).
     """
-    if k < 1:
-        raise ValueError(f"k={k}: sample at least one answer per record")
-    if not temperature > 0 or not 0 < top_p <= 1:
-        raise ValueError(f"temperature={temperature} must be > 0 and top_p={top_p} in (0, 1]")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r}: sample at least one answer per record (an integer k >= 1)")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature={temperature!r} must be a finite number > 0 (greedy answers: evaluate())")
+    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed={seed!r} must be an integer in [0, 2**63)")
+    if not records:
+        raise ValueError("evaluate_sampled needs at least one record")
+    t0 = time.perf_counter()
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         samples = generate_responses(model, processor, records, batch_size, max_new_tokens, show_progress,
-                                     samples=k, temperature=temperature, top_p=top_p)
+                                     samples=k, temperature=float(temperature), top_p=float(top_p))
     flat_records = [rec for rec in records for _ in range(k)]
-    rows = score_records(flat_records, [t for texts in samples for t in texts], processor, preset, iou_reduce)
-    by_domain: dict[str, list[list[dict]]] = {}
-    for q in range(len(records)):
-        by_domain.setdefault(records[q].domain, []).append(rows[q * k:(q + 1) * k])
-    domains = {}
-    for d, groups in sorted(by_domain.items()):
-        solved = [sum(r["accuracy_reward"] >= 1.0 for r in g) for g in groups]
-        domains[d] = {
-            "questions": len(groups),
-            "mean_reward": float(np.mean([r["reward"] for g in groups for r in g])),
-            "mean_accuracy": float(np.mean([r["accuracy_reward"] for g in groups for r in g])),
-            "pass@1": float(np.mean([pass_at_k(k, c, 1) for c in solved])),
-            f"pass@{k}": float(np.mean([pass_at_k(k, c, k) for c in solved])),
-            "constant_accuracy": float(np.mean([len({r["accuracy_reward"] for r in g}) == 1 for g in groups])),
-        }
-    keys = ("mean_reward", "mean_accuracy", "pass@1", f"pass@{k}", "constant_accuracy")
-    metrics = {"k": k, "temperature": temperature, "top_p": top_p, "seed": seed, "domains": domains,
-               "overall": {key: float(np.mean([m[key] for m in domains.values()])) for key in keys}}
+    scored = score_records(flat_records, [t for texts in samples for t in texts], processor, preset, iou_reduce,
+                           synonyms)
+    rows = [{**row, "sample": n % k} for n, row in enumerate(scored)]
+    metrics = compute_sampled_metrics([rows[q * k:(q + 1) * k] for q in range(len(records))])
+    metrics = {"k": k, "temperature": float(temperature), "top_p": float(top_p), "seed": seed,
+               "max_new_tokens": max_new_tokens, "preset": preset, **metrics,
+               "eval_seconds": round(time.perf_counter() - t0, 2)}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "sampled_predictions.jsonl", "w") as f:
-            for n, row in enumerate(rows):
-                f.write(json.dumps({**row, "sample": n % k}) + "\n")
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
     return metrics, rows

@@ -46,9 +46,12 @@ __all__ = [
     "AVERAGED_METRICS",
     "IOU_KEYS",
     "OTHER_LABEL",
+    "SAMPLED_METRICS",
     "compute_metrics",
+    "compute_sampled_metrics",
     "confusion_matrix_single_label",
     "normalize_label",
+    "pass_at_k",
 ]
 
 # Metrics averaged unweighted from dataset to domain to overall.
@@ -341,3 +344,83 @@ def confusion_matrix_single_label(rows: Iterable[Mapping[str, Any]], labels: Seq
         return np.zeros((other, other + 1), dtype=np.int64)
     matrix = confusion_matrix(y_true, y_pred, labels=list(range(other + 1)))
     return matrix[:other].astype(np.int64)
+
+
+# Per-question metrics of a sampled evaluation, averaged over questions (domain) and over domains (overall);
+# ``pass@k`` for the k drawn is added beside ``pass@1``.
+SAMPLED_METRICS: tuple[str, ...] = (
+    "mean_reward",
+    "mean_accuracy",
+    "mean_iou",
+    "format_rate",
+    "pass@1",
+    "constant_accuracy",
+    "constant_reward",
+)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of a question with ``c`` correct among ``n`` samples: ``1 - C(n-c, k) / C(n, k)``.
+
+    The estimator of Chen et al. 2021 (the chance that k of the n samples, drawn without replacement, hold at
+    least one correct one).
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def _question_metrics(samples: Sequence[Mapping[str, Any]], k: int) -> dict[str, Any]:
+    solved = sum(float(r["accuracy_reward"]) >= 1.0 for r in samples)
+    ious = [float(r["iou"]) for r in samples if r.get("iou") is not None]
+    return {
+        "mean_reward": float(np.mean([r["reward"] for r in samples])),
+        "mean_accuracy": float(np.mean([r["accuracy_reward"] for r in samples])),
+        "ious": ious,
+        "format_rate": float(np.mean([bool(r["format_ok"]) for r in samples])),
+        "pass@1": pass_at_k(k, solved, 1),
+        f"pass@{k}": pass_at_k(k, solved, k),
+        "constant_accuracy": float(len({float(r["accuracy_reward"]) for r in samples}) == 1),
+        "constant_reward": float(len({float(r["reward"]) for r in samples}) == 1),
+    }
+
+
+def compute_sampled_metrics(groups: Sequence[Sequence[Mapping[str, Any]]]) -> dict[str, Any]:
+    """Aggregate k scored samples per question (rows of :func:`qoqmed.eval.evaluate.score_records`).
+
+    ``groups[q]`` holds the k sample rows of question q (same ``domain``; keys ``reward``, ``accuracy_reward``,
+    ``iou``, ``format_ok``). Every question must have the same number k >= 1 of samples. Per question:
+    mean reward, mean accuracy reward, format rate, ``pass@1`` and ``pass@k`` (unbiased estimator; a sample
+    solves the question when its accuracy reward is 1.0, the exact label set), and whether all k samples score
+    the same accuracy (``constant_accuracy``) or the same total reward (``constant_reward``): such a group gives
+    group-relative RL no signal. Per domain: the mean over its questions, except ``mean_iou``, pooled over the
+    samples that have an IoU (``None`` if none). Overall: unweighted mean over domains (``None`` values skipped).
+
+    Returns ``{"k", "questions", "domains": {domain: {<metrics>, "questions", "samples"}}, "overall": {...}}``.
+    """
+    if not groups:
+        raise ValueError("compute_sampled_metrics needs at least one question")
+    sizes = {len(g) for g in groups}
+    if len(sizes) != 1 or 0 in sizes:
+        raise ValueError(f"every question needs the same number k >= 1 of samples, got sizes {sorted(sizes)}")
+    (k,) = sizes
+    keys = (*SAMPLED_METRICS, f"pass@{k}") if k > 1 else SAMPLED_METRICS
+    by_domain: dict[str, list[dict[str, Any]]] = {}
+    for q, samples in enumerate(groups):
+        domains_seen = {str(r["domain"]) for r in samples}
+        if len(domains_seen) != 1:
+            raise ValueError(f"question {q}: its samples come from several domains {sorted(domains_seen)}")
+        by_domain.setdefault(domains_seen.pop(), []).append(_question_metrics(samples, k))
+    domains: dict[str, dict[str, Any]] = {}
+    for dom in sorted(by_domain):
+        questions = by_domain[dom]
+        ious = [v for m in questions for v in m["ious"]]
+        entry = {key: float(np.mean([m[key] for m in questions])) for key in keys if key != "mean_iou"}
+        entry["mean_iou"] = float(np.mean(ious)) if ious else None
+        domains[dom] = {**{key: entry[key] for key in keys}, "iou_n": len(ious), "questions": len(questions),
+                        "samples": len(questions) * k}
+    overall = {key: _mean(m[key] for m in domains.values()) for key in keys}
+    overall.update(questions=len(groups), samples=len(groups) * k, domains=list(domains))
+    return {"k": k, "questions": len(groups), "domains": domains, "overall": overall}

@@ -12,7 +12,7 @@ import numpy as np
 
 from .metrics import OTHER_LABEL, confusion_matrix_single_label
 
-__all__ = ["format_metrics_table", "format_value", "print_summary", "write_report"]
+__all__ = ["format_metrics_table", "format_sampled_table", "format_value", "print_summary", "write_report"]
 
 _DPI = 120
 _MAX_CONFUSION_LABELS = 8
@@ -123,19 +123,36 @@ def _markdown(metrics: Mapping[str, Any], title: str, context: Mapping[str, Any]
     return "\n".join(parts)
 
 
+def _sampled_columns(k: int) -> tuple[tuple[str, str], ...]:
+    """(metrics key, column header) of the sampled table, for k samples per question."""
+    cols = [("questions", "questions"), ("mean_reward", "mean reward"), ("mean_accuracy", "accuracy"),
+            ("pass@1", "pass@1")]
+    if k > 1:
+        cols.append((f"pass@{k}", f"pass@{k}"))
+    return (*cols, ("constant_accuracy", "constant-accuracy share"))
+
+
+def format_sampled_table(sampled: Mapping[str, Any]) -> str:
+    """Markdown table of a sampled evaluation: one row per domain and a final bold ``overall`` row."""
+    cols = _sampled_columns(int(sampled["k"]))
+    rows = [[dom] + [format_value(m.get(key)) for key, _ in cols] for dom, m in sampled["domains"].items()]
+    rows.append([f"**{c}**" for c in ["overall"] + [format_value(sampled["overall"].get(key)) for key, _ in cols]])
+    return _table(["domain"] + [h for _, h in cols], rows)
+
+
 def _sampled_section(sampled: Mapping[str, Any]) -> list[str]:
-    """The sampled evaluation (what RL optimises) as a per-domain table."""
-    k = sampled["k"]
-    keys = ("mean_reward", "mean_accuracy", "pass@1", f"pass@{k}", "constant_accuracy")
-    head = "| domain | " + " | ".join(keys) + " |"
-    lines = [f"## Sampled answers (k={k}, temperature {sampled['temperature']}, top_p {sampled['top_p']}, "
-             f"seed {sampled['seed']})", "", head, "|" + "---|" * (len(keys) + 1)]
-    for name, m in [*sampled["domains"].items(), ("**overall**", sampled["overall"])]:
-        lines.append(f"| {name} | " + " | ".join(format_value(m[key]) for key in keys) + " |")
-    lines += ["", "A question counts as solved by a sample whose label set is exactly right; pass@k is the unbiased "
-              "estimator; constant_accuracy is the share of questions whose samples all score the same accuracy "
-              "(no signal for group-relative RL).", ""]
-    return lines
+    """The sampled evaluation (what RL optimises) as a per-domain table, after the greedy one."""
+    k = int(sampled["k"])
+    head = (f"## Sampled answers (k={k}, T={sampled['temperature']:g}, "
+            f"top_p={sampled['top_p']:g}, seed={sampled['seed']})")
+    note = (f"Sampled at T={sampled['temperature']:g}, k={k} answers per question, each scored like an RL "
+            "rollout. *mean reward* and *accuracy* (the accuracy reward: set-F1 of the labels with the paper "
+            "preset) average over all samples. A sample solves its question when its label set is exactly right; "
+            + (f"pass@1 and pass@{k} use" if k > 1 else "pass@1 uses")
+            + " the unbiased estimator of Chen et al. 2021. *constant-accuracy share*: questions whose samples all "
+            "score the same accuracy (no signal for group-relative RL). Domain = mean over its questions; "
+            "overall = unweighted mean over domains.")
+    return [head, "", format_sampled_table(sampled), "", note, ""]
 
 
 def _plot_domains(metrics: Mapping[str, Any], path: Path) -> None:
@@ -255,7 +272,7 @@ def write_report(
 
 
 def print_summary(metrics: Mapping[str, Any], console: Any = None) -> None:
-    """Print the per-domain table to the terminal with ``rich``."""
+    """Print the per-domain table to the terminal with ``rich`` (and the sampled one, when metrics have it)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -269,3 +286,15 @@ def print_summary(metrics: Mapping[str, Any], console: Any = None) -> None:
     table.add_section()
     table.add_row(*_summary_row("overall", metrics["overall"]), style="bold")
     console.print(table)
+    sampled = metrics.get("sampled")
+    if sampled:
+        cols = _sampled_columns(int(sampled["k"]))
+        table = Table(title=f"sampled at T={sampled['temperature']:g}, k={sampled['k']}")
+        table.add_column("domain")
+        for _, header in cols:
+            table.add_column(header, justify="right")
+        for dom, entry in sampled["domains"].items():
+            table.add_row(dom, *[format_value(entry.get(key)) for key, _ in cols])
+        table.add_section()
+        table.add_row("overall", *[format_value(sampled["overall"].get(key)) for key, _ in cols], style="bold")
+        console.print(table)
