@@ -360,7 +360,9 @@ def test_zero_mean_per_question_and_permutation_equivariance(name):
     out = ESTIMATORS[name](r, q, d)
     qidx = torch.tensor([int(x[1:]) for x in q])
     per_q = torch.zeros(10, dtype=torch.float64).index_add_(0, qidx, out.to(torch.float64))
-    assert per_q.abs().max() < 1e-9  # one positive factor per question (and per batch) keeps the mean at 0
+    # one positive factor per question (and per batch) keeps the mean at 0; reference mode computes in float32
+    # as the released code does
+    assert per_q.abs().max() < (2e-6 if name == "drpo_reference" else 1e-9)
     if name.startswith("drpo") or name == "grpo":
         assert out.std().item() == pytest.approx(1.0, abs=1e-5) or name == "grpo"
     if name == "drpo_reference":

@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 
 from qoqmed.cli import app, bundled_config
 from qoqmed.experiment import load_experiment_config
-from qoqmed.experiment.compare_estimators import WARM, aggregate
+from qoqmed.data.synthetic import generate_climb_mini
+from qoqmed.data.schema import load_records
+from qoqmed.experiment.compare_estimators import WARM, aggregate, probe_summary, split_warm_rl
 
 runner = CliRunner()
 
@@ -20,14 +22,16 @@ TOY = {
     "data": {"synthetic": {"n_train": 90, "n_val": 18, "n_test": 27, "min_per_domain": 2}},
     "model": {"init": "tiny", "hidden_size": 64, "intermediate_size": 128, "vision_depth": 1},
     "sft": {"epochs": 2, "batch_size": 8},
-    "rl": {"num_generations": 2, "batch_size": 4, "max_steps": 4, "max_completion_length": 32},
+    "rl": {"num_generations": 2, "batch_size": 4, "max_steps": 4, "max_completion_length": 32,
+           "probe_steps": 2, "probe_per_domain": 1},
     "eval": {"batch_size": 32, "max_new_tokens": 32},
     "experiment": {
         "seeds": 3,
+        "warm_start_share": 0.5,
+        "ecg_token_modes": ["per_lead", "pooled"],  # per_lead is the model's: only pooled adds units
         "variants": {"drgrpo": {"estimator": "drgrpo"}, "grpo": {"estimator": "grpo"},  # baseline moves first
                      "drpo-paper": {"estimator": "drpo", "drpo_mode": "paper"},
-                     "drpo-reference": {"estimator": "drpo", "drpo_mode": "reference"},
-                     "not-installed": {"estimator": "no-such-estimator"}},
+                     "drpo-reference": {"estimator": "drpo", "drpo_mode": "reference"}},
         "quick": {"sft": {"epochs": 1}, "rl": {"max_steps": 2}, "experiment": {"seeds": 1}},
     },
 }
@@ -62,6 +66,15 @@ def test_bundled_config_and_quick_preset():
     ({"experiment": {"variants": {"a": {"drpo_mode": "paper"}}}}, "estimator"),
     ({"experiment": {"seeds": 0}}, "seeds"),
     ({"bogus": {}}, "unknown config section"),
+    # an estimator or RL key the trainer lacks is an error naming the variant, not a skip
+    ({"experiment": {"variants": {"odd": {"estimator": "no-such-estimator"}}}}, "variants.odd: unknown estimator"),
+    ({"experiment": {"variants": {"grpo": {"estimator": "grpo"}, "typo": {"estimator": "drpo", "drpo_mdoe": "x"}}}},
+     r"variants.typo: unknown RL key\(s\) \['drpo_mdoe'\]"),
+    ({"experiment": {"variants": {"grpo": {"estimator": "grpo"}, "bad": {"estimator": "drpo", "drpo_mode": "x"}}}},
+     "variants.bad: .*drpo_mode"),
+    ({"experiment": {"warm_start_share": 0.0}}, "warm_start_share"),
+    ({"experiment": {"ecg_token_modes": ["per_token"]}}, "ecg_token_modes"),
+    ({"experiment": {"ecg_token_variant": "nope"}}, "ecg_token_variant"),
 ])
 def test_config_errors(tmp_path, change, match):
     raw = {**TOY, **{k: v for k, v in change.items() if k != "experiment"}}
@@ -143,7 +156,36 @@ def test_report_files_and_structure(toy_run):
     res = json.loads((out / "results.json").read_text())
     variants = ["warm start", "grpo", "drgrpo", "drpo-paper", "drpo-reference"]  # baseline first
     assert res["variants"] == variants
-    assert res["context"]["skipped_variants"] == {"not-installed": "no-such-estimator"}
+    assert res["context"]["skipped_variants"] == {}
+    c = res["context"]
+    assert c["warm_rl_disjoint"] and c["warm_start_share"] == 0.5
+    assert c["warm_start_rows"] + c["rl_rows"] == c["train_rows"] and c["warm_start_rows"] > 0 and c["rl_rows"] > 0
+    assert set(c["warm_start_rows_per_domain"]) == set(c["rl_rows_per_domain"]) == set(res["domains"])
+    # paired differences vs the warm start, per split, every arm
+    for split in ("val", "test"):
+        per = res["paired_vs_warm"][split]
+        assert set(per) == set(variants[1:])
+        for v in variants[1:]:
+            got = [a - b for a, b in zip(res["splits"][split][v]["macro_f1"]["overall"]["values"],
+                                         res["splits"][split][WARM]["macro_f1"]["overall"]["values"])]
+            assert per[v]["values"] == pytest.approx(got) and per[v]["n"] == 2
+    # probe: start at step 0 (the warm start), end at the last step, per arm and seed
+    assert set(res["probe"]) == set(variants[1:])
+    for v in variants[1:]:
+        p = res["probe"][v]
+        assert set(p["per_seed"]) == {"0", "1"} and isinstance(p["rises_every_seed"], bool)
+        for e in p["per_seed"].values():
+            assert e["start_step"] == 0 and e["end_step"] == 2 and 0.0 <= e["start"] <= 1.0
+        assert [c[0] for c in p["curve"]] == [0, 2]
+    # ECG token modes: the model's own mode reuses the main units, the other got its own warm start + arm
+    tm = res["ecg_token_modes"]
+    assert tm["variant"] == "drpo-paper" and set(tm["modes"]) == {"per_lead", "pooled"}
+    assert tm["modes"]["per_lead"]["main_model_mode"] and tm["modes"]["pooled"]["tokens"] == 1
+    for mode in ("per_lead", "pooled"):
+        assert 0.0 <= tm["modes"][mode]["test"][WARM]["mean"] <= 1.0
+    pooled = json.loads((out / "seed0" / "ecg-pooled" / "drpo-paper" / "result.json").read_text())
+    assert set(pooled["metrics"]["test"]["domains"]) == {"ecg"}
+    assert pooled["settings"]["warm_start"]["model"]["ecg_token_mode"] == "pooled"
     assert res["context"]["seeds"] == [0, 1] and res["context"]["rl"]["max_steps"] == 2
     assert res["context"]["workers"] == 2 and res["context"]["threads_per_worker"] >= 1
     assert sorted(res["domains"]) == sorted(res["train_share"]) and len(res["domains"]) == 9
@@ -163,9 +205,10 @@ def test_report_files_and_structure(toy_run):
     for heading in ("## What was run", "## Summary (test split)", "## Choosing the default DRPO variant",
                     "## DRPO per-domain scale",
                     "## macro-F1 per domain", "## accuracy (exact match) per domain", "## macro-F1 change vs grpo",
-                    "not-installed"):
+                    "## After RL minus the warm start (test split", "## Probe reward at step 0 vs last step",
+                    "rises on every seed?", "## ECG token modes"):
         assert heading in report
-    for png in ("f1_by_domain.png", "learning_curves.png", "drpo_scales.png"):
+    for png in ("f1_by_domain.png", "learning_curves.png", "drpo_scales.png", "probe_curves.png"):
         assert f"]({png})" in report
         with Image.open(out / png) as img:
             assert img.format == "PNG" and img.size[0] > 400
@@ -175,6 +218,7 @@ def test_report_files_and_structure(toy_run):
             unit = json.loads((out / f"seed{seed}" / v / "result.json").read_text())
             assert unit["settings"]["rl"]["seed"] == seed and unit["settings"]["rl"]["max_steps"] == 2
             assert unit["curves"] and all("step" in c for c in unit["curves"])
+            assert [e["step"] for e in unit["probe"]] == [0, 2]
     drpo_curves = json.loads((out / "seed0" / "drpo-paper" / "result.json").read_text())["curves"]
     assert any(k.startswith("mean_abs_scale/") for c in drpo_curves for k in c)
 
@@ -188,7 +232,7 @@ def test_rerun_reuses_finished_units(toy_run):
     assert result.exit_code == 0, result.output
     assert os.stat(unit).st_mtime_ns == before
     context = json.loads((out / "results.json").read_text())["context"]
-    assert context["units_reused"] == context["units"] == 2 * 5
+    assert context["units_reused"] == context["units"] == 2 * 5 + 2 * 2  # + pooled warm start and arm
     assert json.loads((out / "results.json").read_text())["context"]["seeds"] == [0, 1]
 
 
@@ -221,3 +265,32 @@ def test_help_explains_the_command():
     assert result.exit_code == 0
     for word in ("warm start", "--seeds", "--quick", "--out", "--workers", "report.md"):
         assert word in result.output
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Warm-start / RL split and the probe summary
+
+
+def test_warm_start_share_splits_disjoint_and_stratified(tmp_path):
+    generate_climb_mini(tmp_path / "d", n_train=180, n_val=18, n_test=27, seed=0, min_per_domain=2)
+    train = load_records(tmp_path / "d" / "train.jsonl")
+    warm, rl = split_warm_rl(train, 0.4, seed=0)
+    assert not {x.id for x in warm} & {x.id for x in rl}
+    assert sorted(x.id for x in warm + rl) == sorted(x.id for x in train)
+    for d in {x.domain for x in train}:
+        n = sum(x.domain == d for x in train)
+        w = sum(x.domain == d for x in warm)
+        assert 1 <= w <= n - 1 and abs(w - 0.4 * n) <= 1  # every domain in both halves, in proportion
+    assert split_warm_rl(train, 0.4, seed=0) == (warm, rl)  # fixed by the data seed
+    all_w, all_r = split_warm_rl(train, 1.0, seed=0)
+    assert all_w == all_r == train  # share 1: both see every row
+
+
+def test_probe_summary_start_end_and_rise():
+    curves = [[{"step": 0, "reward/ct": 0.2, "reward/ecg": 0.4}, {"step": 10, "reward/ct": 0.6, "reward/ecg": 0.4}],
+              [{"step": 0, "reward/ct": 0.5, "reward/ecg": 0.5}, {"step": 10, "reward/ct": 0.4, "reward/ecg": 0.5}]]
+    p = probe_summary(curves, [0, 1])
+    assert p["per_seed"]["0"]["start"] == pytest.approx(0.3) and p["per_seed"]["0"]["end"] == pytest.approx(0.5)
+    assert p["per_seed"]["1"]["rise"] == pytest.approx(-0.05)
+    assert not p["rises_every_seed"]
+    assert p["curve"][0] == [0, pytest.approx(0.4), 2]

@@ -290,6 +290,12 @@ def test_probe_curve_is_logged_from_step_zero_and_does_not_change_training(recor
     again = train_rl(tmp_path / "start", records, tmp_path / "again", RLSettings(**base, probe_steps=1,
                                                                                   probe_per_domain=2))
     assert again["probe_domains"][0] == probed["probe_domains"][0]
+    # with eval records beside the probe set each set is logged once per evaluation, under its own split
+    both = train_rl(tmp_path / "start", records[::2], tmp_path / "both",
+                    RLSettings(**base, probe_steps=1, probe_per_domain=2, eval_steps=1), eval_records=records[1::2])
+    assert [e["step"] for e in both["probe_domains"]] == [0, 1, 2]
+    assert [e["step"] for e in both["eval_domains"]] == [0, 1, 2]
+    assert {e["split"] for e in both["eval_domains"]} == {"eval"}
 
 
 def test_drpo_gets_the_sampling_time_kl_for_damping(records, tiny, tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from .grpo import group_advantages, group_index
 
@@ -60,11 +61,16 @@ def cluster_reward_vectors(
 
     k is searched over ``1..min(k_max, number of distinct vectors)`` with
     ``KMeans(n_init="auto", random_state=seed)`` fitted on every row. Returns (labels (Q,), centroids (k, G)).
+
+    The fits run on one OpenMP thread: these problems are small, so thread start-up costs 20-30x the fit
+    itself, and scikit-learn sums the per-thread partial centroids in whatever order the threads finish, so a
+    multi-threaded fit of float32 data differs in the last bits from run to run and between machines.
     """
     k_cap = min(k_max, len(np.unique(x, axis=0)))
     if k_cap <= 1:
         return np.zeros(len(x), dtype=np.int64), x.mean(axis=0, keepdims=True)
-    fits = [KMeans(n_clusters=k, n_init="auto", random_state=seed).fit(x) for k in range(1, k_cap + 1)]
+    with threadpool_limits(limits=1, user_api="openmp"):
+        fits = [KMeans(n_clusters=k, n_init="auto", random_state=seed).fit(x) for k in range(1, k_cap + 1)]
     km = fits[select_k([f.inertia_ for f in fits], tol) - 1]
     return km.labels_.astype(np.int64), km.cluster_centers_
 
@@ -368,6 +374,16 @@ class DRPO:
             f"kl must have one value per rollout ({len(qidx)}) or per question ({n_questions}), got {len(k)}"
         )
 
+    def _grpo(self, r: torch.Tensor, qidx: torch.Tensor, n_questions: int) -> torch.Tensor:
+        """(1) GRPO score with the unbiased std: float64, or in reference mode float32 as the released code
+        computes it (float32 rewards, per-question torch mean and std), so its rounding matches there."""
+        if self.mode != "reference":
+            return group_advantages(r, qidx, scale=True, unbiased=True, eps=self.eps)
+        r32 = r.to(torch.float32)
+        groups = r32[torch.argsort(qidx, stable=True)].reshape(n_questions, self.num_generations)
+        mean, std = groups.mean(dim=1), groups.std(dim=1)
+        return (r32 - mean[qidx]) / (std[qidx] + self.eps)
+
     # ---- per-domain statistics --------------------------------------------------------------------------
     def _pool(self, domain: Hashable, current: np.ndarray) -> np.ndarray:
         """The questions whose statistics are used: the current batch last, preceded by kept history."""
@@ -388,53 +404,76 @@ class DRPO:
         return kmeans_elbow_many(pools, k_max=self.k_max, tol=self.elbow_tol, seed=self.seed, warm=warm,
                                  return_fits=True)
 
-    def _domain_scales(self, pool: np.ndarray, n_current: int, labels: np.ndarray,
-                       centroids: np.ndarray, n_seen: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """``1 / (T_g * T_c)`` for the last ``n_current`` rows of ``pool`` (§3.3), and logging stats.
+    @staticmethod
+    def _counts(labels: np.ndarray, k: int, n_pool: int, n_seen: int | None) -> tuple[np.ndarray, float]:
+        """(N_c per cluster, N_g): the question counts of the rarity terms (§3.3).
 
-        ``n_seen``: the domain's running question count (bounded mode); the pool's counts are scaled up to it.
+        Without a running count these are the pool's counts. Bounded mode clusters only the last ``history``
+        questions, yet rarity is about every question seen: N_g is the running total and a cluster's N_c its
+        share of the history times that total (counting the history would give every full domain N_g = H).
+        """
+        sizes = np.bincount(labels, minlength=k).astype(np.float64)
+        if n_seen is None or n_seen <= n_pool:
+            return sizes, float(n_pool)
+        return sizes * (n_seen / n_pool), float(n_seen)
+
+    def _means(self, pool: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, float]:
+        """(mu_c per cluster, mu_g): mean rewards of the clusters and of the domain, from the clustered pool."""
+        k = len(centroids)
+        if self.mode == "reference":
+            # released: mu_c the centroid's mean, mu_g the inverse-cluster-size weighted mean of the mu_c
+            mu_c = centroids.mean(axis=1)
+            sizes = np.bincount(labels, minlength=k)
+            w = np.where(sizes > 0, 1.0 / np.maximum(sizes, 1), 0.0)
+            return mu_c, float((w * mu_c).sum() / w.sum())
+        # paper: plain means over the pool's questions (a share, so the same for pool or running counts)
+        mu_c = np.bincount(labels, weights=pool.mean(axis=1), minlength=k) / np.maximum(np.bincount(labels, minlength=k), 1)
+        return mu_c, float(pool.mean())
+
+    def _capped(self, t_c: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """T_c with the cluster factor 1/T_c clipped to [m/c, m*c], m the pool's question-weighted mean of 1/T_c."""
+        if self.cluster_cap is None:
+            return t_c
+        inv = 1.0 / t_c
+        m = float(inv[labels].mean())
+        return 1.0 / np.clip(inv, m / self.cluster_cap, m * self.cluster_cap)
+
+    def _domain_temperatures(self, pool: np.ndarray, n_current: int, labels: np.ndarray, centroids: np.ndarray,
+                             n_seen: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """``T_g * T_c`` for the last ``n_current`` rows of ``pool`` (§3.3), and logging stats.
+
+        ``n_seen``: the domain's running question count (bounded mode), see :meth:`_counts`.
         """
         k = len(centroids)
-        sizes = np.bincount(labels, minlength=k).astype(np.float64)
-        n_g = n_pool = float(len(pool))
-        if n_seen is not None and n_seen > n_g:
-            sizes = sizes * (n_seen / n_g)  # each cluster's share of the history, applied to the running total
-            n_g = float(n_seen)
+        n_c, n_g = self._counts(labels, k, len(pool), n_seen)
+        mu_c, mu_g = self._means(pool, labels, centroids)
         if self.mode == "reference":
-            mu_c = centroids.mean(axis=1)
-            w = np.where(sizes > 0, 1.0 / np.maximum(sizes, 1.0), 0.0)
-            mu_g = float((w * mu_c).sum() / w.sum())
-            t_c = np.sqrt(sizes) * mu_c  # no eps floor in the released code ...
-            guarded = t_c <= 0
-            t_c = np.where(guarded, self.eps, t_c)  # ... which divides by zero here; we substitute eps
+            t_c = np.sqrt(n_c) * mu_c  # no eps floor in the released code, which divides by zero when it is 0;
+            guarded = t_c <= 0  # we substitute eps and count it
+            t_c = np.where(guarded, self.eps, t_c)
         else:
-            mu_g = float(pool.mean())
-            mu_c = np.bincount(labels, weights=pool.mean(axis=1), minlength=k) / np.maximum(sizes, 1.0)
-            t_c = np.maximum(np.sqrt(sizes) * mu_c, self.eps)
+            t_c = np.maximum(np.sqrt(n_c) * mu_c, self.eps)
             guarded = np.zeros(k, dtype=bool)
         t_g = temperature(n_g, mu_g, self.eps)
-        if self.scaling == "domain_only":
+        if self.scaling == "domain_only":  # ablation: rarity only
             t_c = np.ones(k)
-        elif self.scaling == "cluster_only":
+        elif self.scaling == "cluster_only":  # ablation: difficulty clusters only
             t_g = 1.0
+        t_c = self._capped(t_c, labels)
         cur = labels[len(pool) - n_current :]
-        inv_c = 1.0 / t_c[cur]
-        if self.cluster_cap is not None:
-            w = float(np.mean(1.0 / t_c[labels]))  # the domain's question-weighted mean cluster factor
-            inv_c = np.clip(inv_c, w / self.cluster_cap, w * self.cluster_cap)
         stats = {
             "k": int(k),
-            "cluster_sizes": [int(s) for s in sizes],
-            "T_c": [float(t) for t in t_c],
+            "cluster_sizes": [float(n) for n in n_c],  # N_c: running-total shares in bounded mode
+            "T_c": [float(t) for t in t_c],  # as applied (after the ablation and the cap)
             "mu_c": [float(m) for m in mu_c],
             "T_g": float(t_g),
             "mu_g": float(mu_g),
             "n_questions": int(n_current),
-            "n_history": int(n_pool),  # questions clustered
-            "N_g": int(n_g),  # questions the rarity term counts
+            "n_history": int(len(pool)),  # questions clustered
+            "N_g": int(round(n_g)),  # questions the rarity term counts
             "zero_cluster_guard": int(guarded[cur].sum()),
         }
-        return inv_c / t_g, stats
+        return t_g * t_c[cur], stats
 
     # ---- main -------------------------------------------------------------------------------------------
     def __call__(
@@ -450,7 +489,7 @@ class DRPO:
         if kl is not None and self.kl_quantile is not None:
             kl_r = self._kl_per_rollout(kl, qidx, len(quniq))
 
-        s = group_advantages(r, qidx, scale=True, unbiased=True, eps=self.eps)  # (1)
+        s = self._grpo(r, qidx, len(quniq))  # (1)
 
         # Reward vectors (Q, G): rollouts in batch order (reference) or sorted (exchangeable rollouts).
         order = torch.argsort(qidx, stable=True)
@@ -462,7 +501,7 @@ class DRPO:
 
         didx, duniq = group_index(qdom)  # domain of each question, domains in order of first appearance
         didx_np = didx.numpy()
-        q_scale = np.zeros(len(quniq))
+        q_temp = np.ones(len(quniq))  # T_g * T_c per question
         stats: dict[Hashable, dict[str, Any]] = {}
         new_hist: dict[Hashable, np.ndarray] = {}
         rows_of = [np.flatnonzero(didx_np == j) for j in range(len(duniq))]
@@ -473,7 +512,7 @@ class DRPO:
         for d, rows, pool, (labels, centroids, fits) in zip(duniq, rows_of, pools, clusters):  # (3)
             seen = self._seen.get(d, 0) + len(rows)
             n_seen = seen if self.mode != "reference" and self.history is not None else None
-            q_scale[rows], stats[d] = self._domain_scales(pool, len(rows), labels, centroids, n_seen)
+            q_temp[rows], stats[d] = self._domain_temperatures(pool, len(rows), labels, centroids, n_seen)
             new_seen[d] = seen
             if self.warm_start and fits is not None:
                 new_centres[d] = fits
@@ -482,11 +521,11 @@ class DRPO:
             elif self.history is not None:
                 new_hist[d] = pool[len(pool) - min(len(pool), self.history) :]
 
-        scale = torch.from_numpy(q_scale)[qidx]
-        scaled = s * scale
+        temp = torch.from_numpy(q_temp)[qidx].to(s.dtype)
+        scaled = s / temp  # (3) s / (T_g * T_c)
         m = kl_damping(scaled, kl_r, self.kl_quantile) if kl_r is not None else torch.ones_like(scaled)  # (4)
         scaled = m * scaled
-        denom = scaled.std() + self.eps  # (5)
+        denom = scaled.std() + self.eps  # (5) in the GRPO score's dtype, float32 in reference mode as released
         if kl_r is not None:
             for j, d in enumerate(duniq):
                 stats[d]["kl_damping"] = float(m[didx[qidx] == j].mean())
@@ -495,7 +534,8 @@ class DRPO:
         # Diagnostics: per domain, the mean total factor |A / s| and the mean reward.
         rdom = didx[qidx]
         n_rows = torch.bincount(rdom, minlength=len(duniq)).to(torch.float64)
-        factor = torch.zeros(len(duniq), dtype=torch.float64).index_add_(0, rdom, (m * scale).abs() / denom)
+        factor = torch.zeros(len(duniq), dtype=torch.float64).index_add_(
+            0, rdom, ((m / temp).abs() / denom).to(torch.float64))
         reward = torch.zeros(len(duniq), dtype=torch.float64).index_add_(0, rdom, r)
         for j, d in enumerate(duniq):
             stats[d]["mean_abs_scale"] = float(factor[j] / n_rows[j])

@@ -36,7 +36,7 @@ import shutil
 import time
 from collections import defaultdict
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +76,19 @@ class ExperimentConfig:
     variants: dict[str, dict] = field(default_factory=lambda: copy.deepcopy(DEFAULT_VARIANTS))
     rare_share: float = 0.05        # a domain is "rare" when its share of training rows is below this
     val: str | None = None          # validation jsonl when the data are files (generated data carry their own)
+    # share of the training rows (stratified by domain) the warm start trains on; RL trains on the disjoint rest.
+    # 1.0: both use every row (the warm start has then fitted every question RL sees)
+    warm_start_share: float = 1.0
+    ecg_token_modes: list[str] = field(default_factory=list)  # extra warm start + one arm per mode (ECG only)
+    ecg_token_variant: str | None = None  # the arm run per token mode (default: the first DRPO variant)
     raw: dict = field(default_factory=dict)
 
     def seed_list(self) -> list[int]:
         return [self.recipe.seed + k for k in range(self.seeds)]
 
 
-_EXPERIMENT_KEYS = {"seeds", "baseline", "variants", "rare_share", "val", "quick"}
+_EXPERIMENT_KEYS = {"seeds", "baseline", "variants", "rare_share", "val", "quick", "warm_start_share",
+                    "ecg_token_modes", "ecg_token_variant"}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -112,9 +118,31 @@ def load_experiment_config(path: str | Path, quick: bool = False, seeds: int | N
     if not isinstance(variants, dict) or not all(isinstance(v, dict) and "estimator" in v
                                                  for v in variants.values()):
         raise ValueError("experiment.variants must map a name to RL settings that include 'estimator'")
+    _check_variants(variants, recipe.rl)
+    modes = exp.get("ecg_token_modes") or []
+    if not isinstance(modes, list):
+        raise ValueError(f"experiment.ecg_token_modes must be a list of token modes, got {modes!r}")
+    from ..modeling.ecg_encoder import TOKEN_MODES
+
+    bad = [m for m in modes if m not in TOKEN_MODES]
+    if bad:
+        raise ValueError(f"experiment.ecg_token_modes: unknown mode(s) {bad}; choose from {list(TOKEN_MODES)}")
+    token_variant = exp.get("ecg_token_variant")
+    if token_variant is None and modes:
+        token_variant = next((n for n, v in variants.items() if v["estimator"] == "drpo"), None)
+        if token_variant is None:
+            raise ValueError("experiment.ecg_token_modes needs a DRPO variant or experiment.ecg_token_variant")
+    if token_variant is not None and token_variant not in variants:
+        raise ValueError(f"experiment.ecg_token_variant={token_variant!r} is not one of the variants "
+                         f"{list(variants)}")
+    share = float(exp.get("warm_start_share", 1.0))
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"experiment.warm_start_share={share}: a share of the training rows in (0, 1]")
     cfg = ExperimentConfig(recipe=recipe, seeds=int(seeds if seeds is not None else exp.get("seeds", 3)),
                            baseline=str(exp.get("baseline", "grpo")), variants=variants,
-                           rare_share=float(exp.get("rare_share", 0.05)), val=exp.get("val"), raw=raw)
+                           rare_share=float(exp.get("rare_share", 0.05)), val=exp.get("val"),
+                           warm_start_share=share, ecg_token_modes=list(modes), ecg_token_variant=token_variant,
+                           raw=raw)
     if cfg.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {cfg.seeds}")
     if cfg.baseline not in variants:
@@ -122,6 +150,43 @@ def load_experiment_config(path: str | Path, quick: bool = False, seeds: int | N
     if recipe.model.get("init", "tiny") != "tiny":
         raise ValueError("the comparison builds a tiny model per seed; model.init must be 'tiny'")
     return cfg
+
+
+def _check_variants(variants: dict[str, dict], rl: dict) -> None:
+    """Every variant must name a known estimator and only RL settings the trainer has, with valid values."""
+    from ..train.grpo import ESTIMATORS, RLSettings
+
+    known = {f.name for f in fields(RLSettings)}
+    for name, over in variants.items():
+        if over["estimator"] not in ESTIMATORS:
+            raise ValueError(f"experiment.variants.{name}: unknown estimator {over['estimator']!r}; "
+                             f"choose one of {list(ESTIMATORS)}")
+        bad = sorted(set(over) - known)
+        if bad:
+            raise ValueError(f"experiment.variants.{name}: unknown RL key(s) {bad}")
+        try:
+            RLSettings(**{**rl, **over, "progress_bar": False})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"experiment.variants.{name}: {exc}") from None
+
+
+def split_warm_rl(train: list[Record], share: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """The warm start's rows and RL's rows: per domain a ``share`` of the rows (at least one, and at least one
+    left for RL when the domain has two or more) for the warm start, the disjoint rest for RL. ``share`` 1.0: both
+    get every row. The split depends on the data seed only, so every seed's warm start sees the same rows."""
+    if share >= 1.0:
+        return list(train), list(train)
+    rng = np.random.default_rng(seed)
+    by_domain: dict[str, list[Record]] = defaultdict(list)
+    for x in train:
+        by_domain[x.domain].append(x)
+    warm_ids: set[str] = set()
+    for d in sorted(by_domain):
+        rows = sorted(by_domain[d], key=lambda x: x.id)
+        k = int(round(share * len(rows)))
+        k = min(max(k, 1), len(rows) - 1) if len(rows) >= 2 else len(rows)
+        warm_ids.update(rows[i].id for i in rng.permutation(len(rows))[:k])
+    return [x for x in train if x.id in warm_ids], [x for x in train if x.id not in warm_ids]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,17 +241,21 @@ class _Shared:
     """What every unit of a run needs; sent once to each worker process."""
 
     recipe: RecipeConfig
-    train: list[Record]
+    train: list[Record]             # every training row (the tokenizer's corpus)
     splits: dict[str, list[Record]]
     label_sets: dict | None
+    warm_train: list[Record] = field(default_factory=list)  # what the warm start fits
+    rl_train: list[Record] = field(default_factory=list)    # what RL trains on (disjoint unless the share is 1)
 
 
-def _evaluate_splits(shared: _Shared, model, processor, path: Path) -> dict:
+def _evaluate_splits(shared: _Shared, model, processor, path: Path, domains: list[str] | None = None) -> dict:
     from ..eval.evaluate import evaluate
 
     ev = shared.recipe.eval
     res = {}
     for split, records in shared.splits.items():
+        if domains:
+            records = [x for x in records if x.domain in domains]
         expected = [d for d in DOMAINS if any(x.domain == d for x in records)]
         m, _ = evaluate(model, processor, records, path / f"eval_{split}", batch_size=ev.batch_size,
                         max_new_tokens=ev.max_new_tokens, preset=ev.reward_preset, iou_reduce=ev.iou_reduce,
@@ -207,9 +276,9 @@ def _warm_start_unit(shared: _Shared, seed: int, sdir: Path, settings: dict) -> 
     t = time.perf_counter()
     torch.manual_seed(seed)
     corpus = [x.problem for x in shared.train] + [x.answer for x in shared.train]
-    spec = TinySpec(**{k: v for k, v in r.model.items() if k != "init"})
+    spec = TinySpec(**{k: v for k, v in settings["model"].items() if k != "init"})
     processor, model = build_tiny(corpus, spec, seed=seed)
-    history = warm_start(model, processor, shared.train, sdir / "sft",
+    history = warm_start(model, processor, shared.warm_train or shared.train, sdir / "sft",
                          SFTSettings(**{**settings["sft"], "progress_bar": False}))
     model.save_pretrained(sdir / "warm_start")
     processor.save_pretrained(sdir / "warm_start")
@@ -219,7 +288,8 @@ def _warm_start_unit(shared: _Shared, seed: int, sdir: Path, settings: dict) -> 
     done = {"settings": settings, "seconds": round(train_s, 1),
             "final_loss": history[-1]["loss"] if history else None,
             "n_params": sum(p.numel() for p in model.parameters()),
-            "metrics": _evaluate_splits(shared, model, processor, sdir / "warm_start_eval"),
+            "metrics": _evaluate_splits(shared, model, processor, sdir / "warm_start_eval",
+                                        settings.get("eval_domains")),
             "eval_seconds": round(time.perf_counter() - t, 1)}
     (sdir / "warm_start_eval.json").write_text(json.dumps(done, indent=1, default=str))
     return done
@@ -231,15 +301,17 @@ def _variant_unit(shared: _Shared, model_dir: Path, vdir: Path, settings: dict) 
     from ..train.grpo import RLSettings, train_rl
 
     t = time.perf_counter()
-    logs = train_rl(model_dir, shared.train, vdir / "rl", RLSettings(**{**settings["rl"], "progress_bar": False}))
+    logs = train_rl(model_dir, shared.rl_train or shared.train, vdir / "rl",
+                    RLSettings(**{**settings["rl"], "progress_bar": False}))
     rl_s = time.perf_counter() - t
     t = time.perf_counter()
     final = vdir / "rl" / "model"
     model = QoQMedForConditionalGeneration.from_pretrained(final)
     processor = QoQMedProcessor.from_pretrained(final)
     res = {"settings": settings, "seconds": round(rl_s, 1),
-           "metrics": _evaluate_splits(shared, model, processor, vdir),
-           "eval_seconds": round(time.perf_counter() - t, 1), "curves": logs.get("domains", [])}
+           "metrics": _evaluate_splits(shared, model, processor, vdir, settings.get("eval_domains")),
+           "eval_seconds": round(time.perf_counter() - t, 1), "curves": logs.get("domains", []),
+           "probe": logs.get("probe_domains", [])}
     (vdir / "result.json").write_text(json.dumps(res, indent=1, default=str))
     return res
 
@@ -310,49 +382,80 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
     label_sets = ({r.dataset: stats["labels"][r.domain] for s in splits.values() for r in s}
                   if stats and "labels" in stats else None)
     r = cfg.recipe
-    shared = _Shared(recipe=r, train=train, splits=splits, label_sets=label_sets)
+    warm_train, rl_train = split_warm_rl(train, cfg.warm_start_share, r.seed)
+    shared = _Shared(recipe=r, train=train, splits=splits, label_sets=label_sets, warm_train=warm_train,
+                     rl_train=rl_train)
+
+    from ..modeling.tiny import TinySpec
 
     seeds = cfg.seed_list()
-    units = len(seeds) * (1 + len(variants))
-    runs: dict[str, dict[int, dict]] = defaultdict(dict)
+    main_mode = r.model.get("ecg_token_mode", TinySpec.ecg_token_mode)
+    # groups of units sharing one warm start per seed: "" the main comparison; "ecg-<mode>" one extra warm start
+    # with another ECG token mode and the token-mode arm, evaluated on the ECG domain only
+    groups: dict[str, tuple[dict, dict, list[str] | None]] = {"": (r.model, variants, None)}
+    tv = cfg.ecg_token_variant
+    for mode in cfg.ecg_token_modes:
+        if mode != main_mode and tv in variants:
+            groups[f"ecg-{mode}"] = ({**r.model, "ecg_token_mode": mode}, {tv: variants[tv]}, ["ecg"])
+    units = sum(len(seeds) * (1 + len(g[1])) for g in groups.values())
+    gruns: dict[str, dict[str, dict[int, dict]]] = {g: defaultdict(dict) for g in groups}
+    runs = gruns[""]
     reused = 0
+    split_info = {"warm_start_share": cfg.warm_start_share, "warm_rows": len(warm_train), "rl_rows": len(rl_train),
+                  "disjoint": cfg.warm_start_share < 1.0}
+
+    def gdir(seed: int, group: str) -> Path:
+        return out / f"seed{seed}" / group if group else out / f"seed{seed}"
 
     # what each unit is, and which are already done (same settings on disk)
     ws_settings, todo_warm, todo_variants = {}, [], defaultdict(list)
-    for seed in seeds:
-        sdir = out / f"seed{seed}"
-        sft = SFTSettings(**{**asdict(r.sft), "seed": seed})
-        ws_settings[seed] = {"sft": asdict(sft), "model": r.model, "data": r.data.synthetic or asdict(r.data)}
-        done = _same(sdir / "warm_start_eval.json", ws_settings[seed])
-        if done is not None and (sdir / "warm_start" / "config.json").is_file():
-            runs[WARM][seed] = done
-            reused += 1
-        else:
-            todo_warm.append(seed)
-        for name, overrides in variants.items():
-            rl = RLSettings(**{**r.rl, **overrides, "seed": seed})
-            settings = {"rl": asdict(rl), "warm_start": ws_settings[seed]}
-            res = _same(sdir / name / "result.json", settings)
-            if res is not None and seed not in todo_warm:
-                runs[name][seed] = res
+    for group, (model_cfg, gvariants, eval_domains) in groups.items():
+        for seed in seeds:
+            key = (seed, group)
+            sdir = gdir(seed, group)
+            sft = SFTSettings(**{**asdict(r.sft), "seed": seed})
+            ws = {"sft": asdict(sft), "model": model_cfg, "data": r.data.synthetic or asdict(r.data)}
+            if cfg.warm_start_share < 1.0:
+                ws["split"] = split_info
+            if eval_domains:
+                ws["eval_domains"] = eval_domains
+            ws_settings[key] = ws
+            done = _same(sdir / "warm_start_eval.json", ws)
+            if done is not None and (sdir / "warm_start" / "config.json").is_file():
+                gruns[group][WARM][seed] = done
                 reused += 1
             else:
-                todo_variants[seed].append((name, settings))
+                todo_warm.append(key)
+            for name, overrides in gvariants.items():
+                rl = RLSettings(**{**r.rl, **overrides, "seed": seed})
+                settings = {"rl": asdict(rl), "warm_start": ws}
+                if eval_domains:
+                    settings["eval_domains"] = eval_domains
+                res = _same(sdir / name / "result.json", settings)
+                if res is not None and key not in todo_warm:
+                    gruns[group][name][seed] = res
+                    reused += 1
+                else:
+                    todo_variants[key].append((name, settings))
 
     todo = len(todo_warm) + sum(len(v) for v in todo_variants.values())
     workers = max(1, min(workers or default_workers(), todo or 1))
     threads = max(1, default_workers() // workers) if workers > 1 else torch.get_num_threads()
-    queue: list[tuple[int, str, tuple]] = [(seed, WARM, (seed, out / f"seed{seed}", ws_settings[seed]))
-                                           for seed in todo_warm]
+    # main warm starts first, then the token-mode ones (their arms can wait)
+    queue: list[tuple[tuple, str, tuple]] = [(key, WARM, (key[0], gdir(*key), ws_settings[key]))
+                                             for key in todo_warm]
 
-    def queue_variants(seed: int) -> None:
-        sdir = out / f"seed{seed}"
-        queue.extend((seed, name, (sdir / "warm_start", sdir / name, settings))
-                     for name, settings in todo_variants.pop(seed, []))
+    def queue_variants(key: tuple) -> None:
+        sdir = gdir(*key)
+        queue.extend((key, name, (sdir / "warm_start", sdir / name, settings))
+                     for name, settings in todo_variants.pop(key, []))
 
-    for seed in seeds:
-        if seed not in todo_warm:
-            queue_variants(seed)
+    for key in ws_settings:
+        if key not in todo_warm:
+            queue_variants(key)
+
+    def label(key: tuple, name: str) -> str:
+        return f"seed {key[0]}{' ' + key[1] if key[1] else ''} {name}"
 
     pool = None
     if workers > 1:
@@ -361,38 +464,39 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
         # spawn: a fresh interpreter per worker; forking a process that has used torch threads can hang
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init, initargs=(shared, threads))
-    pending: dict[Future, tuple[int, str]] = {}
+    pending: dict[Future, tuple[tuple, str]] = {}
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not show_progress) as bar:
         task = bar.add_task("compare-estimators", total=units, completed=reused)
 
-        def finish(seed: int, name: str, res: dict) -> None:
-            runs[name][seed] = res
-            _log(f"seed {seed} {name}", res)
+        def finish(key: tuple, name: str, res: dict) -> None:
+            gruns[key[1]][name][key[0]] = res
+            _log(label(key, name), res)
             bar.advance(task)
             if name == WARM:
-                queue_variants(seed)  # its variants can start now
+                queue_variants(key)  # its variants can start now; main-group units go first
+                queue.sort(key=lambda item: bool(item[0][1]))
 
         try:
             while queue or pending:
                 if pool is None:  # one unit at a time in this process: simplest to debug, no start-up cost
-                    seed, name, args = queue.pop(0)
-                    bar.update(task, description=f"seed {seed}: {name}")
-                    finish(seed, name, _run_unit(shared, name, args))
+                    key, name, args = queue.pop(0)
+                    bar.update(task, description=label(key, name))
+                    finish(key, name, _run_unit(shared, name, args))
                     continue
                 while queue:  # the pool queues what exceeds its workers, in this order
-                    seed, name, args = queue.pop(0)
-                    pending[pool.submit(_in_worker, name, args)] = (seed, name)
+                    key, name, args = queue.pop(0)
+                    pending[pool.submit(_in_worker, name, args)] = (key, name)
                 bar.update(task, description=f"{workers} workers, {len(pending)} units queued or running")
                 finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for fut in finished:
-                    seed, name = pending.pop(fut)
+                    key, name = pending.pop(fut)
                     try:
                         res = fut.result()
                     except Exception as exc:
-                        raise RuntimeError(f"seed {seed} {name} failed: {exc} (finished units are kept; run the "
+                        raise RuntimeError(f"{label(key, name)} failed: {exc} (finished units are kept; run the "
                                            f"same command again to continue)") from exc
-                    finish(seed, name, res)
+                    finish(key, name, res)
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -405,6 +509,10 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
         "baseline": cfg.baseline, "rl": {k: v for k, v in r.rl.items()}, "sft": asdict(r.sft), "model": r.model,
         "n_params": n_params, "data": r.data.synthetic or asdict(r.data),
         "train_rows": len(train), "split_rows": {s: len(v) for s, v in splits.items()},
+        "warm_start_share": cfg.warm_start_share, "warm_start_rows": len(warm_train), "rl_rows": len(rl_train),
+        "warm_rl_disjoint": not ({x.id for x in warm_train} & {x.id for x in rl_train}),
+        "warm_start_rows_per_domain": _counts(warm_train), "rl_rows_per_domain": _counts(rl_train),
+        "model_ecg_token_mode": main_mode,
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
                    f"{'CUDA' if torch.cuda.is_available() else 'CPU only'}",
         "workers": workers, "threads_per_worker": threads,
@@ -416,8 +524,17 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
                                          for by_seed in runs.values() for u in by_seed.values()), 1),
         "mean_seconds": {k: round(float(np.mean(v)), 1) for k, v in timings.items()},
     }
+    if len(groups) > 1:
+        context["token_mode_mean_seconds"] = {
+            g: {n: round(float(np.mean([u["seconds"] for u in by_seed.values()])), 1)
+                for n, by_seed in gruns[g].items()} for g in groups if g}
+        context["units_seconds_total"] = round(sum(u["seconds"] + u.get("eval_seconds", 0.0)
+                                                   for g in gruns.values() for by_seed in g.values()
+                                                   for u in by_seed.values()), 1)
     shares = _train_shares(train)
     results = aggregate(runs, shares, cfg.rare_share, cfg.baseline, context)
+    if cfg.ecg_token_modes:
+        results["ecg_token_modes"] = _token_mode_summary(gruns, cfg.ecg_token_modes, main_mode, tv, seeds)
     write_outputs(results, runs, out)
     console.print(f"[bold green]done[/] in {wall:.0f} s: {out / 'report.md'}")
     return results
@@ -428,6 +545,13 @@ def _log(what: str, res: dict) -> None:
     f1 = m["overall"].get("macro_f1")
     console.print(f"{what}: {res['seconds']:.0f} s train, {res['eval_seconds']:.0f} s eval; "
                   f"test macro-F1 {'-' if f1 is None else f'{f1:.3f}'}", highlight=False)
+
+
+def _counts(records: list[Record]) -> dict[str, int]:
+    c = defaultdict(int)
+    for x in records:
+        c[x.domain] += 1
+    return {d: c[d] for d in DOMAINS if c[d]}
 
 
 def _train_shares(train: list[Record]) -> dict[str, float]:
@@ -516,6 +640,20 @@ def aggregate(runs: dict[str, dict[int, dict]], shares: dict[str, float], rare_s
             if all(runs[a][s]["metrics"] == runs[b][s]["metrics"] for s in seeds):
                 same.append([a, b])
     out["identical_results"] = same
+    # every arm against the warm start it started from: per seed, overall macro-F1 after RL minus before
+    out["paired_vs_warm"] = {}
+    for split, table in out["splits"].items():
+        base = table[WARM]["macro_f1"]["overall"]["values"]
+        per = {}
+        for n in names:
+            if n == WARM:
+                continue
+            diffs = [None if x is None or y is None else x - y
+                     for x, y in zip(table[n]["macro_f1"]["overall"]["values"], base)]
+            per[n] = {**_stat(diffs), "wins": sum(1 for x in diffs if x is not None and x > 0), "seeds": seeds}
+        out["paired_vs_warm"][split] = per
+    out["probe"] = {n: probe_summary([runs[n][s].get("probe", []) for s in seeds], seeds)
+                    for n in names if n != WARM and any(runs[n][s].get("probe") for s in seeds)}
     # the default DRPO variant is chosen on validation macro-F1 only
     val = out["splits"].get("val")
     drpo = [n for n in names if n != WARM and runs[n][seeds[0]]["settings"]["rl"]["estimator"] == "drpo"]
@@ -525,6 +663,59 @@ def aggregate(runs: dict[str, dict[int, dict]], shares: dict[str, float], rare_s
                                 "val": {n: val[n]["macro_f1"]["overall"]["mean"] for n in drpo},
                                 "val_std": {n: val[n]["macro_f1"]["overall"]["std"] for n in drpo},
                                 "val_rare": {n: val[n]["macro_f1"]["rare"]["mean"] for n in drpo}}
+    return out
+
+
+def probe_reward(entry: dict, prefix: str = "reward/") -> float | None:
+    """One probe evaluation's reward: the unweighted mean over its domains (each domain has the same questions)."""
+    xs = [float(v) for k, v in entry.items() if k.startswith(prefix) and v is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def probe_summary(curves: list[list[dict]], seeds: list[int]) -> dict:
+    """Probe reward at the first (step 0, the warm start) and the last evaluation, per seed; the mean curve."""
+    per_seed = {}
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for seed, curve in zip(seeds, curves):
+        pts = sorted(((int(e["step"]), probe_reward(e), probe_reward(e, "accuracy/")) for e in curve),
+                     key=lambda p: p[0])
+        pts = [p for p in pts if p[1] is not None]
+        for step, rew, _ in pts:
+            by_step[step].append(rew)
+        if len(pts) >= 1:
+            first, last = pts[0], pts[-1]
+            per_seed[str(seed)] = {"start_step": first[0], "end_step": last[0], "start": first[1], "end": last[1],
+                                   "rise": last[1] - first[1], "start_accuracy": first[2],
+                                   "end_accuracy": last[2],
+                                   "constant_accuracy_start": probe_reward(curve[0], "constant_accuracy/"),
+                                   "constant_accuracy_end": probe_reward(curve[-1], "constant_accuracy/")}
+    rises = [v["rise"] for v in per_seed.values()]
+    return {"per_seed": per_seed, "rise": _stat(rises),
+            "rises_every_seed": bool(rises) and len(rises) == len(seeds) and all(x > 0 for x in rises),
+            "curve": [[step, float(np.mean(v)), len(v)] for step, v in sorted(by_step.items())]}
+
+
+TOKENS_PER_MODE = {"pooled": 1, "per_lead": 8, "patch": 400}
+
+
+def _token_mode_summary(gruns: dict, modes: list[str], main_mode: str, variant: str, seeds: list[int]) -> dict:
+    """ECG-domain macro-F1 of the warm start and of ``variant`` per ECG token mode, per split; paired RL gain."""
+    out: dict[str, Any] = {"variant": variant, "domain": "ecg", "modes": {}}
+    for mode in modes:
+        runs = gruns["" if mode == main_mode else f"ecg-{mode}"]
+        if variant not in runs or len(runs[variant]) < len(seeds):
+            continue
+        entry: dict[str, Any] = {"tokens": TOKENS_PER_MODE.get(mode), "main_model_mode": mode == main_mode,
+                                 "seconds": {n: _stat([runs[n][s]["seconds"] for s in seeds])["mean"]
+                                             for n in (WARM, variant)}}
+        for split in SPLITS:
+            if not all(split in runs[n][s]["metrics"] for n in (WARM, variant) for s in seeds):
+                continue
+            f1 = {n: [runs[n][s]["metrics"][split]["domains"].get("ecg", {}).get("macro_f1") for s in seeds]
+                  for n in (WARM, variant)}
+            diffs = [None if a is None or b is None else a - b for a, b in zip(f1[variant], f1[WARM])]
+            entry[split] = {WARM: _stat(f1[WARM]), variant: _stat(f1[variant]), "paired_rl_gain": _stat(diffs)}
+        out["modes"][mode] = entry
     return out
 
 
@@ -588,12 +779,73 @@ def _summary_table(res: dict, split: str) -> list[str]:
     return lines
 
 
+def _paired_warm_section(res: dict, split: str) -> list[str]:
+    per = res.get("paired_vs_warm", {}).get(split)
+    if not per:
+        return []
+    seeds = res["context"]["seeds"]
+    lines = [f"## After RL minus the warm start ({split} split, overall macro-F1, paired by seed)", "",
+             "| arm | paired Δ mean ± std | " + " | ".join(f"seed {s}" for s in seeds) + " | seeds above |",
+             "|" + "---|" * (len(seeds) + 3)]
+    for n, p in per.items():
+        lines.append(f"| {n} | " + ("-" if p["mean"] is None else f"{p['mean']:+.3f}"
+                                     + (f" ± {p['std']:.3f}" if p["std"] is not None else ""))
+                     + " | " + " | ".join("-" if v is None else f"{v:+.3f}" for v in p["values"])
+                     + f" | {p['wins']}/{p['n']} |")
+    return lines + [""]
+
+
+def _probe_section(res: dict) -> list[str]:
+    probe = res.get("probe")
+    if not probe:
+        return []
+    seeds = [str(s) for s in res["context"]["seeds"]]
+    lines = ["## Probe reward at step 0 vs last step, per arm and seed", "",
+             "The probe set: a fixed set of RL training questions per domain, sampled as in RL (rollouts, "
+             "temperature) at step 0 (the warm start) and every `probe_steps`; reward = unweighted mean over "
+             "domains.", "",
+             "| arm | " + " | ".join(f"seed {s}: start → end" for s in seeds) + " | mean rise | rises on every "
+             "seed? |", "|" + "---|" * (len(seeds) + 3)]
+    for n, p in probe.items():
+        cells = []
+        for s in seeds:
+            e = p["per_seed"].get(s)
+            cells.append("-" if e is None else f"{e['start']:.3f} → {e['end']:.3f} (step {e['end_step']})")
+        r = p["rise"]
+        lines.append(f"| {n} | " + " | ".join(cells) + " | " + ("-" if r["mean"] is None else f"{r['mean']:+.3f}")
+                     + f" | {'yes' if p['rises_every_seed'] else 'no'} |")
+    return lines + [""]
+
+
+def _token_mode_section(res: dict, split: str) -> list[str]:
+    tm = res.get("ecg_token_modes")
+    if not tm or not tm["modes"]:
+        return []
+    v = tm["variant"]
+    lines = [f"## ECG token modes (ECG domain only, {split} split, macro-F1)", "",
+             f"Per mode and seed its own warm start, then the {v} arm; the main comparison uses the model's mode "
+             f"({res['context'].get('model_ecg_token_mode')}).", "",
+             f"| ECG token mode | tokens per record | warm start | {v} | paired RL gain | train s (warm / RL) |",
+             "|---|---|---|---|---|---|"]
+    for mode, e in tm["modes"].items():
+        if split not in e:
+            continue
+        t = e[split]
+        sec = e["seconds"]
+        lines.append(f"| {mode}{' (main)' if e['main_model_mode'] else ''} | {e['tokens']} | {_ms(t[WARM])} | "
+                     f"{_ms(t[v])} | " + ("-" if t["paired_rl_gain"]["mean"] is None
+                                           else f"{t['paired_rl_gain']['mean']:+.3f}")
+                     + f" | {_f(sec.get(WARM), 0)} / {_f(sec.get(v), 0)} |")
+    return lines + [""]
+
+
 def write_outputs(res: dict, runs: dict, out: Path) -> dict[str, Path]:
     """results.json, report.md and the plots."""
     paths = {"results": out / "results.json", "report": out / "report.md"}
     plots = {"f1_by_domain": plot_f1_by_domain(res, out / "f1_by_domain.png"),
              "learning_curves": plot_learning_curves(runs, res, out / "learning_curves.png"),
-             "drpo_scales": plot_drpo_scales(runs, res, out / "drpo_scales.png")}
+             "drpo_scales": plot_drpo_scales(runs, res, out / "drpo_scales.png"),
+             "probe_curves": plot_probe_curves(res, out / "probe_curves.png")}
     res["plots"] = {k: v.name for k, v in plots.items() if v is not None}
     paths["results"].write_text(json.dumps(res, indent=1, default=str))
     c = res["context"]
@@ -615,6 +867,12 @@ def write_outputs(res: dict, runs: dict, out: Path) -> dict[str, Path]:
         f"model {json.dumps(c['model'])} ({_f((c['n_params'] or 0) / 1e6, 2)}M parameters)",
         f"- data: {json.dumps(c['data'])}: {c['train_rows']} train rows; evaluation rows "
         f"{json.dumps(c['split_rows'])} (val/test have equal rows per domain)",
+        f"- warm start / RL rows: warm_start_share {c.get('warm_start_share', 1.0)}: the warm start fits "
+        f"{c.get('warm_start_rows', c['train_rows'])} rows, RL trains on {c.get('rl_rows', c['train_rows'])} "
+        + ("disjoint rows (stratified by domain)" if c.get("warm_rl_disjoint") and c.get('warm_start_share', 1) < 1
+           else "rows (the same rows)")
+        + f"; per domain warm {json.dumps(c.get('warm_start_rows_per_domain', {}))}, "
+          f"RL {json.dumps(c.get('rl_rows_per_domain', {}))}",
         f"- rare domains (train share < {res['rare_share_threshold']:.0%}): {', '.join(res['rare_domains']) or '-'}; "
         f"abundant: {', '.join(res['abundant_domains'])}",
         f"- machine: {c['machine']}; load average at start {c['load_average_start']}, at end "
@@ -634,6 +892,7 @@ def write_outputs(res: dict, runs: dict, out: Path) -> dict[str, Path]:
            + ". A constant factor on all advantages (RLOO's is Dr.GRPO's times G/(G-1)) does not change an "
              "Adam update, so such runs coincide.", ""] if res.get("identical_results") else []),
         f"## Summary ({split} split)", "", *_summary_table(res, split), "",
+        *_paired_warm_section(res, split), *_probe_section(res), *_token_mode_section(res, split),
     ]
     sel = res.get("selected_drpo")
     if sel:
@@ -661,7 +920,8 @@ def write_outputs(res: dict, runs: dict, out: Path) -> dict[str, Path]:
     lines += ["## Plots", ""]
     captions = {"f1_by_domain": "Test macro-F1 per domain (mean ± std over seeds)",
                 "learning_curves": "Training reward per domain over RL steps (mean over seeds, binned)",
-                "drpo_scales": "DRPO mean |advantage scale| per domain over training"}
+                "drpo_scales": "DRPO mean |advantage scale| per domain over training",
+                "probe_curves": "Probe-set reward over RL steps (mean over seeds and domains, per arm)"}
     for k, name in res["plots"].items():
         lines += [f"![{captions[k]}]({name})", ""]
     paths["report"].write_text("\n".join(lines) + "\n")
@@ -755,6 +1015,28 @@ def plot_learning_curves(runs: dict, res: dict, path: Path) -> Path | None:
         ax.set_ylabel("batch reward", fontsize=8)
     axes[0].legend(fontsize=6)
     fig.suptitle("training reward per domain (mean over seeds, binned by step)")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_probe_curves(res: dict, path: Path) -> Path | None:
+    from matplotlib.figure import Figure
+
+    probe = res.get("probe")
+    if not probe:
+        return None
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    ax = fig.add_subplot()
+    for n, p in probe.items():
+        if p["curve"]:
+            xs, ys = zip(*[(c[0], c[1]) for c in p["curve"]])
+            ax.plot(xs, ys, marker=".", label=n, linestyle="--" if n.startswith("drpo") else "-")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("probe reward (mean over domains)")
+    ax.set_title("probe-set reward per arm (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path)
     return path

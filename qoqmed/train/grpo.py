@@ -446,6 +446,10 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         Each evaluation of the probe set draws the same random numbers, so the curve moves with the model and not
         with the dice, and a run with probes trains exactly like one without.
         """
+        if eval_dataset is None and isinstance(self.eval_dataset, dict):
+            # several eval sets (eval records and the probe set): the base class calls back here once per set,
+            # and only those calls log, so no set is logged twice
+            return super().evaluate(None, ignore_keys, metric_key_prefix)
         self._eval_split = metric_key_prefix.removeprefix("eval_") if metric_key_prefix != "eval" else "eval"
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         self._eval_buffer = {"rewards": [], "domains": [], "accuracy": []}
