@@ -33,7 +33,9 @@ def test_quickstart_writes_report_metrics_and_plots(smoke_run):
     report = (smoke_run / "report.md").read_text()
     for domain in DOMAINS:
         assert domain in report
-    for png in ("per_domain_f1.png", "rl_reward_by_domain.png"):
+    assert "## Probe set (fixed training questions, sampled as in RL): step 0 → 2" in report
+    assert "![Probe-set reward by domain](rl_probe_reward.png)" in report
+    for png in ("per_domain_f1.png", "rl_reward_by_domain.png", "rl_probe_reward.png"):
         with Image.open(smoke_run / png) as img:
             assert img.size[0] > 300 and img.size[1] > 200
     predictions = (smoke_run / "eval" / "predictions.jsonl").read_text().splitlines()

@@ -252,18 +252,21 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
             f"{_fmt(sft_metrics['overall'].get('macro_f1'))} → {_fmt(metrics['overall'].get('macro_f1'))}")
     paths = write_report(metrics, run, title="qoqmed quickstart: CLIMB-mini, tiny model, warm start + RL",
                          context=context, rows=rows)
-    from ..eval.curves import plot_rl_curves
+    from ..eval.curves import plot_probe_curves, plot_rl_curves
 
     curve = plot_rl_curves(rl_logs, run / "rl_reward_by_domain.png")
-    _append_training_section(paths.get("report", run / "report.md"), sft_metrics, metrics, curve)
+    probe = plot_probe_curves(rl_logs, run / "rl_probe_reward.png")
+    _append_training_section(paths.get("report", run / "report.md"), sft_metrics, metrics, curve, probe,
+                             rl_logs.get("probe_domains", []))
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     print_summary(metrics)
     console.print(f"[bold green]done[/] in {timings['total']:.0f} s: {paths.get('report', run / 'report.md')}")
     return metrics
 
 
-def _append_training_section(report: Path, before: dict | None, after: dict, curve: Path | None) -> None:
-    """Add what RL changed (warm start vs final, per domain) and the reward curves to the report."""
+def _append_training_section(report: Path, before: dict | None, after: dict, curve: Path | None,
+                             probe_plot: Path | None = None, probe: list[dict] | None = None) -> None:
+    """Add what RL changed (warm start vs final, per domain), the probe-set curve and the reward curves."""
     lines = ["", "## Warm start vs after RL", ""]
     if before is not None:
         lines += ["| domain | macro-F1 warm start | macro-F1 final | change | mean IoU warm start | mean IoU final |",
@@ -278,6 +281,16 @@ def _append_training_section(report: Path, before: dict | None, after: dict, cur
         lines.append(f"| **overall** | {_fmt(o0)} | {_fmt(o1)} | "
                      f"{'-' if o0 is None or o1 is None else f'{o1 - o0:+.3f}'} | "
                      f"{_fmt(before['overall'].get('iou_mean'))} | {_fmt(after['overall'].get('iou_mean'))} |")
+    if probe:
+        first, last = probe[0], probe[-1]
+        lines += ["", f"## Probe set (fixed training questions, sampled as in RL): step {first['step']} → "
+                  f"{last['step']}", "", "| domain | reward | accuracy | constant-accuracy groups |", "|---|---|---|---|"]
+        for key in sorted(k for k in last if k.startswith("reward/")):
+            d = key.split("/", 1)[1]
+            lines.append(" | ".join([f"| {d}"] + [f"{_fmt(first.get(f'{m}/{d}'))} → {_fmt(last.get(f'{m}/{d}'))}"
+                                                  for m in ("reward", "accuracy", "constant_accuracy")]) + " |")
+    if probe_plot is not None:
+        lines += ["", f"![Probe-set reward by domain]({probe_plot.name})"]
     if curve is not None:
         lines += ["", f"![RL reward by domain]({curve.name})"]
     with open(report, "a") as f:
