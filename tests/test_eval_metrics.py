@@ -349,3 +349,21 @@ def test_invariants(rows):
             assert ds["paper_balanced_accuracy"] == pytest.approx(float((y_true == y_pred).mean()))
         else:
             assert ds["macro_f1"] is None
+
+
+def test_boxes_per_answer_and_box_rate_over_localisable_rows():
+    box = {"bbox_2d": [0, 0, 4, 4], "label": "x"}
+    rows = [
+        {**row(["A"], ["A"], dataset="d1", domain="us", iou=0.5), "pred_boxes": [box, box]},
+        {**row(["A"], ["A"], dataset="d1", domain="us", iou=0.0), "pred_boxes": []},
+        {**row(["A"], ["A"], dataset="d1", domain="us", iou=None), "pred_boxes": [box] * 5},  # nothing to localise
+        {**row(["A"], ["A"], dataset="d2", domain="ct", iou=0.1), "pred_boxes": [box]},
+        row(["A"], ["A"], dataset="d3", domain="ecg"),  # no boxes recorded at all
+    ]
+    m = compute_metrics(rows)
+    assert m["datasets"]["d1"]["boxes_per_answer"] == pytest.approx(1.0)  # (2 + 0) / 2, the None row left out
+    assert m["datasets"]["d1"]["box_rate"] == pytest.approx(0.5)
+    assert m["overall"]["boxes_per_answer"] == pytest.approx(1.0) and m["overall"]["box_rate"] == pytest.approx(2 / 3)
+    assert m["domains"]["ecg"]["boxes_per_answer"] is None and m["domains"]["ecg"]["box_rate"] is None
+    with pytest.raises(TypeError, match="pred_boxes"):
+        compute_metrics([{**row(["A"], ["A"], iou=0.2), "pred_boxes": "box"}])

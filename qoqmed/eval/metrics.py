@@ -19,7 +19,9 @@ Definitions (DESIGN section 5):
 * Per domain: unweighted mean over its datasets of each of those metrics (``None`` values skipped). Overall:
   unweighted mean over domains, so a huge dataset or domain does not drown out a small one.
 * Grounding IoU (``iou_mean``, ``iou_median``, ``iou_n``) is computed at every level over the rows whose ``iou`` is
-  not ``None``, pooled; ``iou_n`` says how many rows that is.
+  not ``None``, pooled; ``iou_n`` says how many rows that is. Over the same rows, when they carry ``pred_boxes``:
+  ``boxes_per_answer`` (mean number of predicted boxes) and ``box_rate`` (share of answers with at least one box),
+  which show a model that stops localising even where IoU is low anyway.
 
 Label sets: ``label_sets[dataset]`` when given; otherwise the union of true and predicted labels seen for the
 dataset, in which case a predicted label never seen in the ground truth gets its own entry (support 0, only false
@@ -62,7 +64,7 @@ AVERAGED_METRICS: tuple[str, ...] = (
     "exact_match",
     "format_rate",
 )
-IOU_KEYS: tuple[str, ...] = ("iou_mean", "iou_median", "iou_n")
+IOU_KEYS: tuple[str, ...] = ("iou_mean", "iou_median", "iou_n", "boxes_per_answer", "box_rate")
 OTHER_LABEL = "other/none"
 
 _REQUIRED_KEYS = ("domain", "dataset", "true_labels", "pred_labels", "format_ok")
@@ -104,6 +106,9 @@ def _check_row(row: Any, index: int) -> dict[str, Any]:
         iou = float(iou)
         if not (math.isfinite(iou) and 0.0 <= iou <= 1.0):
             raise ValueError(f"{_row_name(row, index)}: 'iou' must lie in [0, 1], got {iou!r}")
+    boxes = row.get("pred_boxes")
+    if boxes is not None and not isinstance(boxes, (list, tuple)):
+        raise TypeError(f"{_row_name(row, index)}: 'pred_boxes' must be a list or None, got {type(boxes).__name__}")
     return {
         "id": row.get("id"),
         "domain": str(row["domain"]),
@@ -112,6 +117,7 @@ def _check_row(row: Any, index: int) -> dict[str, Any]:
         "pred_labels": _label_list(row, "pred_labels", index),
         "iou": iou,
         "format_ok": bool(row["format_ok"]),
+        "pred_boxes": None if boxes is None else list(boxes),
     }
 
 
@@ -120,13 +126,17 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return float(sum(kept) / len(kept)) if kept else None
 
 
-def _iou_summary(values: Sequence[float]) -> dict[str, Any]:
-    if not values:
-        return {"iou_mean": None, "iou_median": None, "iou_n": 0}
+def _iou_summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """IoU and box counts over the rows that have something to localise (``iou`` not ``None``)."""
+    rows = [r for r in rows if r.get("iou") is not None]
+    values = [float(r["iou"]) for r in rows]
+    counts = [len(r["pred_boxes"]) for r in rows if r.get("pred_boxes") is not None]
     return {
-        "iou_mean": float(statistics.fmean(values)),
-        "iou_median": float(statistics.median(values)),
+        "iou_mean": float(statistics.fmean(values)) if values else None,
+        "iou_median": float(statistics.median(values)) if values else None,
         "iou_n": len(values),
+        "boxes_per_answer": float(statistics.fmean(counts)) if counts else None,
+        "box_rate": float(np.mean([c > 0 for c in counts])) if counts else None,
     }
 
 
@@ -233,7 +243,7 @@ def _dataset_metrics(
         "balanced_accuracy": _mean(m["balanced_accuracy"] for m in present),
         "exact_match": exact / len(rows),
         "format_rate": sum(row["format_ok"] for row in rows) / len(rows),
-        **_iou_summary([row["iou"] for row in rows if row["iou"] is not None]),
+        **_iou_summary(rows),
         "n_labels_present": len(present),
         "n_out_of_set_predictions": out_of_set,
         "labels": labels,
@@ -295,7 +305,7 @@ def compute_metrics(
         members = [datasets[ds] for ds in names]
         domains[dom] = {
             **{k: _mean(m[k] for m in members) for k in AVERAGED_METRICS},
-            **_iou_summary([r["iou"] for ds in names for r in by_dataset[ds] if r["iou"] is not None]),
+            **_iou_summary(r for ds in names for r in by_dataset[ds]),
             "n": sum(m["n"] for m in members),
             "n_datasets": len(names),
             "datasets": names,
@@ -304,7 +314,7 @@ def compute_metrics(
     with_rows = [dom for dom, m in domains.items() if m["n"] > 0]
     overall = {
         **{k: _mean(domains[dom][k] for dom in with_rows) for k in AVERAGED_METRICS},
-        **_iou_summary([r["iou"] for r in checked if r["iou"] is not None]),
+        **_iou_summary(checked),
         "n": len(checked),
         "domains": with_rows,
     }

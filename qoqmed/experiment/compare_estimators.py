@@ -606,7 +606,8 @@ def aggregate(runs: dict[str, dict[int, dict]], shares: dict[str, float], rare_s
                         xs = [x for x in xs if x is not None]
                         vals.append(float(np.mean(xs)) if xs else None)
                     entry[key][group] = _stat(vals)
-            entry["iou_mean"] = _stat([m["overall"].get("iou_mean") for m in per])
+            for key in ("iou_mean", "boxes_per_answer", "format_rate"):
+                entry[key] = _stat([m["overall"].get(key) for m in per])
             table[n] = entry
         # relative change vs the baseline (of the seed means) and seed-paired differences in overall macro-F1
         for n in names:
@@ -766,7 +767,7 @@ def _summary_table(res: dict, split: str) -> list[str]:
     base = res["context"]["baseline"]
     lines = [f"| estimator | overall macro-F1 | rare-domain macro-F1 | abundant-domain macro-F1 | "
              f"overall change vs {base} | rare change vs {base} | paired Δ overall F1 vs {base} (seeds won) | "
-             f"paper bal. acc. | accuracy | mean IoU |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"paper bal. acc. | accuracy | mean IoU | boxes per answer |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in res["variants"]:
         e = t[n]["macro_f1"]
         p = t[n]["paired_f1_diff"]
@@ -775,7 +776,7 @@ def _summary_table(res: dict, split: str) -> list[str]:
         lines.append(f"| {n} | {_ms(e['overall'])} | {_ms(e['rare'])} | {_ms(e['abundant'])} | "
                      f"{_pct(e['rel_vs_baseline']['overall'])} | {_pct(e['rel_vs_baseline']['rare'])} | {paired} | "
                      f"{_ms(t[n]['paper_balanced_accuracy']['overall'])} | {_ms(t[n]['exact_match']['overall'])} | "
-                     f"{_ms(t[n]['iou_mean'])} |")
+                     f"{_ms(t[n]['iou_mean'])} | {_ms(t[n]['boxes_per_answer'])} |")
     return lines
 
 

@@ -269,18 +269,19 @@ def _append_training_section(report: Path, before: dict | None, after: dict, cur
     """Add what RL changed (warm start vs final, per domain), the probe-set curve and the reward curves."""
     lines = ["", "## Warm start vs after RL", ""]
     if before is not None:
-        lines += ["| domain | macro-F1 warm start | macro-F1 final | change | mean IoU warm start | mean IoU final |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| domain | macro-F1 warm start | macro-F1 final | change | mean IoU warm start | mean IoU final | "
+                  "boxes per answer warm start → final |", "|---|---|---|---|---|---|---|"]
         for d, a in after["domains"].items():
             b = before["domains"].get(d, {})
             f0, f1 = b.get("macro_f1"), a.get("macro_f1")
             delta = "-" if f0 is None or f1 is None else f"{f1 - f0:+.3f}"
             lines.append(f"| {d} | {_fmt(f0)} | {_fmt(f1)} | {delta} | {_fmt(b.get('iou_mean'))} | "
-                         f"{_fmt(a.get('iou_mean'))} |")
+                         f"{_fmt(a.get('iou_mean'))} | {_arrow(b.get('boxes_per_answer'), a.get('boxes_per_answer'))} |")
         o0, o1 = before["overall"].get("macro_f1"), after["overall"].get("macro_f1")
         lines.append(f"| **overall** | {_fmt(o0)} | {_fmt(o1)} | "
                      f"{'-' if o0 is None or o1 is None else f'{o1 - o0:+.3f}'} | "
-                     f"{_fmt(before['overall'].get('iou_mean'))} | {_fmt(after['overall'].get('iou_mean'))} |")
+                     f"{_fmt(before['overall'].get('iou_mean'))} | {_fmt(after['overall'].get('iou_mean'))} | "
+                     f"{_arrow(before['overall'].get('boxes_per_answer'), after['overall'].get('boxes_per_answer'))} |")
     if probe:
         first, last = probe[0], probe[-1]
         lines += ["", f"## Probe set (fixed training questions, sampled as in RL): step {first['step']} → "
@@ -295,6 +296,10 @@ def _append_training_section(report: Path, before: dict | None, after: dict, cur
         lines += ["", f"![RL reward by domain]({curve.name})"]
     with open(report, "a") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def _arrow(a, b) -> str:
+    return "-" if a is None and b is None else f"{_fmt(a)} → {_fmt(b)}"
 
 
 def _fmt(x) -> str:
