@@ -397,3 +397,24 @@ def test_empty_box_list_is_valid_format_and_malformed_entries_are_not():
     assert format_reward(empty) == 1.0
     partial = parse_response('```json\n[{"bbox_2d": [1, 2, 3, 4], "label": "a"}, {"bbox_2d": [1, 2]}]\n```')
     assert partial.json_found and not partial.json_valid and len(partial.boxes) == 1
+
+
+def test_boxes_required_makes_an_empty_list_lose_format_only_where_there_is_something_to_localise():
+    from qoqmed.rewards import score
+
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[2:6, 2:6] = 1
+    empty = "<think>```json\n[]\n```\nfindings</think>\\boxed{Pneumonia}"
+    missed = '<think>```json\n[{"bbox_2d": [0, 0, 1, 1], "label": "x"}]\n```\nfindings</think>\\boxed{Pneumonia}'
+    plain = score(empty, "Pneumonia", mask)
+    assert plain["format"] == pytest.approx(1.0) and plain["iou"] == 0.0  # the paper's wording: [] is valid
+    req = score(empty, "Pneumonia", mask, boxes_required=True)
+    assert req["format"] == pytest.approx(2 / 3) and req["overall"] < plain["overall"]
+    # a box that misses keeps full format: only the empty list is penalised, IoU still scores the miss
+    miss = score(missed, "Pneumonia", mask, boxes_required=True)
+    assert miss["format"] == pytest.approx(1.0) and miss["iou"] == 0.0 and miss["overall"] > req["overall"]
+    # nothing to localise (no mask, or an empty one): [] keeps full format
+    assert score(empty, "Pneumonia", None, boxes_required=True)["format"] == pytest.approx(1.0)
+    assert score(empty, "Pneumonia", np.zeros((8, 8)), boxes_required=True)["format"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="boxes_required"):
+        score(empty, "Pneumonia", mask, preset="reference", boxes_required=True)

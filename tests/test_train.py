@@ -75,6 +75,15 @@ def test_reward_function_reads_grounding(records, tiny):
     wrong = "<think>```json\n[{\"bbox_2d\": [0, 0, 5, 5], \"label\": \"x\"}]\n```\nno</think>\n\\boxed{Normal}"
     good, bad = reward([[{"content": perfect}], [{"content": wrong}]], id=[rec.id, rec.id])
     assert good == pytest.approx(1.0) and bad < 0.25
+    # boxes_required reaches the scorer: an empty list on a row with a region loses format credit there only
+    empty = "<think>```json\n[]\n```\nno</think>\n\\boxed{" + rec.answer + "}"
+    plain, strict = (make_reward_function(facts, boxes_required=flag)([[{"content": empty}]], id=[rec.id])[0]
+                     for flag in (None, True))
+    assert strict == pytest.approx(plain - 0.2 / 3)  # format weight 0.2, one third of it
+    other = next(r for r in records if not r.boxes and r.mask_image is None)
+    text = "<think>```json\n[]\n```\nno</think>\n\\boxed{" + other.answer + "}"
+    assert (make_reward_function(facts, boxes_required=True)([[{"content": text}]], id=[other.id])
+            == make_reward_function(facts)([[{"content": text}]], id=[other.id]))
 
 
 def test_warm_start_lowers_loss(records, tiny, tmp_path):
@@ -220,7 +229,8 @@ def test_rl_settings_map_onto_trl_and_reject_bad_values(tmp_path):
                        (dict(drpo_mode="reference", drpo_history=8), "drpo_history"),
                        (dict(batch_size=6, num_generations=4), "multiple"), (dict(freeze=["eyes"]), "freeze"),
                        (dict(model_dtype="bfloat17"), "model_dtype"), (dict(probe_steps=0), "probe_steps"),
-                       (dict(drpo_k_max=0), "k_max"), (dict(domain_key=""), "domain_key")]:
+                       (dict(drpo_k_max=0), "k_max"), (dict(domain_key=""), "domain_key"),
+                       (dict(reward_preset="reference", boxes_required=True), "boxes_required")]:
         with pytest.raises(ValueError, match=match):
             RLSettings(**bad)
 

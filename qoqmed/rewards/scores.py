@@ -143,12 +143,13 @@ def iou_reward(
     return _region_iou(pred_boxes, region, reduce)
 
 
-def format_reward(parsed: ParsedResponse) -> float:
+def format_reward(parsed: ParsedResponse, boxes_expected: bool = False) -> float:
     """Graded format score: 1/3 each for a non-empty ``<think>``, a valid JSON box list (``[]`` included, for
-    findings with nothing to localise), a non-empty ``\\boxed{}``."""
+    findings with nothing to localise, unless ``boxes_expected``: then it must hold a box), a non-empty
+    ``\\boxed{}``."""
     parts = (
         bool(parsed.think),
-        parsed.json_valid,
+        parsed.json_valid and (bool(parsed.boxes) or not boxes_expected),
         bool(parsed.boxed),
     )
     return sum(parts) / 3.0
@@ -237,22 +238,27 @@ class Scorer:
     iou_reduce: str
     normalize: bool
     synonyms: dict[str, str] | None
+    boxes_required: bool = False
 
 
 def make_scorer(preset: str = "paper", *, weights: Mapping[str, float] | None = None, iou_reduce: str | None = None,
-                normalize: bool | None = None, synonyms: Mapping[str, str] | None = None) -> Scorer:
+                normalize: bool | None = None, synonyms: Mapping[str, str] | None = None,
+                boxes_required: bool | None = None) -> Scorer:
     """Check and resolve scoring options once.
 
     ``paper``: weights 0.6 / 0.2 / 0.2 (accuracy / IoU / format), max IoU over boxes, labels compared
     case-insensitively, IoU's weight spread over the rest when there is nothing to localise; ``weights``,
-    ``iou_reduce``, ``normalize`` and ``synonyms`` (alias -> canonical label) customise it.
+    ``iou_reduce``, ``normalize`` and ``synonyms`` (alias -> canonical label) customise it. ``boxes_required``:
+    where the row has something to localise, an empty box list ``[]`` loses the format's JSON third. As the paper
+    words it, ``[]`` is a valid list anywhere; then a policy whose boxes mostly miss (IoU 0 either way) gains
+    format reward by dropping them, and RL unlearns localisation.
     ``reference``: the released scorer exactly (:mod:`qoqmed.rewards.reference`); it takes no options.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown reward preset {preset!r}; choose from {list(PRESETS)}")
     if preset == "reference":
         given = [k for k, v in dict(weights=weights, iou_reduce=iou_reduce, normalize=normalize,
-                                    synonyms=synonyms).items() if v is not None]
+                                    synonyms=synonyms, boxes_required=boxes_required).items() if v is not None]
         if given:
             raise ValueError(f"preset 'reference' reproduces the released scorer and takes no options; got {given}")
         return Scorer("reference", dict(reference.WEIGHTS), "mean", False, None)
@@ -264,7 +270,8 @@ def make_scorer(preset: str = "paper", *, weights: Mapping[str, float] | None = 
     if synonyms:
         key = _norm_label if norm else (lambda x: x.strip())
         syn = {key(a): key(c) for a, c in synonyms.items()}
-    return Scorer("paper", _resolve_weights(weights if weights is not None else WEIGHTS["paper"]), reduce, norm, syn)
+    return Scorer("paper", _resolve_weights(weights if weights is not None else WEIGHTS["paper"]), reduce, norm, syn,
+                  bool(boxes_required))
 
 
 def _to_model_frame(mask: np.ndarray | None, boxes: list[BoxLike], image_size, model_size):
@@ -297,10 +304,11 @@ def _score_one(scorer: Scorer, response: str, answer: str | Sequence[str], mask,
         comp = reference.reference_score(response if isinstance(response, str) else "", answer_text, m,
                                          b[0] if b else None)
         return {**comp, "pred_labels": parsed.labels, "pred_boxes": pred_boxes}
+    iou = _region_iou(pred_boxes, region, scorer.iou_reduce)
     comp: dict[str, float | None] = {
         "accuracy": accuracy_reward(parsed.labels, answer, scorer.normalize, scorer.synonyms),
-        "iou": _region_iou(pred_boxes, region, scorer.iou_reduce),
-        "format": format_reward(parsed),
+        "iou": iou,
+        "format": format_reward(parsed, boxes_expected=scorer.boxes_required and iou is not None),
         "length": length_reward(response),
     }
     w = scorer.weights
@@ -323,6 +331,7 @@ def score(
     iou_reduce: str | None = None,
     normalize: bool | None = None,
     synonyms: Mapping[str, str] | None = None,
+    boxes_required: bool | None = None,
 ) -> dict:
     """Score one response; returns ``overall``, each component, and the parsed ``pred_labels``/``pred_boxes``.
 
@@ -333,7 +342,8 @@ def score(
     ground truth. ``reference``: the released scorer, see :mod:`qoqmed.rewards.reference`. Options as in
     :func:`make_scorer`. Never raises on ``response``.
     """
-    scorer = make_scorer(preset, weights=weights, iou_reduce=iou_reduce, normalize=normalize, synonyms=synonyms)
+    scorer = make_scorer(preset, weights=weights, iou_reduce=iou_reduce, normalize=normalize, synonyms=synonyms,
+                         boxes_required=boxes_required)
     region = prepare_region(mask, box, image_size) if scorer.preset == "paper" else None
     return _score_one(scorer, response, answer, mask, box, region, image_size, model_size)
 

@@ -81,6 +81,8 @@ class RLSettings:
     max_completion_length: int = 96
     reward_preset: str = "paper"       # paper | reference (the released scorer exactly); see qoqmed.rewards
     iou_reduce: str | None = None      # paper preset: max (default) or mean over predicted boxes
+    boxes_required: bool | None = None  # paper preset: an empty box list loses format credit where there is a
+                                        # region to localise (see qoqmed.rewards.make_scorer)
     seed: int = 0
     logging_steps: int = 10
     save_steps: int | None = None
@@ -116,9 +118,9 @@ class RLSettings:
         if isinstance(self.report_to, str):
             self.report_to = [self.report_to]
         try:
-            make_scorer(self.reward_preset, iou_reduce=self.iou_reduce)
+            make_scorer(self.reward_preset, iou_reduce=self.iou_reduce, boxes_required=self.boxes_required)
         except ValueError as exc:
-            raise ValueError(f"rl.reward_preset / rl.iou_reduce: {exc}") from None
+            raise ValueError(f"rl.reward_preset / rl.iou_reduce / rl.boxes_required: {exc}") from None
         if self.probe_steps is not None and (self.probe_steps < 1 or self.probe_per_domain < 1):
             raise ValueError(f"rl.probe_steps={self.probe_steps} and rl.probe_per_domain={self.probe_per_domain} "
                              "must be positive")
@@ -184,7 +186,8 @@ def _cached_mask(path: str) -> np.ndarray:
     return load_mask(path)
 
 
-def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou_reduce: str | None = None):
+def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou_reduce: str | None = None,
+                         boxes_required: bool | None = None):
     """A TRL reward function scoring each completion against its row's answer, boxes and mask.
 
     The components of the last call (accuracy, iou, format per completion) are kept on the function as
@@ -199,7 +202,7 @@ def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou
         scores = score_batch(
             texts, [f.answer for f in rows], [_cached_mask(g.mask_path) if g.mask_path else None for g in ground],
             [list(g.boxes) or None for g in ground], preset, image_sizes=[g.image_size for g in ground],
-            model_sizes=[g.model_size for g in ground], iou_reduce=iou_reduce)
+            model_sizes=[g.model_size for g in ground], iou_reduce=iou_reduce, boxes_required=boxes_required)
         qoqmed_reward.last_components = [{k: s.get(k) for k in ("accuracy", "iou", "format")} for s in scores]
         return [s["overall"] for s in scores]
 
@@ -581,7 +584,7 @@ def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: 
         domain_counts[group_of(rec, s.domain_key)] += 1
     eval_dataset = (eval_sets.get("eval") if list(eval_sets) == ["eval"] else eval_sets) or None
     return QoQMedGRPOTrainer(
-        model=model, reward_funcs=make_reward_function(facts, s.reward_preset, s.iou_reduce), args=args,
+        model=model, reward_funcs=make_reward_function(facts, s.reward_preset, s.iou_reduce, s.boxes_required), args=args,
         train_dataset=dataset, eval_dataset=eval_dataset, processing_class=processor, settings=s, facts=facts,
         domain_counts=dict(domain_counts), metrics_csv=out_dir / METRICS_CSV, callbacks=callbacks,
     )
