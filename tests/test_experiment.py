@@ -28,7 +28,8 @@ TOY = {
     "experiment": {
         "seeds": 3,
         "warm_start_share": 0.5,
-        "ecg_token_modes": ["per_lead", "pooled"],  # per_lead is the model's: only pooled adds units
+        "ecg_token_modes": ["per_lead", "pooled"],  # each: an ECG-only warm start + arm per seed
+        "ecg_token_settings": {"rl": {"max_steps": 1}},
         "variants": {"drgrpo": {"estimator": "drgrpo"}, "grpo": {"estimator": "grpo"},  # baseline moves first
                      "drpo-paper": {"estimator": "drpo", "drpo_mode": "paper"},
                      "drpo-reference": {"estimator": "drpo", "drpo_mode": "reference"}},
@@ -75,6 +76,7 @@ def test_bundled_config_and_quick_preset():
     ({"experiment": {"warm_start_share": 0.0}}, "warm_start_share"),
     ({"experiment": {"ecg_token_modes": ["per_token"]}}, "ecg_token_modes"),
     ({"experiment": {"ecg_token_variant": "nope"}}, "ecg_token_variant"),
+    ({"experiment": {"ecg_token_settings": {"eval": {}}}}, "ecg_token_settings"),
 ])
 def test_config_errors(tmp_path, change, match):
     raw = {**TOY, **{k: v for k, v in change.items() if k != "experiment"}}
@@ -177,15 +179,18 @@ def test_report_files_and_structure(toy_run):
         for e in p["per_seed"].values():
             assert e["start_step"] == 0 and e["end_step"] == 2 and 0.0 <= e["start"] <= 1.0
         assert [c[0] for c in p["curve"]] == [0, 2]
-    # ECG token modes: the model's own mode reuses the main units, the other got its own warm start + arm
+    # ECG token modes: per mode a warm start + arm trained and evaluated on the same ECG rows only
     tm = res["ecg_token_modes"]
     assert tm["variant"] == "drpo-paper" and set(tm["modes"]) == {"per_lead", "pooled"}
     assert tm["modes"]["per_lead"]["main_model_mode"] and tm["modes"]["pooled"]["tokens"] == 1
+    n_ecg = {"warm": c["warm_start_rows_per_domain"]["ecg"], "rl": c["rl_rows_per_domain"]["ecg"]}
     for mode in ("per_lead", "pooled"):
         assert 0.0 <= tm["modes"][mode]["test"][WARM]["mean"] <= 1.0
-    pooled = json.loads((out / "seed0" / "ecg-pooled" / "drpo-paper" / "result.json").read_text())
-    assert set(pooled["metrics"]["test"]["domains"]) == {"ecg"}
-    assert pooled["settings"]["warm_start"]["model"]["ecg_token_mode"] == "pooled"
+        assert tm["modes"][mode]["train_rows"] == {WARM: n_ecg["warm"], "drpo-paper": n_ecg["rl"]}
+        unit = json.loads((out / "seed0" / f"ecg-{mode}" / "drpo-paper" / "result.json").read_text())
+        assert set(unit["metrics"]["test"]["domains"]) == {"ecg"}
+        assert unit["settings"]["warm_start"]["model"]["ecg_token_mode"] == mode
+        assert unit["settings"]["rl"]["max_steps"] == 1  # ecg_token_settings reach these units only
     assert res["context"]["seeds"] == [0, 1] and res["context"]["rl"]["max_steps"] == 2
     assert res["context"]["workers"] == 2 and res["context"]["threads_per_worker"] >= 1
     assert sorted(res["domains"]) == sorted(res["train_share"]) and len(res["domains"]) == 9
@@ -232,7 +237,7 @@ def test_rerun_reuses_finished_units(toy_run):
     assert result.exit_code == 0, result.output
     assert os.stat(unit).st_mtime_ns == before
     context = json.loads((out / "results.json").read_text())["context"]
-    assert context["units_reused"] == context["units"] == 2 * 5 + 2 * 2  # + pooled warm start and arm
+    assert context["units_reused"] == context["units"] == 2 * 5 + 2 * 2 * 2  # + per mode a warm start and arm
     assert json.loads((out / "results.json").read_text())["context"]["seeds"] == [0, 1]
 
 

@@ -79,8 +79,11 @@ class ExperimentConfig:
     # share of the training rows (stratified by domain) the warm start trains on; RL trains on the disjoint rest.
     # 1.0: both use every row (the warm start has then fitted every question RL sees)
     warm_start_share: float = 1.0
-    ecg_token_modes: list[str] = field(default_factory=list)  # extra warm start + one arm per mode (ECG only)
+    # ECG token modes compared on the ECG domain: per mode and seed a warm start and one arm trained and evaluated
+    # on ECG rows only (the same rows for every mode), so the modes differ in the ECG encoder's output alone
+    ecg_token_modes: list[str] = field(default_factory=list)
     ecg_token_variant: str | None = None  # the arm run per token mode (default: the first DRPO variant)
+    ecg_token_settings: dict = field(default_factory=dict)  # sft / rl overrides for those units
     raw: dict = field(default_factory=dict)
 
     def seed_list(self) -> list[int]:
@@ -88,7 +91,7 @@ class ExperimentConfig:
 
 
 _EXPERIMENT_KEYS = {"seeds", "baseline", "variants", "rare_share", "val", "quick", "warm_start_share",
-                    "ecg_token_modes", "ecg_token_variant"}
+                    "ecg_token_modes", "ecg_token_variant", "ecg_token_settings"}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -135,6 +138,11 @@ def load_experiment_config(path: str | Path, quick: bool = False, seeds: int | N
     if token_variant is not None and token_variant not in variants:
         raise ValueError(f"experiment.ecg_token_variant={token_variant!r} is not one of the variants "
                          f"{list(variants)}")
+    token_settings = exp.get("ecg_token_settings") or {}
+    if not isinstance(token_settings, dict) or set(token_settings) - {"sft", "rl"} or not all(
+            isinstance(v, dict) for v in token_settings.values()):
+        raise ValueError(f"experiment.ecg_token_settings must map 'sft' and/or 'rl' to overrides, got "
+                         f"{token_settings!r}")
     share = float(exp.get("warm_start_share", 1.0))
     if not 0.0 < share <= 1.0:
         raise ValueError(f"experiment.warm_start_share={share}: a share of the training rows in (0, 1]")
@@ -142,7 +150,7 @@ def load_experiment_config(path: str | Path, quick: bool = False, seeds: int | N
                            baseline=str(exp.get("baseline", "grpo")), variants=variants,
                            rare_share=float(exp.get("rare_share", 0.05)), val=exp.get("val"),
                            warm_start_share=share, ecg_token_modes=list(modes), ecg_token_variant=token_variant,
-                           raw=raw)
+                           ecg_token_settings=token_settings, raw=raw)
     if cfg.seeds < 1:
         raise ValueError(f"seeds must be >= 1, got {cfg.seeds}")
     if cfg.baseline not in variants:
@@ -248,14 +256,17 @@ class _Shared:
     rl_train: list[Record] = field(default_factory=list)    # what RL trains on (disjoint unless the share is 1)
 
 
+def _rows(records: list[Record], domains: list[str] | None) -> list[Record]:
+    return [x for x in records if x.domain in domains] if domains else records
+
+
 def _evaluate_splits(shared: _Shared, model, processor, path: Path, domains: list[str] | None = None) -> dict:
     from ..eval.evaluate import evaluate
 
     ev = shared.recipe.eval
     res = {}
     for split, records in shared.splits.items():
-        if domains:
-            records = [x for x in records if x.domain in domains]
+        records = _rows(records, domains)
         expected = [d for d in DOMAINS if any(x.domain == d for x in records)]
         m, _ = evaluate(model, processor, records, path / f"eval_{split}", batch_size=ev.batch_size,
                         max_new_tokens=ev.max_new_tokens, preset=ev.reward_preset, iou_reduce=ev.iou_reduce,
@@ -278,18 +289,17 @@ def _warm_start_unit(shared: _Shared, seed: int, sdir: Path, settings: dict) -> 
     corpus = [x.problem for x in shared.train] + [x.answer for x in shared.train]
     spec = TinySpec(**{k: v for k, v in settings["model"].items() if k != "init"})
     processor, model = build_tiny(corpus, spec, seed=seed)
-    history = warm_start(model, processor, shared.warm_train or shared.train, sdir / "sft",
-                         SFTSettings(**{**settings["sft"], "progress_bar": False}))
+    rows = _rows(shared.warm_train or shared.train, settings.get("domains"))
+    history = warm_start(model, processor, rows, sdir / "sft", SFTSettings(**{**settings["sft"], "progress_bar": False}))
     model.save_pretrained(sdir / "warm_start")
     processor.save_pretrained(sdir / "warm_start")
     shutil.rmtree(sdir / "sft", ignore_errors=True)  # trainer scratch; the model is in warm_start/
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    done = {"settings": settings, "seconds": round(train_s, 1),
+    done = {"settings": settings, "seconds": round(train_s, 1), "train_rows": len(rows),
             "final_loss": history[-1]["loss"] if history else None,
             "n_params": sum(p.numel() for p in model.parameters()),
-            "metrics": _evaluate_splits(shared, model, processor, sdir / "warm_start_eval",
-                                        settings.get("eval_domains")),
+            "metrics": _evaluate_splits(shared, model, processor, sdir / "warm_start_eval", settings.get("domains")),
             "eval_seconds": round(time.perf_counter() - t, 1)}
     (sdir / "warm_start_eval.json").write_text(json.dumps(done, indent=1, default=str))
     return done
@@ -301,15 +311,15 @@ def _variant_unit(shared: _Shared, model_dir: Path, vdir: Path, settings: dict) 
     from ..train.grpo import RLSettings, train_rl
 
     t = time.perf_counter()
-    logs = train_rl(model_dir, shared.rl_train or shared.train, vdir / "rl",
-                    RLSettings(**{**settings["rl"], "progress_bar": False}))
+    rows = _rows(shared.rl_train or shared.train, settings.get("domains"))
+    logs = train_rl(model_dir, rows, vdir / "rl", RLSettings(**{**settings["rl"], "progress_bar": False}))
     rl_s = time.perf_counter() - t
     t = time.perf_counter()
     final = vdir / "rl" / "model"
     model = QoQMedForConditionalGeneration.from_pretrained(final)
     processor = QoQMedProcessor.from_pretrained(final)
-    res = {"settings": settings, "seconds": round(rl_s, 1),
-           "metrics": _evaluate_splits(shared, model, processor, vdir, settings.get("eval_domains")),
+    res = {"settings": settings, "seconds": round(rl_s, 1), "train_rows": len(rows),
+           "metrics": _evaluate_splits(shared, model, processor, vdir, settings.get("domains")),
            "eval_seconds": round(time.perf_counter() - t, 1), "curves": logs.get("domains", []),
            "probe": logs.get("probe_domains", [])}
     (vdir / "result.json").write_text(json.dumps(res, indent=1, default=str))
@@ -390,12 +400,12 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
 
     seeds = cfg.seed_list()
     main_mode = r.model.get("ecg_token_mode", TinySpec.ecg_token_mode)
-    # groups of units sharing one warm start per seed: "" the main comparison; "ecg-<mode>" one extra warm start
-    # with another ECG token mode and the token-mode arm, evaluated on the ECG domain only
+    # groups of units sharing one warm start per seed: "" the main comparison; "ecg-<mode>" a warm start with that
+    # ECG token mode and the token-mode arm, trained and evaluated on the ECG domain only
     groups: dict[str, tuple[dict, dict, list[str] | None]] = {"": (r.model, variants, None)}
     tv = cfg.ecg_token_variant
     for mode in cfg.ecg_token_modes:
-        if mode != main_mode and tv in variants:
+        if tv in variants:
             groups[f"ecg-{mode}"] = ({**r.model, "ecg_token_mode": mode}, {tv: variants[tv]}, ["ecg"])
     units = sum(len(seeds) * (1 + len(g[1])) for g in groups.values())
     gruns: dict[str, dict[str, dict[int, dict]]] = {g: defaultdict(dict) for g in groups}
@@ -409,16 +419,17 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
 
     # what each unit is, and which are already done (same settings on disk)
     ws_settings, todo_warm, todo_variants = {}, [], defaultdict(list)
-    for group, (model_cfg, gvariants, eval_domains) in groups.items():
+    for group, (model_cfg, gvariants, domains) in groups.items():
+        extra = cfg.ecg_token_settings if group else {}
         for seed in seeds:
             key = (seed, group)
             sdir = gdir(seed, group)
-            sft = SFTSettings(**{**asdict(r.sft), "seed": seed})
+            sft = SFTSettings(**{**asdict(r.sft), **extra.get("sft", {}), "seed": seed})
             ws = {"sft": asdict(sft), "model": model_cfg, "data": r.data.synthetic or asdict(r.data)}
             if cfg.warm_start_share < 1.0:
                 ws["split"] = split_info
-            if eval_domains:
-                ws["eval_domains"] = eval_domains
+            if domains:
+                ws["domains"] = domains
             ws_settings[key] = ws
             done = _same(sdir / "warm_start_eval.json", ws)
             if done is not None and (sdir / "warm_start" / "config.json").is_file():
@@ -427,10 +438,10 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
             else:
                 todo_warm.append(key)
             for name, overrides in gvariants.items():
-                rl = RLSettings(**{**r.rl, **overrides, "seed": seed})
+                rl = RLSettings(**{**r.rl, **overrides, **extra.get("rl", {}), "seed": seed})
                 settings = {"rl": asdict(rl), "warm_start": ws}
-                if eval_domains:
-                    settings["eval_domains"] = eval_domains
+                if domains:
+                    settings["domains"] = domains
                 res = _same(sdir / name / "result.json", settings)
                 if res is not None and key not in todo_warm:
                     gruns[group][name][seed] = res
@@ -532,6 +543,7 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
                                                    for g in gruns.values() for by_seed in g.values()
                                                    for u in by_seed.values()), 1)
     shares = _train_shares(train)
+    runs = {n: runs[n] for n in (WARM, *variants)}  # the report's order, whatever order units finished in
     results = aggregate(runs, shares, cfg.rare_share, cfg.baseline, context)
     if cfg.ecg_token_modes:
         results["ecg_token_modes"] = _token_mode_summary(gruns, cfg.ecg_token_modes, main_mode, tv, seeds)
@@ -703,12 +715,13 @@ def _token_mode_summary(gruns: dict, modes: list[str], main_mode: str, variant: 
     """ECG-domain macro-F1 of the warm start and of ``variant`` per ECG token mode, per split; paired RL gain."""
     out: dict[str, Any] = {"variant": variant, "domain": "ecg", "modes": {}}
     for mode in modes:
-        runs = gruns["" if mode == main_mode else f"ecg-{mode}"]
+        runs = gruns.get(f"ecg-{mode}", {})
         if variant not in runs or len(runs[variant]) < len(seeds):
             continue
         entry: dict[str, Any] = {"tokens": TOKENS_PER_MODE.get(mode), "main_model_mode": mode == main_mode,
                                  "seconds": {n: _stat([runs[n][s]["seconds"] for s in seeds])["mean"]
-                                             for n in (WARM, variant)}}
+                                             for n in (WARM, variant)},
+                                 "train_rows": {n: runs[n][seeds[0]].get("train_rows") for n in (WARM, variant)}}
         for split in SPLITS:
             if not all(split in runs[n][s]["metrics"] for n in (WARM, variant) for s in seeds):
                 continue
@@ -818,14 +831,20 @@ def _probe_section(res: dict) -> list[str]:
     return lines + [""]
 
 
+def _token_rows(tm: dict) -> str:
+    rows = next((e.get("train_rows") for e in tm["modes"].values() if e.get("train_rows")), None) or {}
+    return f"warm start {rows.get(WARM, '-')}, RL {rows.get(tm['variant'], '-')}"
+
+
 def _token_mode_section(res: dict, split: str) -> list[str]:
     tm = res.get("ecg_token_modes")
     if not tm or not tm["modes"]:
         return []
     v = tm["variant"]
     lines = [f"## ECG token modes (ECG domain only, {split} split, macro-F1)", "",
-             f"Per mode and seed its own warm start, then the {v} arm; the main comparison uses the model's mode "
-             f"({res['context'].get('model_ecg_token_mode')}).", "",
+             f"Per mode and seed a warm start and the {v} arm, both trained on the ECG rows only (the same rows "
+             f"for every mode: {_token_rows(tm)}), so the modes differ in the ECG encoder alone; the main "
+             f"comparison's model uses {res['context'].get('model_ecg_token_mode')}.", "",
              f"| ECG token mode | tokens per record | warm start | {v} | paired RL gain | train s (warm / RL) |",
              "|---|---|---|---|---|---|"]
     for mode, e in tm["modes"].items():
