@@ -351,5 +351,7 @@ def test_domain_key_groups_drpo_by_dataset(records, tiny):
     dataset, _ = build_rl_dataset(records, processor, domain_key="dataset")
     assert set(dataset["group"]) == {r.dataset for r in records}
     assert set(dataset["domain"]) == {r.domain for r in records}
+    by_label, _ = build_rl_dataset(records, processor, domain_key="answer")  # rarity and difficulty per label
+    assert list(by_label["group"]) == [r.answer for r in records]
     with pytest.raises(ValueError, match="domain_key"):
         group_of(records[0], "no_such_field")

@@ -152,8 +152,9 @@ def group_of(record: Record, key: str = "domain") -> str:
     """The value DRPO and DISCO group ``record`` by: a record field (``domain``, ``dataset``, ...) or an extra field.
 
     The released code groups by dataset (about 30 groups on CLIMB), the paper speaks of the 9 clinical domains.
+    ``answer`` groups by the ground-truth label set, so DRPO's rarity and difficulty terms act on labels.
     """
-    if key in ("domain", "dataset", "split", "difficulty"):
+    if key in ("domain", "dataset", "split", "difficulty", "answer"):
         value = getattr(record, key)
     else:
         value = record.extra.get(key)
