@@ -53,7 +53,9 @@ def test_bundled_config_and_quick_preset():
     quick = load_experiment_config(bundled_config("experiment"), quick=True)
     assert full.seeds == 3 and full.baseline == "grpo"
     assert {"grpo", "drgrpo", "drpo-paper", "drpo-reference"} <= set(full.variants)
-    assert {v.get("drpo_mode") for v in full.variants.values() if v["estimator"] == "drpo"} == {"paper", "reference"}
+    assert {v.get("drpo_mode") for v in full.variants.values() if v["estimator"] == "drpo"} == {"paper", "reference", "bounded"}
+    assert full.warm_start_share < 1.0 and full.ecg_token_modes == ["pooled", "per_lead", "patch"]
+    assert quick.ecg_token_modes == []
     assert quick.seeds < full.seeds
     assert quick.recipe.rl["max_steps"] < full.recipe.rl["max_steps"]
     assert quick.recipe.data.synthetic["n_train"] < full.recipe.data.synthetic["n_train"]
