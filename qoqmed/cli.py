@@ -39,7 +39,7 @@ def _fail(message: str) -> None:
 
 
 def _run(config: Path, out: Path) -> dict:
-    from .data.schema import DataError
+    from .data.errors import DataError
     from .train.recipe import RecipeConfig, run_recipe
 
     try:
@@ -74,7 +74,7 @@ def train(
     Estimators: grpo, drgrpo, rloo, disco, drpo (modes paper, bounded, reference). For several GPUs or nodes,
     start it with `accelerate launch --config_file configs/accelerate/<setup>.yaml -m qoqmed.cli train ...`.
     """
-    from .data.schema import DataError
+    from .data.errors import DataError
     from .train.recipe import RecipeConfig, run_recipe
 
     try:
@@ -102,7 +102,8 @@ def sft(
     seed: Annotated[int, typer.Option(help="Seed of the tiny model's init and the data order.")] = 0,
 ) -> None:
     """Supervised warm start with TRL's SFTTrainer: learn the answer format (<think>, boxes, \\boxed{})."""
-    from .data.schema import DataError, load_records
+    from .data.errors import DataError
+    from .data.schema import load_records
     from .modeling import QoQMedForConditionalGeneration, QoQMedProcessor
     from .train.sft import SFTSettings, warm_start
 
@@ -172,7 +173,8 @@ def evaluate_cmd(
     """
     import math
 
-    from .data.schema import DataError, load_records
+    from .data.errors import DataError
+    from .data.schema import load_records
     from .eval.evaluate import evaluate
     from .eval.report import print_summary, write_report
     from .modeling import QoQMedForConditionalGeneration, QoQMedProcessor
@@ -306,7 +308,8 @@ def data_validate(
     """
     from rich.progress import track
 
-    from .data.schema import DataError, validate_records
+    from .data.errors import DataError
+    from .data.validate import validate_records
 
     def progress(items):
         items = list(items)
@@ -346,7 +349,8 @@ def data_stats(
     """Rows per domain, dataset and label, and how imbalanced the domains are."""
     from rich.table import Table
 
-    from .data.schema import DataError, load_records
+    from .data.errors import DataError
+    from .data.schema import load_records
     from .data.stats import plot_domain_counts, record_stats
 
     try:
@@ -391,7 +395,7 @@ def _convert_progress(description: str):
 
 def _finish_conversion(conversion, out: Path, prefix: str = "") -> None:
     from .data.converters import write_splits
-    from .data.schema import DataError
+    from .data.errors import DataError
 
     for line in conversion.skipped:
         err.print(f"skipped: {line}", markup=False, soft_wrap=True)
@@ -422,7 +426,7 @@ def convert_climb_cmd(
 ) -> None:
     """CLIMB's LLaVA-style rows (images/videos, conversations, label) or reference rows -> qoqmed records."""
     from .data.converters import convert_climb
-    from .data.schema import DataError
+    from .data.errors import DataError
 
     try:
         conversion = convert_climb(annotations, image_root=image_root, domain=domain, dataset=dataset, split=split,
@@ -452,7 +456,7 @@ def convert_ptbxl_cmd(
 ) -> None:
     """PTB-XL-style WFDB records + CSV label table -> ECG records (labels: CLIMB's ECG superclass names)."""
     from .data.converters import convert_ptbxl
-    from .data.schema import DataError
+    from .data.errors import DataError
 
     try:
         folds = [[int(f) for f in text.split(",") if f.strip()] for text in (val_folds, test_folds)]
@@ -480,7 +484,7 @@ def convert_folder_cmd(
 ) -> None:
     """One folder per class -> records whose answer is the folder name; volumes and videos become `volumes`."""
     from .data.converters import convert_folder
-    from .data.schema import DataError
+    from .data.errors import DataError
 
     try:
         conversion = convert_folder(root, domain=domain, dataset=dataset, seed=seed, val=val, test=test,
@@ -605,7 +609,7 @@ def experiment_compare_estimators(
     command reuses finished units. CONFIG may be `default` for
     the bundled configs/experiment.yaml (3 seeds in under an hour on 2 CPU cores; with --quick, minutes).
     """
-    from .data.schema import DataError
+    from .data.errors import DataError
     from .experiment import load_experiment_config, run_compare_estimators
 
     path = bundled_config("experiment") if str(config) == "default" else config

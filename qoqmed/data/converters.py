@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .schema import (
-    DOMAINS, IMAGE_TOKEN, SPLITS, VOLUME_TOKEN, DataError, Record, from_llava, parse_record, write_records,
-)
-from .volumes import NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES
+from .errors import DataError
+from .files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES
+from .schema import DOMAINS, IMAGE_TOKEN, SPLITS, VOLUME_TOKEN, Record, from_llava, parse_record, write_records
 
 __all__ = [
     "Conversion", "convert_climb", "convert_ptbxl", "convert_folder", "write_splits", "DOMAIN_ALIASES",
@@ -56,7 +55,6 @@ PTBXL_CLASSES: Mapping[str, str] = {
 }
 # Rhythm statements that CLIMB groups as their own class.
 PTBXL_RHYTHMS: Mapping[str, str] = {"AFIB": "A. Fib/Aflutter", "AFLT": "A. Fib/Aflutter"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "dev": "val", "test": "test", "testing": "test"}
 _ECG_QUESTION = ("This is a 12-lead ECG. What is the diagnosis? Options: {options}.")

@@ -38,12 +38,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from .ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS
 from .schema import DOMAINS, ECG_TOKEN, IMAGE_TOKEN, SPLITS, Box, Record, split_labels, write_records
 
 CLIMB_MINI_VERSION = 2
-ECG_FS = 250
-ECG_SAMPLES = 2500
-ECG_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -362,7 +360,7 @@ _GAINS = np.array(
     dtype=np.float64,
 )
 _W = {name: i for i, name in enumerate(_WAVES)}
-_L = {name: i for i, name in enumerate(ECG_LEADS)}
+_L = {name: i for i, name in enumerate(ENCODER_LEADS)}
 _MI_TERRITORIES = (("V1", "V2", "V3", "V4", "V5"), ("I", "V3", "V4", "V5", "V6"))  # anterior, anterolateral
 
 
@@ -400,7 +398,7 @@ def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np
     """
     if label not in LABELS["ecg"]:
         raise ValueError(f"unknown ECG label {label!r}; expected one of {LABELS['ecg']}")
-    t = np.arange(ECG_SAMPLES) / ECG_FS
+    t = np.arange(ECG_SAMPLES) / ECG_SAMPLING_RATE
     gains = _GAINS.copy()
     width = {"P": 0.022, "Q": 0.008, "R": 0.010, "S": 0.009, "T": 0.045, "R2": 0.014, "ST": 0.05}
     offset = {"P": -0.16, "Q": -0.022, "R": 0.0, "S": 0.024, "R2": 0.075, "ST": 0.13}
@@ -447,7 +445,7 @@ def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np
         hr = rng.uniform(65, 85)
         territory = _MI_TERRITORIES[int(rng.integers(len(_MI_TERRITORIES)))]
         leads = [_L[name] for name in territory]
-        others = [i for i in range(len(ECG_LEADS)) if i not in leads]
+        others = [i for i in range(len(ENCODER_LEADS)) if i not in leads]
         # ST elevation merging into the T wave, held over most of each beat (a level shift, not a spike)
         width["Q"], width["ST"], offset["ST"] = 0.016, 0.1, 0.21
         gains[leads, _W["Q"]] = -pick((0.7, 0.95), (0.3, 0.4))
@@ -461,7 +459,7 @@ def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np
     if hard and label != "A. Fib/Aflutter":
         j = int(rng.integers(2, len(beats) - 2))
         beats[j] -= rng.uniform(0.25, 0.35) * (beats[j] - beats[j - 1])
-    gains *= 1.0 + 0.1 * rng.standard_normal((len(ECG_LEADS), 1))  # electrical axis / electrode placement
+    gains *= 1.0 + 0.1 * rng.standard_normal((len(ENCODER_LEADS), 1))  # electrical axis / electrode placement
     amp = 1.0 + 0.05 * rng.standard_normal(len(beats)) + 0.06 * np.sin(2 * np.pi * 0.25 * beats)  # respiration
 
     rr_prev = np.diff(beats, prepend=beats[0] - mean_rr)
@@ -488,7 +486,7 @@ def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np
 
 def _ecg_noise(rng: np.random.Generator, t: np.ndarray, hard: bool) -> np.ndarray:
     """Baseline wander, mains hum and white noise for 8 leads."""
-    n_leads = len(ECG_LEADS)
+    n_leads = len(ENCODER_LEADS)
     wander = sum(
         rng.uniform(0.02, 0.05, (n_leads, 1))
         * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * t + rng.uniform(0, 7, (n_leads, 1)))

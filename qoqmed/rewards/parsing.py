@@ -42,7 +42,9 @@ _BOXED_RE = re.compile(r"\\boxed\s*\{")
 _BRACE_RE = re.compile(r"[{}]")
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|mathrm|textbf|mathbf)\s*\{([^{}]*)\}")
 _TRAILING_COMMA_RE = re.compile(r",\s*([\]}])")
-_LABEL_SPLIT_RE = re.compile(r",|&|\sand\s", re.IGNORECASE)
+# The one label-splitting rule, for ground truths (qoqmed.data.schema) and model answers alike, so that a label
+# list reads the same on both sides of the accuracy reward: ",", "&" and "and" in any case between spaces.
+_LABEL_SPLIT_RE = re.compile(r",|&|\s+and\s+", re.IGNORECASE)
 _MAX_BARE_TRIES = 64  # bounds the work on adversarial text full of "[{"
 
 

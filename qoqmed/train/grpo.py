@@ -1,6 +1,6 @@
-"""RL with verifiable rewards on TRL's GRPOTrainer, and the supervised warm start on TRL's SFTTrainer.
+"""RL with verifiable rewards on TRL's GRPOTrainer (the supervised warm start is in ``qoqmed.train.sft``).
 
-This is the only module that imports TRL. What the RL trainer adds to the stock one:
+What the RL trainer adds to the stock one:
 
 1. ECG records ride along with each row. TRL's generation and log-prob passes only forward the keyword arguments
    it knows, so a forward pre-hook on the backbone hands ``ecg_values`` to any call whose ``input_ids`` hold ECG
@@ -35,17 +35,16 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+from trl import GRPOConfig, GRPOTrainer
 
 from ..algos.drpo import DRPO, MODES
 from ..algos.grpo import disco_advantages, group_advantages, rloo_advantages
-from ..data.prompts import SYSTEM_PROMPT, Grounding, encode_batch, grounding, load_record, messages_for
-from ..data.readers import load_ecg, load_mask
+from ..data.prompts import SYSTEM_PROMPT, Grounding, grounding, load_record, messages_for
+from ..data.readers import load_ecg, load_mask_cached
 from ..data.schema import Record
 from ..modeling import QoQMedProcessor, freeze
 from ..modeling.configuration_qoqmed import FREEZABLE
 from ..rewards.scores import make_scorer, score_batch
-from .sft import SFTSettings
 
 ESTIMATORS = ("grpo", "drgrpo", "rloo", "disco", "drpo")
 LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "dapo": "dapo", "grpo": "grpo", "bnpo": "bnpo",
@@ -179,11 +178,6 @@ def build_rl_dataset(records: Sequence[Record], processor: QoQMedProcessor,
     return Dataset.from_list(rows), facts
 
 
-@lru_cache(maxsize=4096)
-def _cached_mask(path: str) -> np.ndarray:
-    return load_mask(path)
-
-
 def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou_reduce: str | None = None):
     """A TRL reward function scoring each completion against its row's answer, boxes and mask.
 
@@ -197,7 +191,7 @@ def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou
         ground = [f.grounding for f in rows]
         # one mask object per question (cached by path), so score_batch prepares it once for all its rollouts
         scores = score_batch(
-            texts, [f.answer for f in rows], [_cached_mask(g.mask_path) if g.mask_path else None for g in ground],
+            texts, [f.answer for f in rows], [load_mask_cached(g.mask_path) if g.mask_path else None for g in ground],
             [list(g.boxes) or None for g in ground], preset, image_sizes=[g.image_size for g in ground],
             model_sizes=[g.model_size for g in ground], iou_reduce=iou_reduce)
         qoqmed_reward.last_components = [{k: s.get(k) for k in ("accuracy", "iou", "format")} for s in scores]
@@ -618,57 +612,3 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
         (out_dir / "rl_logs.json").write_text(json.dumps(logs, indent=1, default=str))
     trainer.accelerator.wait_for_everyone()
     return logs
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Supervised warm start on TRL's SFTTrainer
-
-class _SFTCollator:
-    """Rows carry only a record id; the batch is encoded with the chat template and answer-only labels."""
-
-    def __init__(self, processor: QoQMedProcessor, records: dict[str, Record]):
-        self.processor = processor
-        self.records = records
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return encode_batch(self.processor, [load_record(self.records[r["id"]]) for r in rows], with_targets=True)
-
-
-def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_dir: str | Path,
-              settings: SFTSettings, eval_records: Sequence[Record] | None = None) -> list[dict]:
-    """Fine-tune ``model`` in place on the records' reference answers with TRL's SFTTrainer.
-
-    The loss covers the answer tokens only (``<think>``, boxes, ``\\boxed{}``), as ``encode_batch`` labels
-    them; images and ECGs are encoded per batch by the collator. Returns the logged history.
-    """
-    if not records:
-        raise ValueError("the warm start needs at least one training record")
-    by_id = {r.id: r for r in records}
-    if len(by_id) != len(records):
-        raise ValueError("record ids must be unique within a training set")
-    eval_ds = None
-    if eval_records:
-        by_id.update({r.id: r for r in eval_records})
-        eval_ds = Dataset.from_list([{"id": r.id} for r in eval_records])
-    s = settings
-    bf16 = torch.cuda.is_available() if s.bf16 is None else s.bf16
-    eval_steps = s.eval_steps
-    args = SFTConfig(
-        output_dir=str(out_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
-        per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.gradient_accumulation_steps, learning_rate=s.learning_rate,
-        warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, lr_scheduler_type="cosine",
-        logging_steps=s.logging_steps, save_strategy="steps" if s.save_steps else "no",
-        save_steps=s.save_steps or 500, report_to=list(s.report_to),
-        remove_unused_columns=False, seed=s.seed, data_seed=s.seed, dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(), bf16=bf16,
-        gradient_checkpointing=s.gradient_checkpointing,
-        eval_strategy="steps" if eval_ds is not None and eval_steps else "no", eval_steps=eval_steps,
-        dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
-        disable_tqdm=not s.progress_bar,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"id": r.id} for r in records]),
-                         eval_dataset=eval_ds, processing_class=processor,
-                         data_collator=_SFTCollator(processor, by_id))
-    trainer.train()
-    return trainer.state.log_history
