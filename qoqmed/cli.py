@@ -714,6 +714,7 @@ def predict(
 
     Boxes are reported in pixels of the original image and drawn on it in the overlay PNG.
     """
+    from .data.windows import parse_window
     from .infer import Decoding, InputError, save_overlay
 
     try:
@@ -749,12 +750,10 @@ def predict(
             ehr = Path(ehr[1:]).read_text()
         except OSError as exc:
             _fail(f"--ehr {ehr}: {exc}")
-    vol_window = None
-    if window:
-        try:
-            vol_window = tuple(float(v) for v in window.split(",")) if "," in window else window
-        except ValueError:
-            _fail(f"--window {window!r}: use a preset name or CENTER,WIDTH")
+    try:
+        vol_window = parse_window(window)
+    except ValueError:
+        _fail(f"--window {window!r}: use a preset name or CENTER,WIDTH")
     ecgs = [{"path": p, "fs": ecg_fs} if ecg_fs and p.suffix.lower() in (".csv", ".npy") else p for p in ecg or []]
     pipe = _load_pipeline(model, device, max_new_tokens)
     try:

@@ -13,9 +13,9 @@ Conventions:
 
 - Paths are relative to the folder of the jsonl file that holds the row.
 - ``problem`` holds one ``<image>`` per entry of ``images``, one ``<volume>`` per entry of ``volumes`` and one
-  ``<ecg>`` per entry of ``ecg``, in prompt order. A row with no placeholder of a kind gets them added the way the
-  reference implementation does: images and volumes before the text, ECG series after it. A row with some
-  placeholders but the wrong count is an error.
+  ``<ecg>`` per entry of ``ecg``, in prompt order. A row with no placeholder of a kind gets them added before the
+  text (see :func:`place_inputs`, which the inference pipeline uses too). A row with some placeholders but the
+  wrong count is an error.
 - A volume (CT/MRI: a DICOM series folder, NIfTI, multi-frame DICOM; or an ultrasound video) is a path or an
   object ``{"path", "slices", "window", "axis"}``; when the record is loaded its ``<volume>`` becomes ``slices``
   (default 4) ``<image>`` placeholders, one per uniformly sampled slice (see ``qoqmed.data.volumes``).
@@ -60,12 +60,19 @@ DOMAINS: tuple[str, ...] = (
     "ultrasound",
     "mri",
 )
+# How questions and rationales name each domain's pictures; one table, so converted rows and warm-start answers agree.
+MODALITY_NAMES: Mapping[str, str] = {
+    "ecg": "ECG", "chest_xray": "chest X-ray", "mammography": "mammogram", "dermoscopy": "dermoscopy image",
+    "fundus": "fundus photograph", "pathology": "histopathology slide", "ct": "CT scan", "ultrasound": "ultrasound",
+    "mri": "MRI scan",
+}
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DIFFICULTIES: tuple[str, ...] = ("easy", "hard")
 IMAGE_TOKEN = "<image>"
 ECG_TOKEN = "<ecg>"
 VOLUME_TOKEN = "<volume>"
 VIDEO_TOKEN = "<video>"  # the reference's name for the same thing
+PLACEHOLDER_ORDER = (IMAGE_TOKEN, VOLUME_TOKEN, ECG_TOKEN)
 DEFAULT_VOLUME_SLICES = 4
 MAX_VOLUME_SLICES = 64
 
@@ -383,15 +390,22 @@ def _reference_box(obj: Mapping[str, Any], answer: str | None, probs: _Problems)
     return [Box(coords, answer, 0)]
 
 
-def _placeholders(problem: str, token: str, n: int, key: str, probs: _Problems, before: bool) -> str:
-    count = problem.count(token)
-    if count == n:
-        return problem
-    if count == 0 and n > 0:
-        # The reference put images before the question and ECG after it when the text had no placeholder.
-        return token * n + "\n" + problem if before else problem + "\n" + token * n
-    probs.add("problem", f"has {count} {token} placeholder(s) but {key} lists {n} file(s)")
-    return problem
+def place_inputs(text: str, counts: Mapping[str, int]) -> tuple[str, list[tuple[str, int, int]]]:
+    """Add the placeholders ``text`` lacks for ``counts`` (token -> number of inputs); return the text and, for each
+    kind whose placeholders are present but miscounted, ``(token, found, expected)``.
+
+    A kind with no placeholder in the text gets its tokens in front of it: images, volumes, then ECGs, then a line
+    break. One rule for rows read from disk and for inference prompts, and the layout of every row this package
+    writes (CLIMB-mini, the converters), so that a model sees its inputs where it saw them in training.
+    """
+    missing, mismatches = "", []
+    for token in PLACEHOLDER_ORDER:
+        expected, found = counts.get(token, 0), text.count(token)
+        if found == 0:
+            missing += token * expected
+        elif found != expected:
+            mismatches.append((token, found, expected))
+    return (f"{missing}\n{text}" if missing else text), mismatches
 
 
 def _infer_domain(paths: list[str]) -> str | None:
@@ -504,9 +518,11 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None
             problem = problem.replace(VIDEO_TOKEN, VOLUME_TOKEN)
         elif VIDEO_TOKEN in problem:
             probs.add("problem", f"has {VIDEO_TOKEN} placeholder(s); rows with `volumes` use {VOLUME_TOKEN}")
-        problem = _placeholders(problem, VOLUME_TOKEN, len(volumes), volume_key, probs, before=True)
-        problem = _placeholders(problem, IMAGE_TOKEN, len(images), "images", probs, before=True)
-        problem = _placeholders(problem, ECG_TOKEN, len(ecg), ecg_key, probs, before=False)
+        keys = {IMAGE_TOKEN: "images", VOLUME_TOKEN: volume_key, ECG_TOKEN: ecg_key}
+        problem, mismatches = place_inputs(problem, {IMAGE_TOKEN: len(images), VOLUME_TOKEN: len(volumes),
+                                                     ECG_TOKEN: len(ecg)})
+        for token, found, expected in mismatches:
+            probs.add("problem", f"has {found} {token} placeholder(s) but {keys[token]} lists {expected} file(s)")
 
     if probs.items:
         return None, probs.items

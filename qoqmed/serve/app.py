@@ -37,6 +37,9 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from ..data.ecg import ECG_SAMPLING_RATE, ENCODER_LEADS
+from ..data.files import has_dicom_magic
+from ..data.windows import parse_window
 from ..infer.inputs import InputError
 from ..infer.pipeline import GREEDY, Decoding, Prediction, QoQMedPipeline
 from .batcher import Batcher, QueueFull
@@ -378,7 +381,7 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
                     raise InputError(f"images[{i}]", f"{name}: file is empty (0 bytes)")
                 staged.add_image(raw, name)
             vols = blobs["volumes"]
-            if len(vols) > 1 and all(raw[128:132] == b"DICM" for _, raw in vols):
+            if len(vols) > 1 and all(has_dicom_magic(raw) for _, raw in vols):
                 staged.add_series([raw for _, raw in vols], "volumes")
             else:
                 for i, (name, raw) in enumerate(vols):
@@ -469,16 +472,11 @@ def _decoding(req: _Sampling) -> Decoding:
 
 
 def _window(window: str | None) -> Any:
-    """'lung' or '40,400' (center,width) -> what load_volume takes."""
-    if window is None or not window.strip():
-        return None
-    if "," in window:
-        try:
-            center, width = (float(v) for v in window.split(","))
-        except ValueError as exc:
-            raise APIError(400, f"window {window!r} must be a preset name or 'center,width'", "window") from exc
-        return (center, width)
-    return window.strip()
+    """'lung' or '40,400' (center,width) -> what load_volume takes; 400 naming the field when malformed."""
+    try:
+        return parse_window(window)
+    except ValueError as exc:
+        raise APIError(400, str(exc), "window") from exc
 
 
 def _add_volume(staged: Staged, vol: VolumePart, where: str) -> None:
@@ -546,11 +544,9 @@ def _png_data_url(image, max_side: int = 768) -> str:
 def _prediction_body(pred: Prediction, previews: bool) -> dict:
     body = pred.to_dict()
     if previews:
-        from ..data.ecg import ENCODER_LEADS
-
         body["previews"] = {
             "images": [_png_data_url(v.image) for v in pred.visuals],
-            "ecg": [{"leads": list(ENCODER_LEADS), "fs": 250, "signal": [[round(float(x), 3) for x in lead]
+            "ecg": [{"leads": list(ENCODER_LEADS), "fs": ECG_SAMPLING_RATE, "signal": [[round(float(x), 3) for x in lead]
                                                                          for lead in e]} for e in pred.ecgs],
         }
     return body
