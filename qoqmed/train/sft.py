@@ -8,7 +8,6 @@ training loop is TRL's SFTTrainer (:func:`train_sft`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -18,34 +17,7 @@ from trl import SFTConfig, SFTTrainer
 from ..data.prompts import encode_batch, load_record
 from ..data.schema import Record
 from ..modeling import QoQMedProcessor
-
-
-@dataclass
-class SFTSettings:
-    epochs: float = 3.0
-    batch_size: int = 8
-    learning_rate: float = 2e-3
-    warmup_steps: float = 0.05
-    weight_decay: float = 0.0
-    max_steps: int = -1
-    seed: int = 0
-    logging_steps: int = 10
-    gradient_accumulation_steps: int = 1
-    save_steps: int | None = None
-    eval_steps: int | None = None
-    bf16: bool | None = None           # None: on when CUDA is available
-    gradient_checkpointing: bool = False
-    report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]
-    progress_bar: bool = True
-    enabled: bool = True               # recipe: false skips the warm start (a model that already answers)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"sft.batch_size={self.batch_size} must be >= 1")
-        if self.epochs <= 0 and self.max_steps <= 0 and self.enabled:
-            raise ValueError("sft: set epochs > 0 or max_steps > 0, or enabled: false to skip the warm start")
-        if isinstance(self.report_to, str):
-            self.report_to = [self.report_to]
+from .settings import SFTSettings
 
 
 def warm_start(model, processor, records: Sequence[Record], out_dir: str | Path,
