@@ -5,7 +5,7 @@
     pred.labels, pred.boxes, pred.reasoning
 
 Boxes come back in pixels of the ORIGINAL image (the model writes them in pixels of the image as it saw it, after
-the processor's resize; DESIGN.md §2.3). They refer to the first image of the prompt, ``image: 0``.
+the processor's resize; docs/design.md §2.3). They refer to the first image of the prompt, ``image: 0``.
 """
 
 from __future__ import annotations

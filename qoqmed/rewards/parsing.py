@@ -1,4 +1,4 @@
-"""Parse a QoQ-Med answer: ``<think>`` trace, ```json boxes, ``\\boxed{}`` diagnosis (DESIGN.md §2.3).
+"""Parse a QoQ-Med answer: ``<think>`` trace, ```json boxes, ``\\boxed{}`` diagnosis (docs/design.md §2.3).
 
 Everything here reads model text, so nothing here raises on any string: malformed parts come back as
 ``None`` / empty lists and the ``json_found`` / ``json_valid`` flags say what was seen.
@@ -49,7 +49,7 @@ _MAX_BARE_TRIES = 64  # bounds the work on adversarial text full of "[{"
 
 
 def split_labels(text: str) -> list[str]:
-    """Split a diagnosis string on ", ", " and ", "&", "," (DESIGN.md §4); strip, drop empties, dedupe in order."""
+    """Split a diagnosis string on ",", "&" and "and" (docs/design.md §4); strip, drop empties, dedupe in order."""
     if not isinstance(text, str):
         return []
     out: list[str] = []
