@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.boxes import from_model_box
 from ..data.prompts import SYSTEM_PROMPT
 from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, place_inputs
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages
-from ..rewards.parsing import parse_response, rescale_box
+from ..rewards.parsing import parse_response
 from .inputs import InputError, VisualInput, as_list, load_ecg_input, load_image_input, load_volume_input
 
 _TURN = "\x1e"  # record separator: splits the user turns of a conversation after their inputs are numbered
@@ -322,8 +323,7 @@ class QoQMedPipeline:
             entry = {"label": b.label, "model_bbox_2d": [round(c, 1) for c in b.bbox]}
             if images:
                 first = images[0]
-                x1, y1, x2, y2 = rescale_box(b.bbox, (first["model_width"], first["model_height"]),
-                                             (first["width"], first["height"]))
+                x1, y1, x2, y2 = from_model_box(b.bbox, (first["width"], first["height"]), self.processor)
                 # Models sometimes write corners in either order or past the border; report a clean box.
                 xs = sorted(min(max(x, 0.0), first["width"]) for x in (x1, x2))
                 ys = sorted(min(max(y, 0.0), first["height"]) for y in (y1, y2))
