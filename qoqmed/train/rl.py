@@ -120,18 +120,34 @@ def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou
 # ---------------------------------------------------------------------------------------------------------------
 # Trainer
 
+@dataclass
+class ScoredRollouts:
+    """One reward pass over the rollouts of every process: the reward and the facts each advantage estimator and
+    the per-domain logs need, in TRL's row order."""
+
+    rewards: torch.Tensor          # (rollouts,) float32 on the CPU
+    ids: list[str]                 # record id per rollout
+    domains: list[str]             # domain per rollout (logging)
+    accuracy: list[float | None]   # accuracy component per rollout (logging)
+    groups: list[str]              # what DRPO / DISCO group by (settings.domain_key)
+
+
 class QoQMedGRPOTrainer(GRPOTrainer):
     """GRPOTrainer + ECG inputs + pluggable advantage estimator computed on the gathered global batch."""
 
     def __init__(self, *args, settings: RLSettings, facts: dict[str, _RowFacts],
                  domain_counts: dict[str, int] | None = None, metrics_csv: str | Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if len(self.reward_funcs) != 1:
+            raise ValueError(f"the trainer takes one reward function (the QoQ-Med reward weighs its components "
+                             f"itself), got {len(self.reward_funcs)}")
         self.settings = settings
         self.facts = facts
         self.domain_counts = domain_counts  # DISCO's domain prevalence (training set); None: batch counts
         self.estimator = make_estimator(settings)
         self.metrics_csv = Path(metrics_csv) if metrics_csv else None
         self._active_ecg: torch.Tensor | None = None
+        self._scored: ScoredRollouts | None = None  # set by each reward pass, taken once by the step that asked
         self.domain_history: list[dict] = []
         self.eval_history: list[dict] = []
         self._eval_split = "eval"
@@ -196,13 +212,24 @@ class QoQMedGRPOTrainer(GRPOTrainer):
 
     # -- rewards and advantages ----------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's reward pass (gathered from every process), recorded with each rollout's id, domain, accuracy and
+        group as a :class:`ScoredRollouts` for :meth:`_generate_and_score_completions` to take."""
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         parts = getattr(self.reward_funcs[0], "last_components", None) or [{}] * len(inputs)
         if len(parts) != len(inputs):
             parts = [{}] * len(inputs)
         local = [(x["id"], x["domain"], p.get("accuracy"), x["group"]) for x, p in zip(inputs, parts)]
-        self._gathered = (rewards_per_func, gather_object(local))
+        ids, domains, accuracy, groups = (list(column) for column in zip(*gather_object(local)))
+        # One reward function that already weighs its components: its column is the reward.
+        self._scored = ScoredRollouts(rewards_per_func[:, 0].cpu(), ids, domains, accuracy, groups)
         return rewards_per_func
+
+    def _take_scored(self) -> ScoredRollouts:
+        scored, self._scored = self._scored, None
+        if scored is None:
+            raise RuntimeError("TRL generated completions without calling _calculate_rewards; this TRL version "
+                               "does not match the trainer")
+        return scored
 
     def _generate_and_score_completions(self, inputs):
         mode = "train" if self.model.training else "eval"
@@ -214,17 +241,13 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         finally:
             self._active_ecg = None
         out["ecg_rows"] = ecg_rows  # a per-row list, shuffled and split with the batch
-        rewards_per_func, meta = self._gathered
-        rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1).cpu()
-        ids = [m[0] for m in meta]
-        domains = [m[1] for m in meta]
-        accuracy = [m[2] for m in meta]
-        domain_groups = [m[3] for m in meta]
+        scored = self._take_scored()
+        rewards, domains, accuracy = scored.rewards, scored.domains, scored.accuracy
         # TRL lays rollouts of one prompt out as consecutive blocks of num_generations rows
-        groups = [f"{i}@{n // self.num_generations}" for n, i in enumerate(ids)]
+        groups = [f"{i}@{n // self.num_generations}" for n, i in enumerate(scored.ids)]
         advantages = None
         if mode == "train":
-            advantages = self._advantages(rewards, groups, domain_groups, kl)
+            advantages = self._advantages(rewards, groups, scored.groups, kl)
             n = len(inputs)
             local = advantages[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n]
             out["advantages"] = local.to(out["advantages"].device, out["advantages"].dtype)
