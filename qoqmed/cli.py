@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from importlib import resources
@@ -804,6 +805,26 @@ def serve(
     console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(application, host=host, port=port, log_level=log_level)
 
+
+
+def _reflow(doc: str | None) -> str | None:
+    """A docstring with each paragraph on one line, so the terminal wraps help text at its own width; paragraphs
+    (blank-line separated) and indented blocks keep their breaks."""
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.split("\n"))
+                       for p in paragraphs)
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    for command in group.registered_commands:
+        command.callback.__doc__ = _reflow(command.callback.__doc__)
+    for sub in group.registered_groups:
+        _reflow_help(sub.typer_instance)
+
+
+_reflow_help(app)
 
 if __name__ == "__main__":
     app()
