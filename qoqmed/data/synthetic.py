@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from .boxes import mask_box
 from .ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS
 from .schema import DOMAINS, ECG_TOKEN, IMAGE_TOKEN, SPLITS, Box, Record, split_labels, write_records
 
@@ -1079,11 +1080,12 @@ _RENDERERS: dict[str, Callable[[np.random.Generator, tuple[str, ...], bool, Clim
 
 
 def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Pixel-edge box ``(x1, y1, x2, y2)`` of a non-empty mask (x2, y2 exclusive)."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
+    """Pixel-edge box ``(x1, y1, x2, y2)`` of a non-empty mask (x2, y2 exclusive); :func:`mask_box`, which a drawn
+    lesion must not leave empty."""
+    box = mask_box(mask)
+    if box is None:
         raise ValueError("empty lesion mask")
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    return box
 
 
 def _to_png(img: np.ndarray, path: Path) -> None:
