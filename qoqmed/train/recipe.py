@@ -24,6 +24,7 @@ import yaml
 from rich.console import Console
 
 from ..data.schema import DOMAINS, Record, load_records
+from ..data.synthetic import generate_climb_mini
 from ..modeling.tiny import build_tiny
 from .settings import DataSection, EvalSection, ModelSettings, RLSettings, SFTSettings, section
 
@@ -86,8 +87,6 @@ class RecipeConfig:
 
 def _load_data(cfg: RecipeConfig, run: Path) -> tuple[list[Record], list[Record], dict | None]:
     if cfg.data.synthetic is not None:
-        from ..data.synthetic import generate_climb_mini
-
         info_path = run / "data" / "generation.json"
         if _state().is_main_process:
             with console.status("generating the CLIMB-mini benchmark"):

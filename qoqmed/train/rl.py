@@ -43,7 +43,7 @@ from ..algos.grpo import disco_advantages, group_advantages, rloo_advantages
 from ..data.prompts import SYSTEM_PROMPT, Grounding, grounding, load_record, messages_for
 from ..data.readers import load_ecg, load_mask_cached
 from ..data.schema import Record
-from ..modeling import QoQMedProcessor, freeze
+from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, freeze
 from ..rewards.scores import score_batch
 from .settings import LOSS_TYPES, RLSettings, make_estimator
 
@@ -476,8 +476,6 @@ def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: 
                      settings: RLSettings | None = None, eval_records: Sequence[Record] | None = None,
                      callbacks: list[TrainerCallback] | None = None) -> QoQMedGRPOTrainer:
     """The RL trainer for the model saved in ``model_dir`` on ``records`` (what :func:`train_rl` runs)."""
-    from ..modeling import QoQMedForConditionalGeneration
-
     s = settings or RLSettings()
     out_dir = Path(out_dir)
     processor = QoQMedProcessor.from_pretrained(str(model_dir))
