@@ -16,13 +16,12 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
 PILLOW_SEQUENCE_SUFFIXES = (".gif", ".tif", ".tiff", ".webp", ".apng")
 # A DICOM Part 10 file: a 128-byte preamble, then these four bytes.
-_DICOM_MAGIC_AT, _DICOM_MAGIC = 128, b"DICM"
+_DICOM_MAGIC_SPAN, _DICOM_MAGIC = slice(128, 132), b"DICM"
 
 
 def has_dicom_magic(head: bytes) -> bool:
     """Whether the first bytes of a file carry the DICOM signature (``DICM`` after the 128-byte preamble)."""
-    return len(head) >= _DICOM_MAGIC_AT + len(_DICOM_MAGIC) and \
-        head[_DICOM_MAGIC_AT:_DICOM_MAGIC_AT + len(_DICOM_MAGIC)] == _DICOM_MAGIC
+    return head[_DICOM_MAGIC_SPAN] == _DICOM_MAGIC
 
 
 def is_dicom(path: str | Path) -> bool:
@@ -32,7 +31,7 @@ def is_dicom(path: str | Path) -> bool:
         return True
     try:
         with path.open("rb") as fh:
-            return has_dicom_magic(fh.read(_DICOM_MAGIC_AT + len(_DICOM_MAGIC)))
+            return has_dicom_magic(fh.read(_DICOM_MAGIC_SPAN.stop))
     except OSError:
         return False
 

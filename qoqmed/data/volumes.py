@@ -37,7 +37,9 @@ from .errors import DataError
 from .files import NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES, is_dicom
 from .windows import WINDOWS
 
-__all__ = ["WINDOWS", "AXES", "Volume", "read_volume", "load_volume", "sample_indices", "resolve_window", "volume_frames"]
+__all__ = [
+    "WINDOWS", "AXES", "Volume", "read_volume", "load_volume", "sample_indices", "resolve_window", "volume_frames",
+]
 
 # World axis (RAS/LPS index) along which each anatomical plane is stacked.
 AXES: Mapping[str, int] = MappingProxyType({"sagittal": 0, "coronal": 1, "axial": 2})

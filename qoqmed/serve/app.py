@@ -331,7 +331,7 @@ def _prediction_body(pred: Prediction, previews: bool) -> dict:
     if previews:
         body["previews"] = {
             "images": [_png_data_url(v.image) for v in pred.visuals],
-            "ecg": [{"leads": list(ENCODER_LEADS), "fs": ECG_SAMPLING_RATE, "signal": [[round(float(x), 3) for x in lead]
-                                                                         for lead in e]} for e in pred.ecgs],
+            "ecg": [{"leads": list(ENCODER_LEADS), "fs": ECG_SAMPLING_RATE,
+                     "signal": [[round(float(x), 3) for x in lead] for lead in e]} for e in pred.ecgs],
         }
     return body
