@@ -221,7 +221,8 @@ assert tuple(DOMAIN_SPECS) == DOMAINS
 
 @dataclass
 class ClimbMiniConfig:
-    """Everything that determines a CLIMB-mini build (with the version, the output is a function of this)."""
+    """Everything that determines a CLIMB-mini build (with the version, the output is a function of this); the
+    only home of its defaults, which generate_climb_mini and the recipe's data.synthetic section use."""
 
     n_train: int = 800
     n_val: int = 144
@@ -1232,36 +1233,16 @@ def _datasheet(stats: Mapping[str, Any]) -> str:
 
 
 def generate_climb_mini(
-    out_dir: str | Path,
-    n_train: int = 800,
-    n_val: int = 144,
-    n_test: int = 144,
-    seed: int = 0,
-    domain_weights: Mapping[str, float] | None = None,
-    image_size: int = 112,
-    volume_slices: int = 4,
-    *,
-    volume_size: int = 56,
-    ultrasound_frames: int = 2,
-    min_per_domain: int = 4,
-    hard_fraction: float = 0.3,
-    multi_label_prob: float = 0.3,
-    eval_domain_weights: Mapping[str, float] | None = None,
-    config: ClimbMiniConfig | None = None,
-    overwrite: bool = False,
+    out_dir: str | Path, config: ClimbMiniConfig | None = None, overwrite: bool = False, **settings: Any,
 ) -> dict[str, Any]:
     """Generate CLIMB-mini into ``out_dir`` and return its statistics (also written to ``stats.json``).
 
-    ``config``, when given, replaces all the size/mix keyword arguments. Existing CLIMB-mini outputs in
-    ``out_dir`` are an error unless ``overwrite`` is set, in which case only those outputs are removed first.
+    ``settings`` are :class:`ClimbMiniConfig` fields (``n_train=...``, ``seed=...``), its defaults the rest;
+    ``config``, when given, replaces them all. Existing CLIMB-mini outputs in ``out_dir`` are an error unless
+    ``overwrite`` is set, in which case only those outputs are removed first.
     """
     if config is None:
-        config = ClimbMiniConfig(
-            n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, domain_weights=domain_weights,
-            eval_domain_weights=eval_domain_weights, image_size=image_size, volume_size=volume_size,
-            volume_slices=volume_slices, ultrasound_frames=ultrasound_frames, min_per_domain=min_per_domain,
-            hard_fraction=hard_fraction, multi_label_prob=multi_label_prob,
-        )
+        config = ClimbMiniConfig(**settings)
     config.validate()
     out_dir = Path(out_dir)
     existing = [p for p in _outputs(out_dir) if p.exists()]
