@@ -35,7 +35,7 @@ PUBLISHED = {
                           num_key_value_heads=8, **_TEXT),
                 vision=dict(intermediate_size=3456, out_hidden_size=5120, **_VISION)),
 }
-# Ids of the real vocabulary (DESIGN §2.1); the ECG tokens take the first free ids after the 151,665 used ones.
+# Ids of the real vocabulary (docs/design.md §2.1); the ECG tokens take the first free ids after the 151,665 used ones.
 TOKEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
                  vision_end_token_id=151653, ecg_token_id=151665, ecg_start_token_id=151666, ecg_end_token_id=151667)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from importlib import resources
@@ -39,7 +40,7 @@ def _fail(message: str) -> None:
 
 
 def _run(config: Path, out: Path) -> dict:
-    from .data.schema import DataError
+    from .data.errors import DataError
     from .train.recipe import RecipeConfig, run_recipe
 
     try:
@@ -74,7 +75,7 @@ def train(
     Estimators: grpo, drgrpo, rloo, disco, drpo (modes paper, bounded, reference). For several GPUs or nodes,
     start it with `accelerate launch --config_file configs/accelerate/<setup>.yaml -m qoqmed.cli train ...`.
     """
-    from .data.schema import DataError
+    from .data.errors import DataError
     from .train.recipe import RecipeConfig, run_recipe
 
     try:
@@ -102,7 +103,8 @@ def sft(
     seed: Annotated[int, typer.Option(help="Seed of the tiny model's init and the data order.")] = 0,
 ) -> None:
     """Supervised warm start with TRL's SFTTrainer: learn the answer format (<think>, boxes, \\boxed{})."""
-    from .data.schema import DataError, load_records
+    from .data.errors import DataError
+    from .data.schema import load_records
     from .modeling import QoQMedForConditionalGeneration, QoQMedProcessor
     from .train.sft import SFTSettings, warm_start
 
@@ -172,7 +174,8 @@ def evaluate_cmd(
     """
     import math
 
-    from .data.schema import DataError, load_records
+    from .data.errors import DataError
+    from .data.schema import load_records
     from .eval.evaluate import evaluate
     from .eval.report import print_summary, write_report
     from .modeling import QoQMedForConditionalGeneration, QoQMedProcessor
@@ -306,7 +309,8 @@ def data_validate(
     """
     from rich.progress import track
 
-    from .data.schema import DataError, validate_records
+    from .data.errors import DataError
+    from .data.validate import validate_records
 
     def progress(items):
         items = list(items)
@@ -346,7 +350,8 @@ def data_stats(
     """Rows per domain, dataset and label, and how imbalanced the domains are."""
     from rich.table import Table
 
-    from .data.schema import DataError, load_records
+    from .data.errors import DataError
+    from .data.schema import load_records
     from .data.stats import plot_domain_counts, record_stats
 
     try:
@@ -391,7 +396,7 @@ def _convert_progress(description: str):
 
 def _finish_conversion(conversion, out: Path, prefix: str = "") -> None:
     from .data.converters import write_splits
-    from .data.schema import DataError
+    from .data.errors import DataError
 
     for line in conversion.skipped:
         err.print(f"skipped: {line}", markup=False, soft_wrap=True)
@@ -422,7 +427,7 @@ def convert_climb_cmd(
 ) -> None:
     """CLIMB's LLaVA-style rows (images/videos, conversations, label) or reference rows -> qoqmed records."""
     from .data.converters import convert_climb
-    from .data.schema import DataError
+    from .data.errors import DataError
 
     try:
         conversion = convert_climb(annotations, image_root=image_root, domain=domain, dataset=dataset, split=split,
@@ -452,7 +457,7 @@ def convert_ptbxl_cmd(
 ) -> None:
     """PTB-XL-style WFDB records + CSV label table -> ECG records (labels: CLIMB's ECG superclass names)."""
     from .data.converters import convert_ptbxl
-    from .data.schema import DataError
+    from .data.errors import DataError
 
     try:
         folds = [[int(f) for f in text.split(",") if f.strip()] for text in (val_folds, test_folds)]
@@ -480,7 +485,7 @@ def convert_folder_cmd(
 ) -> None:
     """One folder per class -> records whose answer is the folder name; volumes and videos become `volumes`."""
     from .data.converters import convert_folder
-    from .data.schema import DataError
+    from .data.errors import DataError
 
     try:
         conversion = convert_folder(root, domain=domain, dataset=dataset, seed=seed, val=val, test=test,
@@ -605,7 +610,7 @@ def experiment_compare_estimators(
     command reuses finished units. CONFIG may be `default` for
     the bundled configs/experiment.yaml (3 seeds in under an hour on 2 CPU cores; with --quick, minutes).
     """
-    from .data.schema import DataError
+    from .data.errors import DataError
     from .experiment import load_experiment_config, run_compare_estimators
 
     path = bundled_config("experiment") if str(config) == "default" else config
@@ -710,6 +715,7 @@ def predict(
 
     Boxes are reported in pixels of the original image and drawn on it in the overlay PNG.
     """
+    from .data.windows import parse_window
     from .infer import Decoding, InputError, save_overlay
 
     try:
@@ -745,12 +751,10 @@ def predict(
             ehr = Path(ehr[1:]).read_text()
         except OSError as exc:
             _fail(f"--ehr {ehr}: {exc}")
-    vol_window = None
-    if window:
-        try:
-            vol_window = tuple(float(v) for v in window.split(",")) if "," in window else window
-        except ValueError:
-            _fail(f"--window {window!r}: use a preset name or CENTER,WIDTH")
+    try:
+        vol_window = parse_window(window)
+    except ValueError:
+        _fail(f"--window {window!r}: use a preset name or CENTER,WIDTH")
     ecgs = [{"path": p, "fs": ecg_fs} if ecg_fs and p.suffix.lower() in (".csv", ".npy") else p for p in ecg or []]
     pipe = _load_pipeline(model, device, max_new_tokens)
     try:
@@ -801,6 +805,26 @@ def serve(
     console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs)")
     uvicorn.run(application, host=host, port=port, log_level=log_level)
 
+
+
+def _reflow(doc: str | None) -> str | None:
+    """A docstring with each paragraph on one line, so the terminal wraps help text at its own width; paragraphs
+    (blank-line separated) and indented blocks keep their breaks."""
+    if not doc:
+        return doc
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if any(line.startswith(" ") for line in p.splitlines()) else " ".join(p.split("\n"))
+                       for p in paragraphs)
+
+
+def _reflow_help(group: typer.Typer) -> None:
+    for command in group.registered_commands:
+        command.callback.__doc__ = _reflow(command.callback.__doc__)
+    for sub in group.registered_groups:
+        _reflow_help(sub.typer_instance)
+
+
+_reflow_help(app)
 
 if __name__ == "__main__":
     app()

@@ -19,7 +19,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from qoqmed.data.schema import load_records
-from qoqmed.train import grpo
+from qoqmed.train import rl
 from qoqmed.train.recipe import end_distributed
 
 
@@ -38,8 +38,8 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / f"advantages_rank{os.environ.get('RANK', '0')}.jsonl"
 
-    compute = grpo.QoQMedGRPOTrainer._generate_and_score_completions
-    advantages = grpo.QoQMedGRPOTrainer._advantages
+    compute = rl.QoQMedGRPOTrainer._generate_and_score_completions
+    advantages = rl.QoQMedGRPOTrainer._advantages
 
     def record_global(self, rewards, groups, domains, kl=None):
         adv = advantages(self, rewards, groups, domains, kl)
@@ -62,21 +62,21 @@ def main() -> None:
         # the advantages are non-zero and a mismatch after resuming would show.
         return [len(c[0]["content"]) / 64 for c in completions]
 
-    grpo.make_reward_function = lambda facts, *args, **kwargs: length_reward
-    grpo.QoQMedGRPOTrainer._advantages = record_global
-    grpo.QoQMedGRPOTrainer._generate_and_score_completions = record_local
+    rl.make_reward_function = lambda facts, *args, **kwargs: length_reward
+    rl.QoQMedGRPOTrainer._advantages = record_global
+    rl.QoQMedGRPOTrainer._generate_and_score_completions = record_local
 
     class KillAfterCheckpoint(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
             if state.global_step == a.kill_after_step:
                 os._exit(17)
 
-    settings = grpo.RLSettings(estimator=a.estimator, drpo_mode=a.mode, drpo_history=a.history, num_generations=2,
+    settings = rl.RLSettings(estimator=a.estimator, drpo_mode=a.mode, drpo_history=a.history, num_generations=2,
                                batch_size=4, max_steps=a.max_steps, max_completion_length=8, save_steps=1,
                                logging_steps=1, learning_rate=1e-2, temperature=1.5, beta=0.1,
                                progress_bar=False)
     callbacks = [KillAfterCheckpoint()] if a.kill_after_step else None
-    grpo.train_rl(a.model, load_records(a.records), a.out, settings, resume_from="latest" if a.resume else None,
+    rl.train_rl(a.model, load_records(a.records), a.out, settings, resume_from="latest" if a.resume else None,
                   callbacks=callbacks)
     end_distributed()
 

@@ -17,7 +17,7 @@ from qoqmed.data import DataError, load_records
 from qoqmed.data.converters import convert_climb, convert_folder, convert_ptbxl, write_splits
 from qoqmed.data.ecg import STANDARD_LEADS, ECGSpec, read_ecg
 from qoqmed.data.prompts import load_record
-from qoqmed.data.schema import validate_records
+from qoqmed.data.validate import validate_records
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ from pydicom.pixels import apply_modality_lut
 from PIL import Image
 
 from qoqmed.data import DataError, is_dicom, load_dicom_image, load_image
-from qoqmed.data.readers import apply_window
+from qoqmed.data.dicom import apply_window
 
 
 def _sample(name):

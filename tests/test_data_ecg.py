@@ -4,7 +4,7 @@ import pytest
 import wfdb
 
 from qoqmed.data.ecg import ENCODER_LEADS, STANDARD_LEADS, ECGSpec, canonical_lead, read_ecg
-from qoqmed.data.schema import DataError
+from qoqmed.data.errors import DataError
 
 FS = 500
 SECONDS = 10

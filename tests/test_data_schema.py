@@ -201,8 +201,8 @@ def test_reference_ecg_row_is_accepted(tmp_path):
     rec = parse_record(ref, tmp_path, line_no=1)
     assert rec.domain == "ecg" and rec.dataset == "ecg/ptbxl"
     assert rec.ecg == ["ecg/ptbxl/00001.npy"] and rec.images == []
-    # the reference feeds the series after the text
-    assert rec.problem.endswith("\n<ecg>") and rec.problem.count("<ecg>") == 1
+    # a series without a placeholder goes before the text, as in the rows qoqmed writes and in inference prompts
+    assert rec.problem.startswith("<ecg>\n") and rec.problem.count("<ecg>") == 1
     assert rec.boxes == []
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from qoqmed.cli import app
-from qoqmed.data.schema import validate_records
+from qoqmed.data.validate import validate_records
 from test_data_volumes import write_series
 
 runner = CliRunner()

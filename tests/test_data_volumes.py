@@ -15,7 +15,7 @@ from PIL import Image
 
 from qoqmed.data import DataError, load_records
 from qoqmed.data.prompts import load_record
-from qoqmed.data.readers import apply_window, load_dicom_image
+from qoqmed.data.dicom import apply_window, load_dicom_image
 from qoqmed.data.volumes import WINDOWS, load_volume, read_volume, sample_indices
 
 ANATOMICAL = os.path.join(NIB_DATA, "anatomical.nii")

@@ -20,7 +20,8 @@ from PIL import Image
 from qoqmed.data.prompts import load_record, messages_for
 from qoqmed.data.schema import load_records
 from qoqmed.modeling.tiny import TinySpec, build_tiny
-from qoqmed.train.grpo import ESTIMATORS, RLSettings, build_rl_trainer
+from qoqmed.train.rl import build_rl_trainer
+from qoqmed.train.settings import ESTIMATORS, RLSettings
 
 SPEC = TinySpec(hidden_size=64, intermediate_size=128, vision_depth=1, vision_hidden=32)
 TOL = 1e-4

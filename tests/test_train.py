@@ -12,7 +12,8 @@ from qoqmed.data.schema import load_records
 from qoqmed.modeling import QoQMedForConditionalGeneration
 from qoqmed.modeling.tiny import TinySpec, build_tiny
 from qoqmed.rewards.scores import score
-from qoqmed.train.grpo import QoQMedGRPOTrainer, RLSettings, build_rl_dataset, make_reward_function, train_rl
+from qoqmed.train.rl import QoQMedGRPOTrainer, build_rl_dataset, make_reward_function, train_rl
+from qoqmed.train.settings import RLSettings
 from qoqmed.train.sft import SFTSettings, warm_start
 
 SPEC = TinySpec(hidden_size=64, intermediate_size=128, vision_depth=1, vision_hidden=32)
@@ -216,7 +217,7 @@ def test_trl_overridden_hooks_and_config_fields_exist():
 
 
 def test_rl_settings_map_onto_trl_and_reject_bad_values(tmp_path):
-    from qoqmed.train.grpo import make_grpo_config
+    from qoqmed.train.rl import make_grpo_config
 
     s = RLSettings(estimator="rloo", dual_clip=3.0, loss_type="sequence_mean", epsilon_low=0.2, epsilon_high=0.3,
                    beta=1e-4, num_generations=2, batch_size=4)
@@ -329,7 +330,7 @@ def test_drpo_gets_the_sampling_time_kl_for_damping(records, tiny, tmp_path, mon
     assert len(seen) == 2 and all(k is not None and k.shape == (8,) and torch.isfinite(k).all() for k in seen)
     assert seen[0].abs().max() < 1e-5  # step 0: the policy is the reference
     # a policy that has moved away from the reference: the KL DRPO damps with is positive
-    from qoqmed.train.grpo import build_rl_trainer
+    from qoqmed.train.rl import build_rl_trainer
 
     seen.clear()
     trainer = build_rl_trainer(tmp_path / "start", records, tmp_path / "moved", RLSettings(**{**settings.__dict__,
@@ -345,7 +346,7 @@ def test_drpo_gets_the_sampling_time_kl_for_damping(records, tiny, tmp_path, mon
 
 
 def test_domain_key_groups_drpo_by_dataset(records, tiny):
-    from qoqmed.train.grpo import group_of
+    from qoqmed.train.rl import group_of
 
     processor, _ = tiny
     dataset, _ = build_rl_dataset(records, processor, domain_key="dataset")

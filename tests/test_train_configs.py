@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qoqmed.cli import app
-from qoqmed.train.grpo import RLSettings
+from qoqmed.train.settings import RLSettings
 from qoqmed.train.recipe import RecipeConfig
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Group-relative advantages: GRPO, Dr.GRPO (DESIGN.md §3 step 1), RLOO and DISCO-style reward scaling.
+"""Group-relative advantages: GRPO, Dr.GRPO (docs/design.md §3 step 1), RLOO and DISCO-style reward scaling.
 
 Every function takes one reward per rollout and the id of the question (group) each rollout answers; a group's
 rollouts may sit anywhere in the batch. They are pure: same inputs, same outputs, no state.
@@ -54,7 +54,8 @@ def group_advantages(
     unbiased: bool = True,
     eps: float = 1e-6,
 ) -> torch.Tensor:
-    """``s_{q,i} = (r_{q,i} - mean_q) / (std_q + eps)`` (DESIGN.md §3.1); ``scale=False`` drops the division (Dr.GRPO).
+    """``s_{q,i} = (r_{q,i} - mean_q) / (std_q + eps)`` (docs/design.md §3.1); ``scale=False`` drops the division
+    (Dr.GRPO).
 
     ``std_q`` uses the n-1 estimator when ``unbiased``. Groups of one rollout and non-finite rewards raise
     ``ValueError``. Returns a tensor shaped like ``rewards`` (floating dtype kept, else float32).

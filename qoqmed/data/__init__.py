@@ -1,13 +1,15 @@
 """Data: the record schema, file readers (images, DICOM, volumes, ECG), boxes, converters and CLIMB-mini."""
 
 from .boxes import from_model_box, mask_box, mask_boxes, to_model_box
-from .readers import is_dicom, load_dicom_image, load_ecg, load_image, load_mask
+from .dicom import load_dicom_image
+from .errors import DataError
+from .files import is_dicom
+from .readers import load_ecg, load_image, load_mask
 from .schema import (
     DIFFICULTIES,
     DOMAINS,
     SPLITS,
     Box,
-    DataError,
     Record,
     VolumeRef,
     load_records,
@@ -16,7 +18,8 @@ from .schema import (
     write_records,
 )
 from .synthetic import LABELS, ClimbMiniConfig, generate_climb_mini, simulate_ecg
-from .volumes import WINDOWS, Volume, load_volume, read_volume
+from .volumes import Volume, load_volume, read_volume
+from .windows import WINDOWS
 
 __all__ = [
     "DIFFICULTIES",

@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from ..rewards.parsing import rescale_box
 
-__all__ = ["mask_boxes", "mask_box", "to_model_box", "from_model_box", "rescale_box", "clip_box"]
+__all__ = ["mask_boxes", "mask_box", "to_model_box", "from_model_box", "rescale_box"]
 
 BoxTuple = tuple[float, float, float, float]
 
@@ -63,13 +63,6 @@ def mask_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
         return None
     cols = np.flatnonzero(fg.any(axis=0))
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def clip_box(box: Sequence[float], size: tuple[int, int]) -> BoxTuple:
-    """Clip a box to an image of ``size = (width, height)``."""
-    w, h = size
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return (min(max(x1, 0.0), w), min(max(y1, 0.0), h), min(max(x2, 0.0), w), min(max(y2, 0.0), h))
 
 
 def to_model_box(box: Sequence[float], image_size: tuple[int, int], processor: _Sizer) -> tuple[int, int, int, int]:

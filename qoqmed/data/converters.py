@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import DataError
+from .files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES
 from .schema import (
-    DOMAINS, IMAGE_TOKEN, SPLITS, VOLUME_TOKEN, DataError, Record, from_llava, parse_record, write_records,
+    DOMAINS, IMAGE_TOKEN, MODALITY_NAMES, SPLITS, VOLUME_TOKEN, Record, from_llava, parse_record, write_records,
 )
-from .volumes import NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES
 
 __all__ = [
     "Conversion", "convert_climb", "convert_ptbxl", "convert_folder", "write_splits", "DOMAIN_ALIASES",
@@ -56,16 +57,10 @@ PTBXL_CLASSES: Mapping[str, str] = {
 }
 # Rhythm statements that CLIMB groups as their own class.
 PTBXL_RHYTHMS: Mapping[str, str] = {"AFIB": "A. Fib/Aflutter", "AFLT": "A. Fib/Aflutter"}
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom")
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "dev": "val", "test": "test", "testing": "test"}
 _ECG_QUESTION = ("This is a 12-lead ECG. What is the diagnosis? Options: {options}.")
 _IMAGE_QUESTION = "What is the finding in this {modality}? Options: {options}."
-_MODALITY = {
-    "ecg": "ECG", "chest_xray": "chest X-ray", "mammography": "mammogram", "dermoscopy": "dermoscopy image",
-    "fundus": "fundus photograph", "pathology": "histopathology slide", "ct": "CT scan", "ultrasound": "ultrasound",
-    "mri": "MRI scan",
-}
 
 
 @dataclass
@@ -435,7 +430,7 @@ def convert_folder(
     classes = sorted({c.name for _, c in groups})
     if len(classes) < 2:
         raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2")
-    question = _IMAGE_QUESTION.format(modality=_MODALITY[domain], options=", ".join(classes))
+    question = _IMAGE_QUESTION.format(modality=MODALITY_NAMES[domain], options=", ".join(classes))
     out = Conversion()
     by_class: dict[str, list[tuple[str | None, Path]]] = defaultdict(list)
     for split, class_dir in groups:

@@ -22,12 +22,21 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import firwin, resample_poly
 
-from .schema import DataError
+from .errors import DataError
+from .files import check_file
 
-__all__ = ["ECGSpec", "ECGSignal", "read_ecg", "canonical_lead", "STANDARD_LEADS", "ENCODER_LEADS"]
+__all__ = [
+    "ECGSpec", "ECGSignal", "read_ecg", "canonical_lead", "STANDARD_LEADS", "ENCODER_LEADS",
+    "ECG_SAMPLING_RATE", "ECG_SECONDS", "ECG_SAMPLES",
+]
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+# The one definition of the model's ECG layout, the one ECG-JEPA was pretrained on: 8 leads x 10 s at 250 Hz.
+# Readers, the simulator, inference inputs and the server all produce it.
 ENCODER_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
+ECG_SAMPLING_RATE = 250
+ECG_SECONDS = 10.0
+ECG_SAMPLES = int(ECG_SAMPLING_RATE * ECG_SECONDS)
 MIN_SECONDS = 1.0
 
 _CANON = {name.lower(): name for name in STANDARD_LEADS}
@@ -49,8 +58,8 @@ _DERIVATIONS = {
 class ECGSpec:
     """Target layout of a decoded ECG: sampling rate (Hz), window length (s), lead order and optional z-score."""
 
-    sampling_rate: int = 250
-    seconds: float = 10.0
+    sampling_rate: int = ECG_SAMPLING_RATE
+    seconds: float = ECG_SECONDS
     leads: tuple[str, ...] = ENCODER_LEADS
     normalize: bool = False
 
@@ -123,11 +132,11 @@ def read_ecg(
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".dcm":
-        fmt, (signal, labels, rate) = "dicom", _read_dicom(_check_file(path), spec)
+        fmt, (signal, labels, rate) = "dicom", _read_dicom(check_file(path, "ECG"), spec)
     elif suffix == ".npy":
-        fmt, (signal, labels, rate) = "npy", _read_npy(_check_file(path), fs, lead_names)
+        fmt, (signal, labels, rate) = "npy", _read_npy(check_file(path, "ECG"), fs, lead_names)
     elif suffix == ".csv":
-        fmt, (signal, labels, rate) = "csv", _read_csv(_check_file(path), fs)
+        fmt, (signal, labels, rate) = "csv", _read_csv(check_file(path, "ECG"), fs)
     elif suffix in (".hea", ".dat") or path.with_name(path.name + ".hea").exists():
         fmt, (signal, labels, rate) = "wfdb", _read_wfdb(path)
     elif not path.exists():
@@ -191,16 +200,6 @@ def read_ecg(
 # format readers: each returns (signal (channels, samples) float64 in mV, channel labels, sampling rate in Hz)
 
 
-def _check_file(path: Path) -> Path:
-    if not path.exists():
-        raise DataError(f"{path}: ECG file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: ECG path is not a regular file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: ECG file is empty (0 bytes)")
-    return path
-
-
 def _check_rate(path: Path, fs: float | None) -> float:
     if fs is None:
         raise DataError(f"{path}: the sampling rate is not stored in {path.suffix} files; pass fs=<Hz>")
@@ -257,7 +256,7 @@ def _read_wfdb_format16(header: Path, text: str) -> tuple[np.ndarray, list[str],
         return None
     dat = header.with_name(files.pop())
     n = int(n_samp)
-    _check_file(dat)
+    check_file(dat, "ECG")
     if dat.stat().st_size < 2 * n * n_sig:
         raise DataError(f"{header}: WFDB signal file {dat.name} is truncated ({dat.stat().st_size} bytes, "
                         f"{2 * n * n_sig} expected)")
@@ -273,7 +272,7 @@ def _read_wfdb(path: Path) -> tuple[np.ndarray, list[str], float]:
 
     base = path.with_suffix("") if path.suffix.lower() in (".hea", ".dat") else path
     header = base.with_name(base.name + ".hea")
-    _check_file(header)
+    check_file(header, "ECG")
     try:
         fast = _read_wfdb_format16(header, header.read_text(encoding="latin-1"))
     except (OSError, ValueError) as exc:

@@ -21,7 +21,7 @@ from PIL import Image
 from ..modeling.processing_qoqmed import QoQMedProcessor, chat_messages
 from .boxes import to_model_box
 from .readers import load_ecg, load_image
-from .schema import IMAGE_TOKEN, VOLUME_TOKEN, Record
+from .schema import IMAGE_TOKEN, MODALITY_NAMES, VOLUME_TOKEN, Record
 from .volumes import load_volume
 
 SYSTEM_PROMPT = (
@@ -29,13 +29,6 @@ SYSTEM_PROMPT = (
     "boxes [{\"bbox_2d\": [x1, y1, x2, y2], \"label\": \"...\"}] in pixels of the image as you see it, then reason. "
     "Give the final diagnosis inside \\boxed{}; join several labels with \", \"."
 )
-
-MODALITY_NAMES = {
-    "ecg": "ECG", "chest_xray": "chest X-ray", "mammography": "mammogram", "dermoscopy": "dermoscopy image",
-    "fundus": "fundus photograph", "pathology": "histopathology slide", "ct": "CT scan", "ultrasound": "ultrasound",
-    "mri": "MRI scan",
-}
-
 
 @dataclass
 class LoadedRecord:

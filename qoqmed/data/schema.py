@@ -13,9 +13,9 @@ Conventions:
 
 - Paths are relative to the folder of the jsonl file that holds the row.
 - ``problem`` holds one ``<image>`` per entry of ``images``, one ``<volume>`` per entry of ``volumes`` and one
-  ``<ecg>`` per entry of ``ecg``, in prompt order. A row with no placeholder of a kind gets them added the way the
-  reference implementation does: images and volumes before the text, ECG series after it. A row with some
-  placeholders but the wrong count is an error.
+  ``<ecg>`` per entry of ``ecg``, in prompt order. A row with no placeholder of a kind gets them added before the
+  text (see :func:`place_inputs`, which the inference pipeline uses too). A row with some placeholders but the
+  wrong count is an error.
 - A volume (CT/MRI: a DICOM series folder, NIfTI, multi-frame DICOM; or an ultrasound video) is a path or an
   object ``{"path", "slices", "window", "axis"}``; when the record is loaded its ``<volume>`` becomes ``slices``
   (default 4) ``<image>`` placeholders, one per uniformly sampled slice (see ``qoqmed.data.volumes``).
@@ -45,6 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..rewards.parsing import split_labels
+from .errors import DataError
+from .windows import WINDOWS
+
 DOMAINS: tuple[str, ...] = (
     "ecg",
     "chest_xray",
@@ -56,12 +60,19 @@ DOMAINS: tuple[str, ...] = (
     "ultrasound",
     "mri",
 )
+# How questions and rationales name each domain's pictures; one table, so converted rows and warm-start answers agree.
+MODALITY_NAMES: Mapping[str, str] = {
+    "ecg": "ECG", "chest_xray": "chest X-ray", "mammography": "mammogram", "dermoscopy": "dermoscopy image",
+    "fundus": "fundus photograph", "pathology": "histopathology slide", "ct": "CT scan", "ultrasound": "ultrasound",
+    "mri": "MRI scan",
+}
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DIFFICULTIES: tuple[str, ...] = ("easy", "hard")
 IMAGE_TOKEN = "<image>"
 ECG_TOKEN = "<ecg>"
 VOLUME_TOKEN = "<volume>"
 VIDEO_TOKEN = "<video>"  # the reference's name for the same thing
+PLACEHOLDER_ORDER = (IMAGE_TOKEN, VOLUME_TOKEN, ECG_TOKEN)
 DEFAULT_VOLUME_SLICES = 4
 MAX_VOLUME_SLICES = 64
 
@@ -73,31 +84,6 @@ _KNOWN_KEYS = frozenset(
         "segmentation_path", "difficulty", "time-series", "bbox", "videos", "volumes",
     }
 )
-_LABEL_SEPARATORS = re.compile(r",|&|\s+and\s+")
-
-
-class DataError(ValueError):
-    """Bad input data: a missing or unreadable file, or a row that breaks the schema.
-
-    ``problems`` lists every problem found (one line each) when several were collected at once.
-    """
-
-    def __init__(self, message: str, problems: Iterable[str] | None = None) -> None:
-        super().__init__(message)
-        self.problems: list[str] = list(problems) if problems is not None else [message]
-
-
-def split_labels(answer: str) -> list[str]:
-    """Split an answer string into labels on ``", "``, ``" and "``, ``"&"`` and ``","``.
-
-    Labels are stripped, empty pieces dropped, order kept and duplicates removed.
-    """
-    labels: list[str] = []
-    for piece in _LABEL_SEPARATORS.split(answer):
-        label = piece.strip()
-        if label and label not in labels:
-            labels.append(label)
-    return labels
 
 
 @dataclass(frozen=True)
@@ -315,8 +301,6 @@ def _volumes(value: Any, key: str, probs: _Problems) -> list[VolumeRef]:
 
 
 def _volume_window(value: Any, key: str, probs: _Problems) -> str | tuple[float, float] | None:
-    from .volumes import WINDOWS  # volumes imports this module
-
     if value is None:
         return None
     if isinstance(value, str):
@@ -406,15 +390,22 @@ def _reference_box(obj: Mapping[str, Any], answer: str | None, probs: _Problems)
     return [Box(coords, answer, 0)]
 
 
-def _placeholders(problem: str, token: str, n: int, key: str, probs: _Problems, before: bool) -> str:
-    count = problem.count(token)
-    if count == n:
-        return problem
-    if count == 0 and n > 0:
-        # The reference put images before the question and ECG after it when the text had no placeholder.
-        return token * n + "\n" + problem if before else problem + "\n" + token * n
-    probs.add("problem", f"has {count} {token} placeholder(s) but {key} lists {n} file(s)")
-    return problem
+def place_inputs(text: str, counts: Mapping[str, int]) -> tuple[str, list[tuple[str, int, int]]]:
+    """Add the placeholders ``text`` lacks for ``counts`` (token -> number of inputs); return the text and, for each
+    kind whose placeholders are present but miscounted, ``(token, found, expected)``.
+
+    A kind with no placeholder in the text gets its tokens in front of it: images, volumes, then ECGs, then a line
+    break. One rule for rows read from disk and for inference prompts, and the layout of every row this package
+    writes (CLIMB-mini, the converters), so that a model sees its inputs where it saw them in training.
+    """
+    missing, mismatches = "", []
+    for token in PLACEHOLDER_ORDER:
+        expected, found = counts.get(token, 0), text.count(token)
+        if found == 0:
+            missing += token * expected
+        elif found != expected:
+            mismatches.append((token, found, expected))
+    return (f"{missing}\n{text}" if missing else text), mismatches
 
 
 def _infer_domain(paths: list[str]) -> str | None:
@@ -527,9 +518,11 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None
             problem = problem.replace(VIDEO_TOKEN, VOLUME_TOKEN)
         elif VIDEO_TOKEN in problem:
             probs.add("problem", f"has {VIDEO_TOKEN} placeholder(s); rows with `volumes` use {VOLUME_TOKEN}")
-        problem = _placeholders(problem, VOLUME_TOKEN, len(volumes), volume_key, probs, before=True)
-        problem = _placeholders(problem, IMAGE_TOKEN, len(images), "images", probs, before=True)
-        problem = _placeholders(problem, ECG_TOKEN, len(ecg), ecg_key, probs, before=False)
+        keys = {IMAGE_TOKEN: "images", VOLUME_TOKEN: volume_key, ECG_TOKEN: ecg_key}
+        problem, mismatches = place_inputs(problem, {IMAGE_TOKEN: len(images), VOLUME_TOKEN: len(volumes),
+                                                     ECG_TOKEN: len(ecg)})
+        for token, found, expected in mismatches:
+            probs.add("problem", f"has {found} {token} placeholder(s) but {keys[token]} lists {expected} file(s)")
 
     if probs.items:
         return None, probs.items
@@ -577,7 +570,7 @@ class Problem:
                 "file": self.file, "reason": self.reason}
 
 
-def _read_lines(path: Path) -> list[tuple[int, str]]:
+def read_jsonl_lines(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found" if not path.exists() else f"{path}: not a regular file")
     try:
@@ -594,7 +587,7 @@ def scan_records(path: str | Path, check_files: bool = True) -> tuple[list[tuple
     when the file itself cannot be read.
     """
     path = Path(path)
-    lines = _read_lines(path)
+    lines = read_jsonl_lines(path)
     base_dir, src = path.parent, str(path)
     problems: list[Problem] = []
     records: list[tuple[int, Record]] = []
@@ -633,7 +626,7 @@ def load_records(path: str | Path, check_files: bool = True) -> list[Record]:
 
     Every problem of every row is collected and raised at once in one ``DataError`` whose lines read
     ``<file>:<line>: <field>: <reason>`` (``<file>:<line>: <field>: <referenced file>: <reason>`` for files).
-    ``qoqmed.data.schema.validate_records`` also reads every referenced file.
+    ``qoqmed.data.validate.validate_records`` also reads every referenced file.
     """
     path = Path(path)
     records, problems = scan_records(path, check_files)
@@ -643,104 +636,6 @@ def load_records(path: str | Path, check_files: bool = True) -> list[Record]:
     if not records:
         raise DataError(f"{path}: no records (the file is empty)")
     return [r for _, r in records]
-
-
-@dataclass
-class Validation:
-    """Result of :func:`validate_records`: rows read, valid rows, files read and every problem found."""
-
-    path: str
-    rows: int
-    valid_rows: int
-    files_checked: int
-    problems: list[Problem]
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "ok": self.ok, "rows": self.rows, "valid_rows": self.valid_rows,
-                "files_checked": self.files_checked, "problems": [p.to_dict() for p in self.problems]}
-
-
-def validate_records(
-    path: str | Path, read_files: bool = True, progress: Any = None,
-) -> Validation:
-    """Check every row of a jsonl file and, with ``read_files``, read every file it references with the reader
-    training uses (images incl. DICOM, volumes with the row's slice count and window, ECGs, masks against their
-    image's size, boxes inside their image). Never stops at the first problem.
-
-    ``progress`` optionally wraps the iteration over valid rows (e.g. ``rich.progress.track``).
-    """
-    path = Path(path)
-    records, problems = scan_records(path, check_files=not read_files)
-    rows = sum(1 for _, line in _read_lines(path) if line.strip())
-    files = 0
-    if read_files:
-        cache: dict[tuple, tuple[Any, str | None]] = {}
-        items = progress(records) if progress is not None else records
-        for line_no, record in items:
-            for field_name, file, reason in check_record_files(record, cache):
-                problems.append(Problem(str(path), line_no, field_name, reason, file, record.id))
-        files = len(cache)
-    bad_lines = {p.line for p in problems}
-    problems.sort(key=lambda p: (p.line or 0))
-    return Validation(str(path), rows, sum(1 for n, _ in records if n not in bad_lines), files, problems)
-
-
-def check_record_files(record: Record, cache: dict | None = None) -> list[tuple[str, str, str]]:
-    """Read every file of a record; ``(field, file, reason)`` for each that fails. ``cache`` shares reads
-    between records that reference the same file."""
-    from .readers import load_ecg, load_image, load_mask
-    from .volumes import load_volume
-
-    cache = {} if cache is None else cache
-    out: list[tuple[str, str, str]] = []
-
-    def attempt(key: tuple, field_name: str, full: Path, read) -> Any:
-        if key not in cache:
-            try:
-                cache[key] = (read(), None)
-            except (DataError, ValueError) as exc:
-                cache[key] = (None, _reason(exc, full))
-            except Exception as exc:  # a library bug or an exotic failure must not stop a bulk check
-                cache[key] = (None, f"unexpected {type(exc).__name__}: {exc}")
-        value, reason = cache[key]
-        if reason is not None:
-            out.append((field_name, str(full), reason))
-        return value
-
-    sizes: dict[int, tuple[int, int]] = {}
-    for i, rel in enumerate(record.images):
-        full = record.resolve(rel)
-        size = attempt(("image", str(full)), f"images[{i}]", full, lambda f=full: load_image(f).size)
-        if size is not None:
-            sizes[i] = size
-    for i, ref in enumerate(record.volumes):
-        full = record.resolve(ref.path)
-        attempt(("volume", str(full), ref.slices, str(ref.window), str(ref.axis)), f"volumes[{i}]", full,
-                lambda f=full, r=ref: len(load_volume(f, num_slices=r.slices, window=r.window, axis=r.axis)))
-    for i, rel in enumerate(record.ecg):
-        full = record.resolve(rel)
-        attempt(("ecg", str(full)), f"ecg[{i}]", full, lambda f=full: load_ecg(f).shape)
-    if record.segmentation_path is not None:
-        full = record.resolve(record.segmentation_path)
-        size = sizes.get(record.mask_image)
-        attempt(("mask", str(full), size), "segmentation_path", full, lambda f=full, s=size: load_mask(f, s).shape)
-    for i, box in enumerate(record.boxes):
-        size = sizes.get(box.image)
-        if size is not None and (box.bbox_2d[2] > size[0] or box.bbox_2d[3] > size[1]):
-            out.append((f"boxes[{i}]", str(record.resolve(record.images[box.image])),
-                        f"box {list(box.bbox_2d)} extends outside the {size[0]}x{size[1]} image"))
-    return out
-
-
-def _reason(exc: Exception, full: Path) -> str:
-    """The reason part of a reader's ``<file>: <reason>`` message."""
-    text = str(exc)
-    prefix = f"{full}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def write_records(records: Iterable[Record], path: str | Path) -> Path:

@@ -38,12 +38,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from .boxes import mask_box
+from .ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS
 from .schema import DOMAINS, ECG_TOKEN, IMAGE_TOKEN, SPLITS, Box, Record, split_labels, write_records
 
 CLIMB_MINI_VERSION = 2
-ECG_FS = 250
-ECG_SAMPLES = 2500
-ECG_LEADS = ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -222,7 +221,8 @@ assert tuple(DOMAIN_SPECS) == DOMAINS
 
 @dataclass
 class ClimbMiniConfig:
-    """Everything that determines a CLIMB-mini build (with the version, the output is a function of this)."""
+    """Everything that determines a CLIMB-mini build (with the version, the output is a function of this); the
+    only home of its defaults, which generate_climb_mini and the recipe's data.synthetic section use."""
 
     n_train: int = 800
     n_val: int = 144
@@ -362,7 +362,7 @@ _GAINS = np.array(
     dtype=np.float64,
 )
 _W = {name: i for i, name in enumerate(_WAVES)}
-_L = {name: i for i, name in enumerate(ECG_LEADS)}
+_L = {name: i for i, name in enumerate(ENCODER_LEADS)}
 _MI_TERRITORIES = (("V1", "V2", "V3", "V4", "V5"), ("I", "V3", "V4", "V5", "V6"))  # anterior, anterolateral
 
 
@@ -400,7 +400,7 @@ def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np
     """
     if label not in LABELS["ecg"]:
         raise ValueError(f"unknown ECG label {label!r}; expected one of {LABELS['ecg']}")
-    t = np.arange(ECG_SAMPLES) / ECG_FS
+    t = np.arange(ECG_SAMPLES) / ECG_SAMPLING_RATE
     gains = _GAINS.copy()
     width = {"P": 0.022, "Q": 0.008, "R": 0.010, "S": 0.009, "T": 0.045, "R2": 0.014, "ST": 0.05}
     offset = {"P": -0.16, "Q": -0.022, "R": 0.0, "S": 0.024, "R2": 0.075, "ST": 0.13}
@@ -447,7 +447,7 @@ def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np
         hr = rng.uniform(65, 85)
         territory = _MI_TERRITORIES[int(rng.integers(len(_MI_TERRITORIES)))]
         leads = [_L[name] for name in territory]
-        others = [i for i in range(len(ECG_LEADS)) if i not in leads]
+        others = [i for i in range(len(ENCODER_LEADS)) if i not in leads]
         # ST elevation merging into the T wave, held over most of each beat (a level shift, not a spike)
         width["Q"], width["ST"], offset["ST"] = 0.016, 0.1, 0.21
         gains[leads, _W["Q"]] = -pick((0.7, 0.95), (0.3, 0.4))
@@ -461,7 +461,7 @@ def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np
     if hard and label != "A. Fib/Aflutter":
         j = int(rng.integers(2, len(beats) - 2))
         beats[j] -= rng.uniform(0.25, 0.35) * (beats[j] - beats[j - 1])
-    gains *= 1.0 + 0.1 * rng.standard_normal((len(ECG_LEADS), 1))  # electrical axis / electrode placement
+    gains *= 1.0 + 0.1 * rng.standard_normal((len(ENCODER_LEADS), 1))  # electrical axis / electrode placement
     amp = 1.0 + 0.05 * rng.standard_normal(len(beats)) + 0.06 * np.sin(2 * np.pi * 0.25 * beats)  # respiration
 
     rr_prev = np.diff(beats, prepend=beats[0] - mean_rr)
@@ -488,7 +488,7 @@ def simulate_ecg(rng: np.random.Generator, label: str, hard: bool = False) -> np
 
 def _ecg_noise(rng: np.random.Generator, t: np.ndarray, hard: bool) -> np.ndarray:
     """Baseline wander, mains hum and white noise for 8 leads."""
-    n_leads = len(ECG_LEADS)
+    n_leads = len(ENCODER_LEADS)
     wander = sum(
         rng.uniform(0.02, 0.05, (n_leads, 1))
         * np.sin(2 * np.pi * rng.uniform(0.1, 0.4) * t + rng.uniform(0, 7, (n_leads, 1)))
@@ -1081,11 +1081,12 @@ _RENDERERS: dict[str, Callable[[np.random.Generator, tuple[str, ...], bool, Clim
 
 
 def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Pixel-edge box ``(x1, y1, x2, y2)`` of a non-empty mask (x2, y2 exclusive)."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if not len(rows):
+    """Pixel-edge box ``(x1, y1, x2, y2)`` of a non-empty mask (x2, y2 exclusive); :func:`mask_box`, which a drawn
+    lesion must not leave empty."""
+    box = mask_box(mask)
+    if box is None:
         raise ValueError("empty lesion mask")
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    return box
 
 
 def _to_png(img: np.ndarray, path: Path) -> None:
@@ -1232,36 +1233,16 @@ def _datasheet(stats: Mapping[str, Any]) -> str:
 
 
 def generate_climb_mini(
-    out_dir: str | Path,
-    n_train: int = 800,
-    n_val: int = 144,
-    n_test: int = 144,
-    seed: int = 0,
-    domain_weights: Mapping[str, float] | None = None,
-    image_size: int = 112,
-    volume_slices: int = 4,
-    *,
-    volume_size: int = 56,
-    ultrasound_frames: int = 2,
-    min_per_domain: int = 4,
-    hard_fraction: float = 0.3,
-    multi_label_prob: float = 0.3,
-    eval_domain_weights: Mapping[str, float] | None = None,
-    config: ClimbMiniConfig | None = None,
-    overwrite: bool = False,
+    out_dir: str | Path, config: ClimbMiniConfig | None = None, overwrite: bool = False, **settings: Any,
 ) -> dict[str, Any]:
     """Generate CLIMB-mini into ``out_dir`` and return its statistics (also written to ``stats.json``).
 
-    ``config``, when given, replaces all the size/mix keyword arguments. Existing CLIMB-mini outputs in
-    ``out_dir`` are an error unless ``overwrite`` is set, in which case only those outputs are removed first.
+    ``settings`` are :class:`ClimbMiniConfig` fields (``n_train=...``, ``seed=...``), its defaults the rest;
+    ``config``, when given, replaces them all. Existing CLIMB-mini outputs in ``out_dir`` are an error unless
+    ``overwrite`` is set, in which case only those outputs are removed first.
     """
     if config is None:
-        config = ClimbMiniConfig(
-            n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, domain_weights=domain_weights,
-            eval_domain_weights=eval_domain_weights, image_size=image_size, volume_size=volume_size,
-            volume_slices=volume_slices, ultrasound_frames=ultrasound_frames, min_per_domain=min_per_domain,
-            hard_fraction=hard_fraction, multi_label_prob=multi_label_prob,
-        )
+        config = ClimbMiniConfig(**settings)
     config.validate()
     out_dir = Path(out_dir)
     existing = [p for p in _outputs(out_dir) if p.exists()]

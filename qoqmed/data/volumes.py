@@ -32,31 +32,17 @@ from types import MappingProxyType
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from .readers import apply_window, dicom_pixels, gray_to_rgb, is_dicom, read_dicom, rescale_to_uint8
-from .schema import DataError
+from .dicom import apply_window, dicom_pixels, gray_to_rgb, read_dicom, rescale_to_uint8
+from .errors import DataError
+from .files import NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES, is_dicom
+from .windows import WINDOWS
 
 __all__ = [
     "WINDOWS", "AXES", "Volume", "read_volume", "load_volume", "sample_indices", "resolve_window", "volume_frames",
-    "VIDEO_SUFFIXES", "PILLOW_SEQUENCE_SUFFIXES", "is_volume_path",
 ]
 
-# (center, width) in Hounsfield units; common radiology presets.
-WINDOWS: Mapping[str, tuple[float, float]] = MappingProxyType({
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "soft_tissue": (40.0, 400.0),
-    "abdomen": (60.0, 400.0),
-    "liver": (60.0, 160.0),
-    "brain": (40.0, 80.0),
-    "subdural": (75.0, 215.0),
-    "stroke": (35.0, 40.0),
-    "bone": (400.0, 1800.0),
-})
 # World axis (RAS/LPS index) along which each anatomical plane is stacked.
 AXES: Mapping[str, int] = MappingProxyType({"sagittal": 0, "coronal": 1, "axial": 2})
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
-PILLOW_SEQUENCE_SUFFIXES = (".gif", ".tif", ".tiff", ".webp", ".apng")
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 AUTO_PERCENTILES = (0.5, 99.5)
 
 
@@ -86,14 +72,6 @@ class Volume:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.data.shape)
-
-
-def is_volume_path(path: str | Path) -> bool:
-    """Whether ``path`` looks like something :func:`read_volume` reads (a directory or a known suffix)."""
-    path = Path(path)
-    name = path.name.lower()
-    return (path.is_dir() or name.endswith(NIFTI_SUFFIXES) or path.suffix.lower() in VIDEO_SUFFIXES
-            or path.suffix.lower() in PILLOW_SEQUENCE_SUFFIXES or is_dicom(path))
 
 
 # ----------------------------------------------------------------------------------------------------------------

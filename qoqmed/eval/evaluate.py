@@ -10,15 +10,13 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..data.prompts import encode_batch, grounding, load_record
-from ..data.readers import load_mask
+from ..data.readers import load_mask_cached
 from ..data.schema import Record
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 from ..rewards.reference import eval_labels
@@ -77,7 +75,7 @@ def score_records(records: Sequence[Record], responses: Sequence[str], processor
     if label_parser not in ("qoqmed", "reference"):
         raise ValueError(f"label_parser must be 'qoqmed' or 'reference', got {label_parser!r}")
     ground = [grounding(load_record(rec), processor) for rec in records]
-    masks = [_cached_mask(g.mask_path) if g.mask_path else None for g in ground]
+    masks = [load_mask_cached(g.mask_path) if g.mask_path else None for g in ground]
     scores = score_batch(list(responses), [rec.answer for rec in records], masks,
                          [list(g.boxes) or None for g in ground], preset,
                          image_sizes=[g.image_size for g in ground], model_sizes=[g.model_size for g in ground],
@@ -96,11 +94,6 @@ def score_records(records: Sequence[Record], responses: Sequence[str], processor
             "response": text,
         })
     return rows
-
-
-@lru_cache(maxsize=1024)
-def _cached_mask(path: str) -> np.ndarray:
-    return load_mask(path)
 
 
 def evaluate(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, records: Sequence[Record],

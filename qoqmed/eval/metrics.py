@@ -1,6 +1,6 @@
 """Classification, grounding and format metrics per label, dataset, domain and overall.
 
-Definitions (DESIGN section 5):
+Definitions (docs/design.md §5):
 
 * Per label ``l`` of a dataset, one-vs-rest over the rows of that dataset: ``tp``, ``fp``, ``fn``, ``tn``,
   ``accuracy = (tp + tn) / n``, ``precision``, ``recall`` (sensitivity), ``specificity = tn / (tn + fp)``,

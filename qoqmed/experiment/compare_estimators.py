@@ -162,7 +162,7 @@ def load_experiment_config(path: str | Path, quick: bool = False, seeds: int | N
 
 def _check_variants(variants: dict[str, dict], rl: dict) -> None:
     """Every variant must name a known estimator and only RL settings the trainer has, with valid values."""
-    from ..train.grpo import ESTIMATORS, RLSettings
+    from ..train.settings import ESTIMATORS, RLSettings
 
     known = {f.name for f in fields(RLSettings)}
     for name, over in variants.items():
@@ -233,9 +233,9 @@ def _load_data(cfg: ExperimentConfig, out: Path) -> tuple[dict[str, list[Record]
 
 
 def _available_estimators() -> tuple[str, ...]:
-    from ..train import grpo
+    from ..train.settings import ESTIMATORS
 
-    return tuple(grpo.ESTIMATORS)
+    return tuple(ESTIMATORS)
 
 
 def default_workers() -> int:
@@ -308,7 +308,8 @@ def _warm_start_unit(shared: _Shared, seed: int, sdir: Path, settings: dict) -> 
 def _variant_unit(shared: _Shared, model_dir: Path, vdir: Path, settings: dict) -> dict:
     """RL from the seed's warm start with one estimator variant, then evaluate the final model."""
     from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
-    from ..train.grpo import RLSettings, train_rl
+    from ..train.rl import train_rl
+    from ..train.settings import RLSettings
 
     t = time.perf_counter()
     rows = _rows(shared.rl_train or shared.train, settings.get("domains"))
@@ -366,7 +367,7 @@ def run_compare_estimators(cfg: ExperimentConfig, out_dir: str | Path, show_prog
     """
     import torch
 
-    from ..train.grpo import RLSettings
+    from ..train.settings import RLSettings
     from ..train.sft import SFTSettings
 
     out = Path(out_dir)

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..data.schema import DataError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm", ".dicom")
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm")
-ECG_SUFFIXES = (".npy", ".hea", ".dat", ".dcm", ".csv")
+from ..data.dicom import rescale_to_uint8
+from ..data.ecg import ECG_SAMPLING_RATE, ECGSpec, read_ecg
+from ..data.errors import DataError
+from ..data.readers import load_ecg, load_image
+from ..data.volumes import Volume, read_volume, sample_indices, volume_frames
 
 
 class InputError(ValueError):
@@ -56,8 +56,6 @@ def _is_path(x: Any) -> bool:
 def load_image_input(item: Any, field: str) -> Image.Image:
     """A path (PNG/JPEG/TIFF/DICOM...), a PIL image or a numpy array (H, W), (H, W, 1|3|4) -> RGB PIL image."""
     if _is_path(item):
-        from ..data.readers import load_image
-
         try:
             return load_image(item)
         except DataError as exc:
@@ -85,9 +83,7 @@ def _array_to_uint8(arr: np.ndarray, field: str, allow_channels: bool) -> np.nda
         a = arr.astype(np.float64)
         if not np.isfinite(a).all():
             raise InputError(field, "image array has NaN or infinite values")
-        lo, hi = float(a.min()), float(a.max())
-        a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.clip(a, 0, 255)
-        arr = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        arr = rescale_to_uint8(a, flat="keep", dtype=np.float64)
     if arr.ndim == 2:
         arr = np.stack([arr] * 3, axis=-1)
     return np.ascontiguousarray(arr)
@@ -96,8 +92,6 @@ def _array_to_uint8(arr: np.ndarray, field: str, allow_channels: bool) -> np.nda
 def load_volume_input(item: Any, field: str, num_slices: int, window: Any = None) -> list[Image.Image]:
     """A NIfTI file, DICOM series folder or DICOM file, a (D, H, W) array or a list of slice images -> ``num_slices``
     uniformly spaced RGB slices (as the reference model feeds volumes)."""
-    from ..data.volumes import Volume, read_volume, volume_frames
-
     if _is_path(item):
         try:
             volume = read_volume(item)
@@ -123,8 +117,6 @@ def load_volume_input(item: Any, field: str, num_slices: int, window: Any = None
     if isinstance(item, (list, tuple)):
         if not item:
             raise InputError(field, "a volume given as a list of slices needs at least one slice")
-        from ..data.volumes import sample_indices
-
         idx = sample_indices(len(item), min(num_slices, len(item)), field)
         return [load_image_input(item[i], f"{field}[{i}]") for i in idx]
     raise InputError(field, f"expected a NIfTI/DICOM path, a (slices, H, W) array or a list of slices, "
@@ -138,8 +130,6 @@ def load_ecg_input(item: Any, field: str, leads: int, samples: int) -> np.ndarra
     (a .csv with a header row naming the leads, or a .npy); the last two are resampled and lead-mapped by the ECG
     reader."""
     if _is_path(item):
-        from ..data.readers import load_ecg
-
         if Path(item).suffix.lower() == ".csv":
             raise InputError(field, f"{item}: a CSV ECG needs its sampling rate: pass {{'path': ..., 'fs': Hz}} "
                                     "(command line: --ecg-fs HZ)")
@@ -174,17 +164,13 @@ def load_ecg_input(item: Any, field: str, leads: int, samples: int) -> np.ndarra
 
 
 def _model_ecg_spec(field: str, leads: int, samples: int):
-    from ..data.ecg import ECGSpec
-
-    spec = ECGSpec(sampling_rate=250, seconds=samples / 250)  # the rate load_ecg reads files at
+    spec = ECGSpec(sampling_rate=ECG_SAMPLING_RATE, seconds=samples / ECG_SAMPLING_RATE)  # as load_ecg reads files
     if len(spec.leads) != leads:
         raise InputError(field, f"the model wants {leads} leads; the ECG reader produces {len(spec.leads)}")
     return spec
 
 
 def _ecg_from_file(item: dict, field: str, leads: int, samples: int) -> np.ndarray:
-    from ..data.ecg import read_ecg
-
     unknown = set(item) - {"path", "fs", "leads"}
     if unknown:
         raise InputError(field, f"unknown ECG key(s) {sorted(unknown)}; expected path, fs and optionally leads")
@@ -201,8 +187,6 @@ def _ecg_from_file(item: dict, field: str, leads: int, samples: int) -> np.ndarr
 
 
 def _ecg_from_dict(item: dict, field: str, leads: int, samples: int) -> np.ndarray:
-    from ..data.ecg import read_ecg
-
     if "signal" not in item or "fs" not in item:
         raise InputError(field, "an ECG dict needs 'signal' (leads x samples, mV) and 'fs' (Hz); 'leads' optional")
     try:

@@ -5,7 +5,7 @@
     pred.labels, pred.boxes, pred.reasoning
 
 Boxes come back in pixels of the ORIGINAL image (the model writes them in pixels of the image as it saw it, after
-the processor's resize; DESIGN.md §2.3). They refer to the first image of the prompt, ``image: 0``.
+the processor's resize; docs/design.md §2.3). They refer to the first image of the prompt, ``image: 0``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data.boxes import from_model_box
 from ..data.prompts import SYSTEM_PROMPT
+from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, place_inputs
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages
-from ..rewards.parsing import parse_response, rescale_box
+from ..rewards.parsing import parse_response
 from .inputs import InputError, VisualInput, as_list, load_ecg_input, load_image_input, load_volume_input
 
-PLACEHOLDERS = ("<image>", "<volume>", "<ecg>")
 _TURN = "\x1e"  # record separator: splits the user turns of a conversation after their inputs are numbered
 
 
@@ -184,7 +185,7 @@ class QoQMedPipeline:
         ecgs = [load_ecg_input(x, f"ecg[{i}]", p.ecg_num_leads, p.ecg_num_samples) for i, x in enumerate(ecg_items)]
 
         history = self._check_history(history)
-        earlier = {tag: sum(u.count(tag) for u, _ in history) for tag in PLACEHOLDERS}
+        earlier = {tag: sum(u.count(tag) for u, _ in history) for tag in PLACEHOLDER_ORDER}
         for tag, n, what in (("<image>", len(loaded_images), "images"), ("<volume>", len(loaded_volumes), "volumes"),
                              ("<ecg>", len(ecgs), "ecg")):
             if earlier[tag] > n:
@@ -226,18 +227,12 @@ class QoQMedPipeline:
 
     @staticmethod
     def _problem(question: str, n_images: int, n_volumes: int, n_ecgs: int, ehr: str | None) -> str:
-        counts = {tag: question.count(tag) for tag in PLACEHOLDERS}
-        if any(counts.values()):
-            # The caller placed the inputs in the text; the numbers must agree.
-            for tag, n, what in (("<image>", n_images, "images"), ("<volume>", n_volumes, "volumes"),
-                                 ("<ecg>", n_ecgs, "ecg")):
-                if counts[tag] != n:
-                    raise InputError("question", f"has {counts[tag]} {tag} placeholder(s) but {n} {what} given")
-            body = question
-        else:
-            # The training data puts the inputs first, then the question (e.g. "<image>\nWhich findings ...").
-            tags = "<image>" * n_images + "<volume>" * n_volumes + "<ecg>" * n_ecgs
-            body = f"{tags}\n{question}" if tags else question
+        # Placeholders the caller wrote are honoured in place and must be counted right; the rest go where
+        # training rows put them (place_inputs decides for both).
+        body, mismatches = place_inputs(question, {IMAGE_TOKEN: n_images, VOLUME_TOKEN: n_volumes, ECG_TOKEN: n_ecgs})
+        for tag, found, expected in mismatches:
+            what = {IMAGE_TOKEN: "images", VOLUME_TOKEN: "volumes", ECG_TOKEN: "ecg"}[tag]
+            raise InputError("question", f"has {found} {tag} placeholder(s) but {expected} {what} given")
         if ehr and ehr.strip():
             body = f"{body}\nClinical notes: {ehr.strip()}"
         return body
@@ -328,8 +323,7 @@ class QoQMedPipeline:
             entry = {"label": b.label, "model_bbox_2d": [round(c, 1) for c in b.bbox]}
             if images:
                 first = images[0]
-                x1, y1, x2, y2 = rescale_box(b.bbox, (first["model_width"], first["model_height"]),
-                                             (first["width"], first["height"]))
+                x1, y1, x2, y2 = from_model_box(b.bbox, (first["width"], first["height"]), self.processor)
                 # Models sometimes write corners in either order or past the border; report a clean box.
                 xs = sorted(min(max(x, 0.0), first["width"]) for x in (x1, x2))
                 ys = sorted(min(max(y, 0.0), first["height"]) for y in (y1, y2))

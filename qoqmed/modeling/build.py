@@ -34,7 +34,7 @@ ATTENTION = ("sdpa", "eager", "flash_attention_2")
 BASE_MODEL_TYPES = ("qwen2_5_vl",)
 # Qwen2.5-VL-Instruct's template opens conversations without a system turn with this one.
 QWEN_DEFAULT_SYSTEM = "You are a helpful assistant."
-# Pixel budget of the reference QoQ-Med training (DESIGN §2.1).
+# Pixel budget of the reference QoQ-Med training (docs/design.md §2.1).
 REFERENCE_MIN_PIXELS = 65_536
 REFERENCE_MAX_PIXELS = 524_288
 

@@ -1,4 +1,4 @@
-"""Parsing of model answers and the QoQ-Med reward components (DESIGN.md §2.3, §4)."""
+"""Parsing of model answers and the QoQ-Med reward components (docs/design.md §2.3, §4)."""
 
 from .parsing import Box, ParsedResponse, parse_response, rescale_box, rescale_boxes, split_labels
 from .scores import (

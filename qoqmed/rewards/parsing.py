@@ -1,4 +1,4 @@
-"""Parse a QoQ-Med answer: ``<think>`` trace, ```json boxes, ``\\boxed{}`` diagnosis (DESIGN.md §2.3).
+"""Parse a QoQ-Med answer: ``<think>`` trace, ```json boxes, ``\\boxed{}`` diagnosis (docs/design.md §2.3).
 
 Everything here reads model text, so nothing here raises on any string: malformed parts come back as
 ``None`` / empty lists and the ``json_found`` / ``json_valid`` flags say what was seen.
@@ -42,12 +42,14 @@ _BOXED_RE = re.compile(r"\\boxed\s*\{")
 _BRACE_RE = re.compile(r"[{}]")
 _TEXT_WRAP_RE = re.compile(r"\\(?:text|mathrm|textbf|mathbf)\s*\{([^{}]*)\}")
 _TRAILING_COMMA_RE = re.compile(r",\s*([\]}])")
-_LABEL_SPLIT_RE = re.compile(r",|&|\sand\s", re.IGNORECASE)
+# The one label-splitting rule, for ground truths (qoqmed.data.schema) and model answers alike, so that a label
+# list reads the same on both sides of the accuracy reward: ",", "&" and "and" in any case between spaces.
+_LABEL_SPLIT_RE = re.compile(r",|&|\s+and\s+", re.IGNORECASE)
 _MAX_BARE_TRIES = 64  # bounds the work on adversarial text full of "[{"
 
 
 def split_labels(text: str) -> list[str]:
-    """Split a diagnosis string on ", ", " and ", "&", "," (DESIGN.md §4); strip, drop empties, dedupe in order."""
+    """Split a diagnosis string on ",", "&" and "and" (docs/design.md §4); strip, drop empties, dedupe in order."""
     if not isinstance(text, str):
         return []
     out: list[str] = []

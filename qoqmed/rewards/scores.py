@@ -1,4 +1,4 @@
-"""Reward components of QoQ-Med (DESIGN.md §4) and their weighted sum.
+"""Reward components of QoQ-Med (docs/design.md §4) and their weighted sum.
 
 Conventions
 -----------
@@ -57,7 +57,7 @@ def accuracy_reward(
     pred_labels: str | Sequence[str], true_labels: str | Sequence[str], normalize: bool = True,
     synonyms: Mapping[str, str] | None = None,
 ) -> float:
-    """Set-F1 between predicted and true labels: ``2 |P ∩ T| / (|P| + |T|)`` (DESIGN.md §4).
+    """Set-F1 between predicted and true labels: ``2 |P ∩ T| / (|P| + |T|)`` (docs/design.md §4).
 
     Strings are split with :func:`split_labels`. ``normalize`` compares labels case-insensitively with
     whitespace collapsed; ``synonyms`` maps an alias to its canonical label (keys compared the same way), e.g.
@@ -130,7 +130,7 @@ def iou_reward(
     image_size: tuple[int, int] | None = None,
     reduce: str = "mean",
 ) -> float | None:
-    """IoU of each predicted box with the ground-truth region, reduced over boxes (DESIGN.md §4).
+    """IoU of each predicted box with the ground-truth region, reduced over boxes (docs/design.md §4).
 
     The region is ``gt_mask != 0`` if a mask is given, else the union of ``gt_boxes`` rasterised at
     ``image_size = (width, height)``. ``reduce="max"`` is the paper, ``"mean"`` the reference code.

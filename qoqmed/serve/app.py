@@ -12,6 +12,9 @@ Endpoints:
 Requests never name server-side files: every input travels in the request body. Bodies over ``max_body_bytes``
 get 413; malformed JSON 400; wrong types 422 naming the field; unreadable inputs 400 naming the input and why.
 Errors use the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``.
+
+Request bodies are in ``schemas.py``, error shaping in ``errors.py``, chat flattening in ``chat.py``; this module
+holds the routes and the body-size middleware.
 """
 
 from __future__ import annotations
@@ -19,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import logging
-import re
 import tempfile
 import time
 import uuid
@@ -28,187 +29,25 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI, File, Form, UploadFile
+from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 from starlette.concurrency import run_in_threadpool
 
+from ..data.ecg import ECG_SAMPLING_RATE, ENCODER_LEADS
+from ..data.files import has_dicom_magic
+from ..data.windows import parse_window
 from ..infer.inputs import InputError
 from ..infer.pipeline import GREEDY, Decoding, Prediction, QoQMedPipeline
 from .batcher import Batcher, QueueFull
+from .chat import flatten_chat
+from .errors import APIError, error_response, install_error_handlers, logger
 from .payloads import Staged, decode_b64, scrub
+from .schemas import MAX_FILES, ChatRequest, ECGPart, FilePart, PredictRequest, SamplingOptions, VolumePart
 
-logger = logging.getLogger("qoqmed.serve")
 STATIC = Path(str(resources.files("qoqmed") / "serve" / "static"))
-MAX_FILES = 32
-
-
-# ------------------------------------------------------------------------------------------------- schemas
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class FilePart(_Strict):
-    """A file as base64 (or a ``data:`` URL); ``filename`` only hints at the format."""
-
-    data: StrictStr
-    filename: StrictStr | None = None
-
-
-class ECGPart(_Strict):
-    """One ECG, in exactly one of these forms:
-
-    - ``npy``: base64 ``.npy`` of shape (8, 2500): leads I, II, V1..V6, 10 s at 250 Hz, in mV (with ``fs``: any
-      (leads, samples) array at that rate, lead names from ``leads``, default I, II, V1..V6);
-    - ``hea`` + ``dat``: a WFDB record, both base64;
-    - ``dicom``: a base64 DICOM 12-lead waveform;
-    - ``signal`` + ``fs`` (+ ``leads``): numbers in mV, (leads, samples);
-    - ``csv`` + ``fs`` (+ ``leads``): a base64 CSV file, a header row naming the leads, then one row per sample, mV.
-    """
-
-    npy: StrictStr | None = None
-    csv: StrictStr | None = None
-    hea: StrictStr | None = None
-    dat: StrictStr | None = None
-    dicom: StrictStr | None = None
-    signal: list[list[float]] | None = None
-    fs: StrictFloat | StrictInt | None = Field(None, gt=0)
-    leads: list[StrictStr] | None = None
-
-    @model_validator(mode="after")
-    def _one_form(self):
-        forms = [name for name, on in (("npy", self.npy is not None), ("hea+dat", self.hea is not None
-                 or self.dat is not None), ("dicom", self.dicom is not None), ("signal", self.signal is not None),
-                 ("csv", self.csv is not None)) if on]
-        if len(forms) != 1:
-            raise ValueError(f"give exactly one of npy, hea+dat, dicom, signal or csv (got {forms or 'none'})")
-        if forms == ["hea+dat"] and (self.hea is None or self.dat is None):
-            raise ValueError("a WFDB record needs both hea and dat")
-        if (self.signal is not None or self.csv is not None) and self.fs is None:
-            raise ValueError(f"{forms[0]} needs fs (sampling rate in Hz)")
-        return self
-
-
-class VolumePart(_Strict):
-    """A volume: one NIfTI (.nii/.nii.gz) or multi-frame DICOM file, or ``series``: single-slice DICOM files."""
-
-    data: StrictStr | None = None
-    filename: StrictStr | None = None
-    series: list[StrictStr] | None = Field(None, min_length=1, max_length=2048)
-
-    @model_validator(mode="after")
-    def _one_form(self):
-        if (self.data is None) == (self.series is None):
-            raise ValueError("give either data (one file) or series (DICOM slices)")
-        return self
-
-
-class _Sampling(BaseModel):
-    """Decoding: greedy unless ``temperature > 0`` (then nucleus sampling with ``top_p``; ``seed`` reproduces)."""
-
-    temperature: StrictFloat | StrictInt | None = Field(None, ge=0, le=2)
-    top_p: StrictFloat | StrictInt | None = Field(None, gt=0, le=1)
-    seed: StrictInt | None = Field(None, ge=0, lt=2**63 - 8)  # room for the seeds of n choices
-
-    def decoding(self) -> Decoding:
-        return Decoding(float(self.temperature or 0.0), float(1.0 if self.top_p is None else self.top_p), self.seed)
-
-
-class PredictRequest(_Strict, _Sampling):
-    question: StrictStr = Field(max_length=20_000)
-    images: list[FilePart | StrictStr] = Field(default_factory=list, max_length=MAX_FILES)
-    volumes: list[VolumePart] = Field(default_factory=list, max_length=8)
-    ecg: list[ECGPart] = Field(default_factory=list, max_length=8)
-    ehr: StrictStr | None = Field(None, max_length=50_000)
-    window: StrictStr | None = None
-    max_new_tokens: StrictInt | None = Field(None, ge=1)
-    return_previews: StrictBool = False
-
-
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: StrictStr
-
-
-class ImageURL(_Strict):
-    url: StrictStr
-    detail: StrictStr | None = None
-
-
-class ImagePart(_Strict):
-    type: Literal["image_url"]
-    image_url: ImageURL
-
-
-class ECGContent(_Strict):
-    type: Literal["ecg"]
-    ecg: ECGPart
-
-
-class VolumeContent(_Strict):
-    type: Literal["volume"]
-    volume: VolumePart
-
-
-ContentPart = Annotated[Union[TextPart, ImagePart, ECGContent, VolumeContent], Field(discriminator="type")]
-
-
-class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant", "developer"]
-    content: StrictStr | list[ContentPart]
-
-
-class ChatRequest(_Sampling):
-    # OpenAI clients send many optional parameters; unknown ones are accepted and ignored. Unlike OpenAI's default
-    # temperature of 1, an absent temperature means greedy decoding, as in evaluation.
-    model_config = ConfigDict(extra="allow", strict=True)
-    model: StrictStr | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: StrictInt | None = Field(None, ge=1)
-    max_completion_tokens: StrictInt | None = Field(None, ge=1)
-    stream: StrictBool = False
-    n: StrictInt = Field(1, ge=1, le=8)
-
-
-# ------------------------------------------------------------------------------------------------- errors
-class APIError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str = "invalid_input"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-
-def _error(status: int, message: str, param: str | None = None, code: str = "invalid_input",
-           kind: str = "invalid_request_error", **extra) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code, **extra}},
-                        status_code=status)
-
-
-_MEMBER = re.compile(r"^(str|int|float|bool|[A-Z]\w*|.*\[.*|function-.*|constrained-.*|json-or-python.*)$")
-
-
-def _loc(loc: tuple) -> str:
-    """('body', 'images', 0, 'FilePart', 'data') -> 'images[0].data': the names pydantic adds for union members
-    (and the tag it adds after a tagged-union index) are dropped, so the path reads like the request JSON."""
-    out, skip_tag, after_union = "", False, False
-    for part in loc:
-        if part == "body" and not out:
-            continue
-        if isinstance(part, int):
-            out += f"[{part}]"
-            skip_tag, after_union = after_union, False
-            continue
-        if skip_tag:
-            skip_tag = False
-            continue
-        if _MEMBER.match(str(part)):
-            after_union = after_union or "tagged-union" in str(part)
-            continue
-        out += f".{part}" if out else str(part)
-    return out or "body"
 
 
 class BodyLimit:
@@ -222,7 +61,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
-        too_big = _error(413, f"request body is larger than the {self.limit} byte limit "
+        too_big = error_response(413, f"request body is larger than the {self.limit} byte limit "
                               "(start the server with a larger --max-body-mb)", code="body_too_large")
         if declared is not None:
             # The HTTP layer holds the client to its Content-Length, so the declared size is the size.
@@ -273,29 +112,7 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
     app.state.pipeline = pipe
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError):
-        # With unions, pydantic reports one error per member; the deepest one is the one that explains the problem.
-        errors = sorted(exc.errors(), key=lambda e: -len(e.get("loc", ())))
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request", "type": "invalid"}
-        if first.get("type") == "json_invalid":
-            return _error(400, f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}", "body",
-                          code="malformed_json")
-        details = [{"param": _loc(tuple(e["loc"])), "message": e["msg"]} for e in errors[:20]]
-        param = details[0]["param"]
-        return _error(422, f"{param}: {first['msg']}", param, code=first.get("type", "invalid"), details=details)
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError):
-        return _error(exc.status, exc.message, exc.param, code=exc.code,
-                      kind="server_error" if exc.status >= 500 else "invalid_request_error")
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception):
-        # The traceback goes to the server log; the client learns only that the fault is on this side.
-        logger.exception("request failed: %s %s", request.method, request.url.path)
-        return _error(500, f"internal error ({type(exc).__name__}); see the server log", code="internal_error",
-                      kind="server_error")
+    install_error_handlers(app)
 
     def _max_new(requested: int | None) -> int:
         n = requested or pipe.max_new_tokens
@@ -378,7 +195,7 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
                     raise InputError(f"images[{i}]", f"{name}: file is empty (0 bytes)")
                 staged.add_image(raw, name)
             vols = blobs["volumes"]
-            if len(vols) > 1 and all(raw[128:132] == b"DICM" for _, raw in vols):
+            if len(vols) > 1 and all(has_dicom_magic(raw) for _, raw in vols):
                 staged.add_series([raw for _, raw in vols], "volumes")
             else:
                 for i, (name, raw) in enumerate(vols):
@@ -398,49 +215,20 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
         if req.n > 1 and decoding.greedy:
             raise APIError(400, "n > 1 needs temperature > 0: greedy answers to one prompt are all the same", "n")
         max_new = _max_new(req.max_completion_tokens or req.max_tokens)
-        system = [m for m in req.messages if m.role in ("system", "developer")]
-        turns = [(i, m) for i, m in enumerate(req.messages) if m.role in ("user", "assistant")]
-        roles = [m.role for _, m in turns]
-        if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:
-            raise APIError(400, "messages must alternate user and assistant turns, from a user turn to a user turn",
-                           "messages")
-        texts: list[str] = []  # user and assistant turns in order, inputs marked by placeholders
-        images, volumes, ecgs = [], [], []
-        for i, msg in turns:
-            parts = [TextPart(type="text", text=msg.content)] if isinstance(msg.content, str) else msg.content
-            text = []
-            for k, part in enumerate(parts):
-                where = f"messages[{i}].content[{k}]"
-                if isinstance(part, TextPart):
-                    text.append(part.text)
-                elif msg.role == "assistant":
-                    raise APIError(400, "an assistant turn may hold text only", where)
-                elif isinstance(part, ImagePart):
-                    text.append("<image>")
-                    images.append((part.image_url.url, f"{where}.image_url.url"))
-                elif isinstance(part, ECGContent):
-                    text.append("<ecg>")
-                    ecgs.append((part.ecg, f"{where}.ecg"))
-                else:
-                    text.append("<volume>")
-                    volumes.append((part.volume, f"{where}.volume"))
-            texts.append("".join(text))
-        question, history = texts[-1], list(zip(texts[:-1:2], texts[1:-1:2]))
+        chat = flatten_chat(req.messages)
 
         def fill(staged: Staged):
-            for url, where in images:
+            for url, where in chat.images:
                 raw, mime = decode_b64(url, where)
                 staged.add_image(raw, None, mime)
-            for vol, where in volumes:
+            for vol, where in chat.volumes:
                 _add_volume(staged, vol, where)
-            for ecg, where in ecgs:
+            for ecg, where in chat.ecgs:
                 _add_ecg(staged, ecg, where)
 
-        sys_text = "\n".join(m.content if isinstance(m.content, str) else
-                             " ".join(p.text for p in m.content if isinstance(p, TextPart)) for m in system)
         # A client's system prompt replaces the default for this request only.
-        preds = await _predict(question, fill, None, None, max_new, system=sys_text or None, decoding=decoding,
-                               n=req.n, history=history)
+        preds = await _predict(chat.question, fill, None, None, max_new, system=chat.system, decoding=decoding,
+                               n=req.n, history=chat.history)
         completion = sum(p.completion_tokens for p in preds)
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
@@ -461,7 +249,7 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
     return app
 
 
-def _decoding(req: _Sampling) -> Decoding:
+def _decoding(req: SamplingOptions) -> Decoding:
     try:
         return req.decoding()
     except InputError as exc:
@@ -469,16 +257,11 @@ def _decoding(req: _Sampling) -> Decoding:
 
 
 def _window(window: str | None) -> Any:
-    """'lung' or '40,400' (center,width) -> what load_volume takes."""
-    if window is None or not window.strip():
-        return None
-    if "," in window:
-        try:
-            center, width = (float(v) for v in window.split(","))
-        except ValueError as exc:
-            raise APIError(400, f"window {window!r} must be a preset name or 'center,width'", "window") from exc
-        return (center, width)
-    return window.strip()
+    """'lung' or '40,400' (center,width) -> what load_volume takes; 400 naming the field when malformed."""
+    try:
+        return parse_window(window)
+    except ValueError as exc:
+        raise APIError(400, str(exc), "window") from exc
 
 
 def _add_volume(staged: Staged, vol: VolumePart, where: str) -> None:
@@ -546,11 +329,9 @@ def _png_data_url(image, max_side: int = 768) -> str:
 def _prediction_body(pred: Prediction, previews: bool) -> dict:
     body = pred.to_dict()
     if previews:
-        from ..data.ecg import ENCODER_LEADS
-
         body["previews"] = {
             "images": [_png_data_url(v.image) for v in pred.visuals],
-            "ecg": [{"leads": list(ENCODER_LEADS), "fs": 250, "signal": [[round(float(x), 3) for x in lead]
-                                                                         for lead in e]} for e in pred.ecgs],
+            "ecg": [{"leads": list(ENCODER_LEADS), "fs": ECG_SAMPLING_RATE,
+                     "signal": [[round(float(x), 3) for x in lead] for lead in e]} for e in pred.ecgs],
         }
     return body

@@ -13,10 +13,14 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.files import (
+    DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES, has_dicom_magic,
+)
 from ..infer.inputs import InputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".dcm")
-VOLUME_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".gif", ".tif", ".tiff", ".webp", ".mp4", ".avi", ".mov", ".webm")
+# Suffixes a client's file name may keep: what the image and volume readers accept (data.files).
+UPLOAD_IMAGE_SUFFIXES = IMAGE_SUFFIXES + PILLOW_SEQUENCE_SUFFIXES
+UPLOAD_VOLUME_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES + PILLOW_SEQUENCE_SUFFIXES + VIDEO_SUFFIXES
 MIME_SUFFIX = {
     "image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/tiff": ".tif", "image/bmp": ".bmp",
     "image/gif": ".gif", "image/webp": ".webp", "application/dicom": ".dcm",
@@ -45,31 +49,27 @@ def decode_b64(data: str, field: str) -> tuple[bytes, str | None]:
     return raw, mime
 
 
-def _is_dicom(raw: bytes) -> bool:
-    return len(raw) > 132 and raw[128:132] == b"DICM"
-
-
 def _client_suffix(filename: str | None, allowed: tuple[str, ...]) -> str | None:
     name = (filename or "").lower()
     return next((s for s in sorted(allowed, key=len, reverse=True) if name.endswith(s)), None)
 
 
 def image_suffix(raw: bytes, filename: str | None, mime: str | None) -> str:
-    if _is_dicom(raw):
+    if has_dicom_magic(raw):
         return ".dcm"
     # Otherwise Pillow recognises the format from the bytes; the suffix is only a hint.
-    return _client_suffix(filename, IMAGE_SUFFIXES) or MIME_SUFFIX.get(mime or "", ".img")
+    return _client_suffix(filename, UPLOAD_IMAGE_SUFFIXES) or MIME_SUFFIX.get(mime or "", ".img")
 
 
 def volume_suffix(raw: bytes, filename: str | None, field: str) -> str:
-    if _is_dicom(raw):
+    if has_dicom_magic(raw):
         return ".dcm"
     if len(raw) > 348 and raw[344:348] in (b"n+1\x00", b"ni1\x00"):
         return ".nii"
     if raw[:2] == b"\x1f\x8b":
         return ".nii.gz"  # gzip: nibabel checks that it really holds NIfTI
-    suffix = _client_suffix(filename, VOLUME_SUFFIXES)
-    if suffix in (None, ".nii", ".nii.gz", ".dcm"):
+    suffix = _client_suffix(filename, UPLOAD_VOLUME_SUFFIXES)
+    if suffix is None or suffix in NIFTI_SUFFIXES + DICOM_SUFFIXES:
         raise InputError(field, "not a NIfTI (.nii/.nii.gz) or DICOM file (no NIfTI or DICM magic)")
     return suffix
 
@@ -102,7 +102,7 @@ class Staged:
         folder = self.folder / f"series_{i}"
         folder.mkdir()
         for k, raw in enumerate(files):
-            if not _is_dicom(raw):
+            if not has_dicom_magic(raw):
                 raise InputError(f"{field}[{k}]", "a series must consist of DICOM files (no DICM magic)")
             (folder / f"slice_{k:05d}.dcm").write_bytes(raw)
         self.volumes.append(folder)
@@ -116,7 +116,7 @@ class Staged:
 
     def add_ecg_file(self, raw: bytes, filename: str | None, field: str) -> None:
         i = len(self.ecg)
-        if _is_dicom(raw):
+        if has_dicom_magic(raw):
             self.ecg.append(self.write(f"ecg_{i}.dcm", raw))
         elif raw[:6] == b"\x93NUMPY":
             self.ecg.append(self.write(f"ecg_{i}.npy", raw))

@@ -24,18 +24,11 @@ import yaml
 from rich.console import Console
 
 from ..data.schema import DOMAINS, Record, load_records
-from ..modeling.tiny import TinySpec, build_tiny
-from .sft import SFTSettings, warm_start
+from ..data.synthetic import generate_climb_mini
+from ..modeling.tiny import build_tiny
+from .settings import DataSection, EvalSection, ModelSettings, RLSettings, SFTSettings, section
 
 console = Console(stderr=True)
-
-
-@dataclass
-class DataSection:
-    synthetic: dict | None = None      # keyword arguments of generate_climb_mini, or None to use files
-    train: str | None = None
-    test: str | None = None
-    val: str | None = None             # optional: periodic evaluation during RL (rl.eval_steps) and SFT
 
 
 def read_config(path: str | Path) -> dict:
@@ -50,23 +43,26 @@ def read_config(path: str | Path) -> dict:
 
 
 @dataclass
-class EvalSection:
-    batch_size: int = 32
-    max_new_tokens: int = 96
-    reward_preset: str = "paper"       # paper | reference (the released scorer exactly)
-    iou_reduce: str | None = None      # paper preset: max (default) or mean
-    evaluate_warm_start: bool = True   # also evaluate the warm-started model, to show what RL changed
-
-
-@dataclass
 class RecipeConfig:
+    """A recipe, every section checked when it is built. ``model`` and ``rl`` keep the mappings the YAML gave (the
+    estimator study layers its variants' overrides on them); :attr:`model_settings` and :meth:`rl_settings` are
+    their typed forms."""
+
     seed: int = 0
-    data: DataSection = field(default_factory=DataSection)
+    data: DataSection = field(default_factory=lambda: DataSection(synthetic={}))
     model: dict = field(default_factory=lambda: {"init": "tiny"})
     sft: SFTSettings = field(default_factory=SFTSettings)
     rl: dict = field(default_factory=dict)
     eval: EvalSection = field(default_factory=EvalSection)
     resume: bool = False               # continue RL from the newest checkpoint in run/rl
+
+    def __post_init__(self) -> None:
+        self.model_settings = ModelSettings.from_dict(self.model)
+        section(RLSettings, self.rl, "rl")  # unknown keys and bad values fail here, before any work
+
+    def rl_settings(self) -> RLSettings:
+        """The ``rl`` section as settings, seeded with the recipe's seed unless the section sets its own."""
+        return RLSettings(**{"seed": self.seed, **self.rl})
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RecipeConfig:
@@ -76,11 +72,11 @@ class RecipeConfig:
             raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected {sorted(known)}")
         return cls(
             seed=int(raw.get("seed", 0)),
-            data=_section(DataSection, raw.get("data"), "data"),
+            data=section(DataSection, raw.get("data"), "data"),
             model=dict(raw.get("model") or {"init": "tiny"}),
-            sft=_section(SFTSettings, raw.get("sft"), "sft"),
+            sft=section(SFTSettings, raw.get("sft"), "sft"),
             rl=dict(raw.get("rl") or {}),
-            eval=_section(EvalSection, raw.get("eval"), "eval"),
+            eval=section(EvalSection, raw.get("eval"), "eval"),
             resume=bool(raw.get("resume", False)),
         )
 
@@ -89,19 +85,8 @@ class RecipeConfig:
         return cls.from_dict(read_config(path))
 
 
-def _section(cls, raw: dict | None, name: str):
-    raw = raw or {}
-    known = {f.name for f in fields(cls)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"config section {name!r}: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
-    return cls(**raw)
-
-
 def _load_data(cfg: RecipeConfig, run: Path) -> tuple[list[Record], list[Record], dict | None]:
     if cfg.data.synthetic is not None:
-        from ..data.synthetic import generate_climb_mini
-
         info_path = run / "data" / "generation.json"
         if _state().is_main_process:
             with console.status("generating the CLIMB-mini benchmark"):
@@ -110,8 +95,6 @@ def _load_data(cfg: RecipeConfig, run: Path) -> tuple[list[Record], list[Record]
         _state().wait_for_everyone()
         info = json.loads(info_path.read_text())
         return load_records(run / "data" / "train.jsonl"), load_records(run / "data" / "test.jsonl"), info
-    if not cfg.data.train or not cfg.data.test:
-        raise ValueError("config section 'data' needs either 'synthetic' or both 'train' and 'test' jsonl paths")
     return load_records(cfg.data.train), load_records(cfg.data.test), None
 
 
@@ -151,7 +134,8 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
     from ..eval.evaluate import evaluate
     from ..eval.report import print_summary, write_report
     from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
-    from .grpo import RLSettings, train_rl
+    from .rl import train_rl  # the trainer (and TRL) only when a recipe runs, not when it is loaded
+    from .sft import warm_start
 
     t_start = time.perf_counter()
     run = Path(run_dir)
@@ -167,14 +151,14 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
     console.print(f"[bold]data[/] {len(train)} train / {len(test)} test records")
 
     t = time.perf_counter()
-    init = cfg.model.get("init", "tiny")
+    model_settings = cfg.model_settings
+    init = model_settings.init
     if init == "tiny":
         torch.manual_seed(cfg.seed)
         corpus = [r.problem for r in train] + [r.answer for r in train]
-        spec = TinySpec(**{k: v for k, v in cfg.model.items() if k != "init"})
-        processor, model = build_tiny(corpus, spec, seed=cfg.seed)
+        processor, model = build_tiny(corpus, model_settings.tiny, seed=cfg.seed)
     else:
-        dtype = cfg.model.get("dtype")
+        dtype = model_settings.dtype
         processor = QoQMedProcessor.from_pretrained(init)
         model = QoQMedForConditionalGeneration.from_pretrained(init, dtype=getattr(torch, dtype) if dtype else None)
     n_params = sum(p.numel() for p in model.parameters())
@@ -210,7 +194,7 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
 
     console.rule("RL")
     t = time.perf_counter()
-    rl_settings = RLSettings(**{"seed": cfg.seed, **cfg.rl})
+    rl_settings = cfg.rl_settings()
     rl_logs = train_rl(rl_start, train, run / "rl", rl_settings, resume_from="latest" if cfg.resume else None,
                        eval_records=val if rl_settings.eval_steps else None)
     timings["rl"] = time.perf_counter() - t

@@ -2,50 +2,77 @@
 
 A randomly initialised model never samples a parsable answer, so RL would see only zero rewards. A short
 supervised pass on the records' reference answers fixes that; DRPO then improves the diagnosis itself. The
-training loop is TRL's SFTTrainer (see :func:`qoqmed.train.grpo.train_sft`, the module that holds all TRL code).
+training loop is TRL's SFTTrainer (:func:`train_sft`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+from datasets import Dataset
+from trl import SFTConfig, SFTTrainer
+
+from ..data.prompts import encode_batch, load_record
 from ..data.schema import Record
-
-
-@dataclass
-class SFTSettings:
-    epochs: float = 3.0
-    batch_size: int = 8
-    learning_rate: float = 2e-3
-    warmup_steps: float = 0.05
-    weight_decay: float = 0.0
-    max_steps: int = -1
-    seed: int = 0
-    logging_steps: int = 10
-    gradient_accumulation_steps: int = 1
-    save_steps: int | None = None
-    eval_steps: int | None = None
-    bf16: bool | None = None           # None: on when CUDA is available
-    gradient_checkpointing: bool = False
-    report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]
-    progress_bar: bool = True
-    enabled: bool = True               # recipe: false skips the warm start (a model that already answers)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"sft.batch_size={self.batch_size} must be >= 1")
-        if self.epochs <= 0 and self.max_steps <= 0 and self.enabled:
-            raise ValueError("sft: set epochs > 0 or max_steps > 0, or enabled: false to skip the warm start")
-        if isinstance(self.report_to, str):
-            self.report_to = [self.report_to]
+from ..modeling import QoQMedProcessor
+from .settings import SFTSettings
 
 
 def warm_start(model, processor, records: Sequence[Record], out_dir: str | Path,
                settings: SFTSettings | None = None, eval_records: Sequence[Record] | None = None) -> list[dict]:
     """Fine-tune ``model`` in place on the records' reference answers; returns the logged loss history."""
-    from .grpo import train_sft
-
     history = train_sft(model, processor, records, out_dir, settings or SFTSettings(), eval_records=eval_records)
     return [h for h in history if "loss" in h]
+
+
+class _SFTCollator:
+    """Rows carry only a record id; the batch is encoded with the chat template and answer-only labels."""
+
+    def __init__(self, processor: QoQMedProcessor, records: dict[str, Record]):
+        self.processor = processor
+        self.records = records
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        return encode_batch(self.processor, [load_record(self.records[r["id"]]) for r in rows], with_targets=True)
+
+
+def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_dir: str | Path,
+              settings: SFTSettings, eval_records: Sequence[Record] | None = None) -> list[dict]:
+    """Fine-tune ``model`` in place on the records' reference answers with TRL's SFTTrainer.
+
+    The loss covers the answer tokens only (``<think>``, boxes, ``\\boxed{}``), as ``encode_batch`` labels
+    them; images and ECGs are encoded per batch by the collator. Returns the logged history.
+    """
+    if not records:
+        raise ValueError("the warm start needs at least one training record")
+    by_id = {r.id: r for r in records}
+    if len(by_id) != len(records):
+        raise ValueError("record ids must be unique within a training set")
+    eval_ds = None
+    if eval_records:
+        by_id.update({r.id: r for r in eval_records})
+        eval_ds = Dataset.from_list([{"id": r.id} for r in eval_records])
+    s = settings
+    bf16 = torch.cuda.is_available() if s.bf16 is None else s.bf16
+    eval_steps = s.eval_steps
+    args = SFTConfig(
+        output_dir=str(out_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
+        per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps, learning_rate=s.learning_rate,
+        warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, lr_scheduler_type="cosine",
+        logging_steps=s.logging_steps, save_strategy="steps" if s.save_steps else "no",
+        save_steps=s.save_steps or 500, report_to=list(s.report_to),
+        remove_unused_columns=False, seed=s.seed, data_seed=s.seed, dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(), bf16=bf16,
+        gradient_checkpointing=s.gradient_checkpointing,
+        eval_strategy="steps" if eval_ds is not None and eval_steps else "no", eval_steps=eval_steps,
+        dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
+        disable_tqdm=not s.progress_bar,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"id": r.id} for r in records]),
+                         eval_dataset=eval_ds, processing_class=processor,
+                         data_collator=_SFTCollator(processor, by_id))
+    trainer.train()
+    return trainer.state.log_history

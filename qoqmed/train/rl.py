@@ -1,6 +1,8 @@
-"""RL with verifiable rewards on TRL's GRPOTrainer, and the supervised warm start on TRL's SFTTrainer.
+"""RL with verifiable rewards for every estimator (GRPO, Dr.GRPO, RLOO, DISCO, DRPO) on TRL's GRPOTrainer.
 
-This is the only module that imports TRL. What the RL trainer adds to the stock one:
+The supervised warm start is in ``qoqmed.train.sft``; the settings are in ``qoqmed.train.settings``.
+
+What the RL trainer adds to the stock one:
 
 1. ECG records ride along with each row. TRL's generation and log-prob passes only forward the keyword arguments
    it knows, so a forward pre-hook on the backbone hands ``ecg_values`` to any call whose ``input_ids`` hold ECG
@@ -25,7 +27,7 @@ import csv
 import json
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,107 +37,18 @@ from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-from trl import GRPOConfig, GRPOTrainer, SFTConfig, SFTTrainer
+from trl import GRPOConfig, GRPOTrainer
 
-from ..algos.drpo import DRPO, MODES
 from ..algos.grpo import disco_advantages, group_advantages, rloo_advantages
-from ..data.prompts import SYSTEM_PROMPT, Grounding, encode_batch, grounding, load_record, messages_for
-from ..data.readers import load_ecg, load_mask
+from ..data.prompts import SYSTEM_PROMPT, Grounding, grounding, load_record, messages_for
+from ..data.readers import load_ecg, load_mask_cached
 from ..data.schema import Record
-from ..modeling import QoQMedProcessor, freeze
-from ..modeling.configuration_qoqmed import FREEZABLE
-from ..rewards.scores import make_scorer, score_batch
-from .sft import SFTSettings
+from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, freeze
+from ..rewards.scores import score_batch
+from .settings import LOSS_TYPES, RLSettings, make_estimator
 
-ESTIMATORS = ("grpo", "drgrpo", "rloo", "disco", "drpo")
-LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "dapo": "dapo", "grpo": "grpo", "bnpo": "bnpo",
-              "dr_grpo": "dr_grpo"}
 DRPO_STATE_FILE = "drpo_state.pt"
 METRICS_CSV = "rl_metrics.csv"
-
-
-@dataclass
-class RLSettings:
-    estimator: str = "drpo"            # grpo | drgrpo | rloo | disco | drpo
-    drpo_mode: str = "paper"           # paper | bounded | reference
-    drpo_history: int | None = None    # paper/bounded mode: keep the last H questions per domain
-    drpo_kl_quantile: float | None = 0.75  # KL damping (Eqs. 4-5); needs a reference model, i.e. beta > 0
-    drpo_k_max: int | None = None      # most clusters per domain (None: the mode's default)
-    drpo_elbow_tol: float = 0.10       # elbow rule: first k with D_{k+1} < tol * D_k
-    drpo_scaling: str = "hierarchical"  # hierarchical (T_g * T_c) | domain_only | cluster_only
-    drpo_cluster_cap: float | None = None  # bound on the within-domain cluster reweighting (see qoqmed.algos.drpo)
-    domain_key: str = "domain"         # what DRPO/DISCO group by: domain | dataset | any field of the records
-    disco_tau: float = 1.0             # DISCO difficulty weight exp(tau * (1 - self-consistency))
-    num_generations: int = 4
-    num_iterations: int = 1            # policy updates per generation batch (GRPO's mu)
-    batch_size: int = 16               # rollouts per device per step (a multiple of num_generations)
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 40
-    learning_rate: float = 5e-4
-    beta: float = 1e-4                 # KL coefficient (k3 estimator, as the reference)
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.3
-    dual_clip: float | None = None     # cap on the ratio for negative advantages (reference: 3.0)
-    loss_type: str = "dapo"            # token_mean (= dapo) | sequence_mean (= grpo) | bnpo | dr_grpo
-    temperature: float = 1.0
-    max_completion_length: int = 96
-    reward_preset: str = "paper"       # paper | reference (the released scorer exactly); see qoqmed.rewards
-    iou_reduce: str | None = None      # paper preset: max (default) or mean over predicted boxes
-    boxes_required: bool | None = None  # paper preset: an empty box list loses format credit where there is a
-                                        # region to localise (see qoqmed.rewards.make_scorer)
-    seed: int = 0
-    logging_steps: int = 10
-    save_steps: int | None = None
-    save_total_limit: int | None = None
-    eval_steps: int | None = None      # evaluate (generate + score) on eval records every N steps
-    probe_steps: int | None = None     # score a fixed probe set of training questions every N steps (and at 0)
-    probe_per_domain: int = 4          # probe questions per domain, sampled like RL (num_generations, temperature)
-    bf16: bool | None = None           # None: on when CUDA is available
-    gradient_checkpointing: bool = False
-    report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"], ["wandb"]; the CSV is always written
-    progress_bar: bool = True
-    model_dtype: str | None = None     # load weights as e.g. "bfloat16" (pure bf16 training of a large model)
-    freeze: list[str] = field(default_factory=list)  # parts kept fixed: vision, ecg, projector, llm
-
-    def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"rl.estimator={self.estimator!r}; choose one of {ESTIMATORS}")
-        if self.drpo_mode not in MODES:
-            raise ValueError(f"rl.drpo_mode={self.drpo_mode!r}; choose one of {MODES}")
-        if self.drpo_history is not None and (self.drpo_mode == "reference" or self.drpo_history < 1):
-            raise ValueError(f"rl.drpo_history={self.drpo_history!r}: a positive int, and only in paper/bounded mode "
-                             "(reference mode keeps every question)")
-        if self.num_generations < 2:
-            raise ValueError(f"rl.num_generations={self.num_generations}: group-relative advantages need >= 2")
-        if self.batch_size % self.num_generations:
-            raise ValueError(f"rl.batch_size={self.batch_size} must be a multiple of num_generations="
-                             f"{self.num_generations}")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"rl.loss_type={self.loss_type!r}; choose one of {sorted(LOSS_TYPES)}")
-        if self.dual_clip is not None and not self.dual_clip > 1 + self.epsilon_high:
-            raise ValueError(f"rl.dual_clip={self.dual_clip} must exceed 1 + epsilon_high = {1 + self.epsilon_high} "
-                             "(it caps the ratio of negative-advantage tokens above the clip range)")
-        if isinstance(self.report_to, str):
-            self.report_to = [self.report_to]
-        try:
-            make_scorer(self.reward_preset, iou_reduce=self.iou_reduce, boxes_required=self.boxes_required)
-        except ValueError as exc:
-            raise ValueError(f"rl.reward_preset / rl.iou_reduce / rl.boxes_required: {exc}") from None
-        if self.probe_steps is not None and (self.probe_steps < 1 or self.probe_per_domain < 1):
-            raise ValueError(f"rl.probe_steps={self.probe_steps} and rl.probe_per_domain={self.probe_per_domain} "
-                             "must be positive")
-        if not isinstance(self.domain_key, str) or not self.domain_key:
-            raise ValueError(f"rl.domain_key={self.domain_key!r}: a record field name such as 'domain' or 'dataset'")
-        bad = sorted(set(self.freeze) - set(FREEZABLE))
-        if bad:
-            raise ValueError(f"rl.freeze has unknown part(s) {bad}; choose from {list(FREEZABLE)}")
-        if self.model_dtype is not None and not isinstance(getattr(torch, self.model_dtype, None), torch.dtype):
-            raise ValueError(f"rl.model_dtype={self.model_dtype!r} is not a torch dtype (e.g. bfloat16, float32)")
-        if self.estimator == "drpo":
-            try:
-                make_estimator(self)
-            except ValueError as exc:
-                raise ValueError(f"rl.drpo_*: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,11 +95,6 @@ def build_rl_dataset(records: Sequence[Record], processor: QoQMedProcessor,
     return Dataset.from_list(rows), facts
 
 
-@lru_cache(maxsize=4096)
-def _cached_mask(path: str) -> np.ndarray:
-    return load_mask(path)
-
-
 def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou_reduce: str | None = None,
                          boxes_required: bool | None = None):
     """A TRL reward function scoring each completion against its row's answer, boxes and mask.
@@ -201,7 +109,7 @@ def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou
         ground = [f.grounding for f in rows]
         # one mask object per question (cached by path), so score_batch prepares it once for all its rollouts
         scores = score_batch(
-            texts, [f.answer for f in rows], [_cached_mask(g.mask_path) if g.mask_path else None for g in ground],
+            texts, [f.answer for f in rows], [load_mask_cached(g.mask_path) if g.mask_path else None for g in ground],
             [list(g.boxes) or None for g in ground], preset, image_sizes=[g.image_size for g in ground],
             model_sizes=[g.model_size for g in ground], iou_reduce=iou_reduce, boxes_required=boxes_required)
         qoqmed_reward.last_components = [{k: s.get(k) for k in ("accuracy", "iou", "format")} for s in scores]
@@ -214,16 +122,16 @@ def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou
 # ---------------------------------------------------------------------------------------------------------------
 # Trainer
 
-def make_estimator(settings: RLSettings) -> DRPO | None:
-    """The stateful estimator of ``settings`` (DRPO), or None for the stateless ones."""
-    if settings.estimator != "drpo":
-        return None
-    options = {"k_max": settings.drpo_k_max, "scaling": settings.drpo_scaling, "cluster_cap": settings.drpo_cluster_cap}
-    defaults = {"k_max": None, "scaling": "hierarchical", "cluster_cap": None}  # None: the mode's own default
-    options = {k: v for k, v in options.items() if v != defaults[k]}
-    return DRPO(settings.num_generations, mode=settings.drpo_mode, history=settings.drpo_history,
-                kl_quantile=settings.drpo_kl_quantile, seed=settings.seed, elbow_tol=settings.drpo_elbow_tol,
-                **options)
+@dataclass
+class ScoredRollouts:
+    """One reward pass over the rollouts of every process: the reward and the facts each advantage estimator and
+    the per-domain logs need, in TRL's row order."""
+
+    rewards: torch.Tensor          # (rollouts,) float32 on the CPU
+    ids: list[str]                 # record id per rollout
+    domains: list[str]             # domain per rollout (logging)
+    accuracy: list[float | None]   # accuracy component per rollout (logging)
+    groups: list[str]              # what DRPO / DISCO group by (settings.domain_key)
 
 
 class QoQMedGRPOTrainer(GRPOTrainer):
@@ -232,12 +140,16 @@ class QoQMedGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, settings: RLSettings, facts: dict[str, _RowFacts],
                  domain_counts: dict[str, int] | None = None, metrics_csv: str | Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if len(self.reward_funcs) != 1:
+            raise ValueError(f"the trainer takes one reward function (the QoQ-Med reward weighs its components "
+                             f"itself), got {len(self.reward_funcs)}")
         self.settings = settings
         self.facts = facts
         self.domain_counts = domain_counts  # DISCO's domain prevalence (training set); None: batch counts
         self.estimator = make_estimator(settings)
         self.metrics_csv = Path(metrics_csv) if metrics_csv else None
         self._active_ecg: torch.Tensor | None = None
+        self._scored: ScoredRollouts | None = None  # set by each reward pass, taken once by the step that asked
         self.domain_history: list[dict] = []
         self.eval_history: list[dict] = []
         self._eval_split = "eval"
@@ -302,13 +214,24 @@ class QoQMedGRPOTrainer(GRPOTrainer):
 
     # -- rewards and advantages ----------------------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's reward pass (gathered from every process), recorded with each rollout's id, domain, accuracy and
+        group as a :class:`ScoredRollouts` for :meth:`_generate_and_score_completions` to take."""
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         parts = getattr(self.reward_funcs[0], "last_components", None) or [{}] * len(inputs)
         if len(parts) != len(inputs):
             parts = [{}] * len(inputs)
         local = [(x["id"], x["domain"], p.get("accuracy"), x["group"]) for x, p in zip(inputs, parts)]
-        self._gathered = (rewards_per_func, gather_object(local))
+        ids, domains, accuracy, groups = (list(column) for column in zip(*gather_object(local)))
+        # One reward function that already weighs its components: its column is the reward.
+        self._scored = ScoredRollouts(rewards_per_func[:, 0].cpu(), ids, domains, accuracy, groups)
         return rewards_per_func
+
+    def _take_scored(self) -> ScoredRollouts:
+        scored, self._scored = self._scored, None
+        if scored is None:
+            raise RuntimeError("TRL generated completions without calling _calculate_rewards; this TRL version "
+                               "does not match the trainer")
+        return scored
 
     def _generate_and_score_completions(self, inputs):
         mode = "train" if self.model.training else "eval"
@@ -320,17 +243,13 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         finally:
             self._active_ecg = None
         out["ecg_rows"] = ecg_rows  # a per-row list, shuffled and split with the batch
-        rewards_per_func, meta = self._gathered
-        rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1).cpu()
-        ids = [m[0] for m in meta]
-        domains = [m[1] for m in meta]
-        accuracy = [m[2] for m in meta]
-        domain_groups = [m[3] for m in meta]
+        scored = self._take_scored()
+        rewards, domains, accuracy = scored.rewards, scored.domains, scored.accuracy
         # TRL lays rollouts of one prompt out as consecutive blocks of num_generations rows
-        groups = [f"{i}@{n // self.num_generations}" for n, i in enumerate(ids)]
+        groups = [f"{i}@{n // self.num_generations}" for n, i in enumerate(scored.ids)]
         advantages = None
         if mode == "train":
-            advantages = self._advantages(rewards, groups, domain_groups, kl)
+            advantages = self._advantages(rewards, groups, scored.groups, kl)
             n = len(inputs)
             local = advantages[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n]
             out["advantages"] = local.to(out["advantages"].device, out["advantages"].dtype)
@@ -559,8 +478,6 @@ def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: 
                      settings: RLSettings | None = None, eval_records: Sequence[Record] | None = None,
                      callbacks: list[TrainerCallback] | None = None) -> QoQMedGRPOTrainer:
     """The RL trainer for the model saved in ``model_dir`` on ``records`` (what :func:`train_rl` runs)."""
-    from ..modeling import QoQMedForConditionalGeneration
-
     s = settings or RLSettings()
     out_dir = Path(out_dir)
     processor = QoQMedProcessor.from_pretrained(str(model_dir))
@@ -585,7 +502,8 @@ def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: 
         domain_counts[group_of(rec, s.domain_key)] += 1
     eval_dataset = (eval_sets.get("eval") if list(eval_sets) == ["eval"] else eval_sets) or None
     return QoQMedGRPOTrainer(
-        model=model, reward_funcs=make_reward_function(facts, s.reward_preset, s.iou_reduce, s.boxes_required), args=args,
+        model=model, args=args,
+        reward_funcs=make_reward_function(facts, s.reward_preset, s.iou_reduce, s.boxes_required),
         train_dataset=dataset, eval_dataset=eval_dataset, processing_class=processor, settings=s, facts=facts,
         domain_counts=dict(domain_counts), metrics_csv=out_dir / METRICS_CSV, callbacks=callbacks,
     )
@@ -622,57 +540,3 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
         (out_dir / "rl_logs.json").write_text(json.dumps(logs, indent=1, default=str))
     trainer.accelerator.wait_for_everyone()
     return logs
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Supervised warm start on TRL's SFTTrainer
-
-class _SFTCollator:
-    """Rows carry only a record id; the batch is encoded with the chat template and answer-only labels."""
-
-    def __init__(self, processor: QoQMedProcessor, records: dict[str, Record]):
-        self.processor = processor
-        self.records = records
-
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return encode_batch(self.processor, [load_record(self.records[r["id"]]) for r in rows], with_targets=True)
-
-
-def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_dir: str | Path,
-              settings: SFTSettings, eval_records: Sequence[Record] | None = None) -> list[dict]:
-    """Fine-tune ``model`` in place on the records' reference answers with TRL's SFTTrainer.
-
-    The loss covers the answer tokens only (``<think>``, boxes, ``\\boxed{}``), as ``encode_batch`` labels
-    them; images and ECGs are encoded per batch by the collator. Returns the logged history.
-    """
-    if not records:
-        raise ValueError("the warm start needs at least one training record")
-    by_id = {r.id: r for r in records}
-    if len(by_id) != len(records):
-        raise ValueError("record ids must be unique within a training set")
-    eval_ds = None
-    if eval_records:
-        by_id.update({r.id: r for r in eval_records})
-        eval_ds = Dataset.from_list([{"id": r.id} for r in eval_records])
-    s = settings
-    bf16 = torch.cuda.is_available() if s.bf16 is None else s.bf16
-    eval_steps = s.eval_steps
-    args = SFTConfig(
-        output_dir=str(out_dir), num_train_epochs=s.epochs, max_steps=s.max_steps,
-        per_device_train_batch_size=s.batch_size, per_device_eval_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.gradient_accumulation_steps, learning_rate=s.learning_rate,
-        warmup_steps=s.warmup_steps, weight_decay=s.weight_decay, lr_scheduler_type="cosine",
-        logging_steps=s.logging_steps, save_strategy="steps" if s.save_steps else "no",
-        save_steps=s.save_steps or 500, report_to=list(s.report_to),
-        remove_unused_columns=False, seed=s.seed, data_seed=s.seed, dataloader_num_workers=0,
-        use_cpu=not torch.cuda.is_available(), bf16=bf16,
-        gradient_checkpointing=s.gradient_checkpointing,
-        eval_strategy="steps" if eval_ds is not None and eval_steps else "no", eval_steps=eval_steps,
-        dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
-        disable_tqdm=not s.progress_bar,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"id": r.id} for r in records]),
-                         eval_dataset=eval_ds, processing_class=processor,
-                         data_collator=_SFTCollator(processor, by_id))
-    trainer.train()
-    return trainer.state.log_history

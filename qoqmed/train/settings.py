@@ -1,0 +1,218 @@
+"""Typed settings for every section of a recipe (``data``, ``model``, ``sft``, ``rl``, ``eval``), checked when the
+recipe is loaded, so that a typo or a bad value stops a run before any data is generated or any model trained.
+
+TRL-free, so that configs can be read and checked without the trainer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+from ..algos.drpo import DRPO, MODES
+from ..data.synthetic import ClimbMiniConfig
+from ..modeling.configuration_qoqmed import FREEZABLE
+from ..modeling.tiny import TinySpec
+from ..rewards.scores import make_scorer
+
+ESTIMATORS = ("grpo", "drgrpo", "rloo", "disco", "drpo")
+LOSS_TYPES = {"token_mean": "dapo", "sequence_mean": "grpo", "dapo": "dapo", "grpo": "grpo", "bnpo": "bnpo",
+              "dr_grpo": "dr_grpo"}
+
+
+@dataclass
+class SFTSettings:
+    epochs: float = 3.0
+    batch_size: int = 8
+    learning_rate: float = 2e-3
+    warmup_steps: float = 0.05
+    weight_decay: float = 0.0
+    max_steps: int = -1
+    seed: int = 0
+    logging_steps: int = 10
+    gradient_accumulation_steps: int = 1
+    save_steps: int | None = None
+    eval_steps: int | None = None
+    bf16: bool | None = None           # None: on when CUDA is available
+    gradient_checkpointing: bool = False
+    report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]
+    progress_bar: bool = True
+    enabled: bool = True               # recipe: false skips the warm start (a model that already answers)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"sft.batch_size={self.batch_size} must be >= 1")
+        if self.epochs <= 0 and self.max_steps <= 0 and self.enabled:
+            raise ValueError("sft: set epochs > 0 or max_steps > 0, or enabled: false to skip the warm start")
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+
+
+@dataclass
+class RLSettings:
+    estimator: str = "drpo"            # grpo | drgrpo | rloo | disco | drpo
+    drpo_mode: str = "paper"           # paper | bounded | reference
+    drpo_history: int | None = None    # paper/bounded mode: keep the last H questions per domain
+    drpo_kl_quantile: float | None = 0.75  # KL damping (Eqs. 4-5); needs a reference model, i.e. beta > 0
+    drpo_k_max: int | None = None      # most clusters per domain (None: the mode's default)
+    drpo_elbow_tol: float = 0.10       # elbow rule: first k with D_{k+1} < tol * D_k
+    drpo_scaling: str = "hierarchical"  # hierarchical (T_g * T_c) | domain_only | cluster_only
+    drpo_cluster_cap: float | None = None  # bound on the within-domain cluster reweighting (see qoqmed.algos.drpo)
+    domain_key: str = "domain"         # what DRPO/DISCO group by: domain | dataset | any field of the records
+    disco_tau: float = 1.0             # DISCO difficulty weight exp(tau * (1 - self-consistency))
+    num_generations: int = 4
+    num_iterations: int = 1            # policy updates per generation batch (GRPO's mu)
+    batch_size: int = 16               # rollouts per device per step (a multiple of num_generations)
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 40
+    learning_rate: float = 5e-4
+    beta: float = 1e-4                 # KL coefficient (k3 estimator, as the reference)
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.3
+    dual_clip: float | None = None     # cap on the ratio for negative advantages (reference: 3.0)
+    loss_type: str = "dapo"            # token_mean (= dapo) | sequence_mean (= grpo) | bnpo | dr_grpo
+    temperature: float = 1.0
+    max_completion_length: int = 96
+    reward_preset: str = "paper"       # paper | reference (the released scorer exactly); see qoqmed.rewards
+    iou_reduce: str | None = None      # paper preset: max (default) or mean over predicted boxes
+    boxes_required: bool | None = None  # paper preset: an empty box list loses format credit where there is a
+                                        # region to localise (see qoqmed.rewards.make_scorer)
+    seed: int = 0
+    logging_steps: int = 10
+    save_steps: int | None = None
+    save_total_limit: int | None = None
+    eval_steps: int | None = None      # evaluate (generate + score) on eval records every N steps
+    probe_steps: int | None = None     # score a fixed probe set of training questions every N steps (and at 0)
+    probe_per_domain: int = 4          # probe questions per domain, sampled like RL (num_generations, temperature)
+    bf16: bool | None = None           # None: on when CUDA is available
+    gradient_checkpointing: bool = False
+    report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"], ["wandb"]; the CSV is always written
+    progress_bar: bool = True
+    model_dtype: str | None = None     # load weights as e.g. "bfloat16" (pure bf16 training of a large model)
+    freeze: list[str] = field(default_factory=list)  # parts kept fixed: vision, ecg, projector, llm
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"rl.estimator={self.estimator!r}; choose one of {ESTIMATORS}")
+        if self.drpo_mode not in MODES:
+            raise ValueError(f"rl.drpo_mode={self.drpo_mode!r}; choose one of {MODES}")
+        if self.drpo_history is not None and (self.drpo_mode == "reference" or self.drpo_history < 1):
+            raise ValueError(f"rl.drpo_history={self.drpo_history!r}: a positive int, and only in paper/bounded mode "
+                             "(reference mode keeps every question)")
+        if self.num_generations < 2:
+            raise ValueError(f"rl.num_generations={self.num_generations}: group-relative advantages need >= 2")
+        if self.batch_size % self.num_generations:
+            raise ValueError(f"rl.batch_size={self.batch_size} must be a multiple of num_generations="
+                             f"{self.num_generations}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"rl.loss_type={self.loss_type!r}; choose one of {sorted(LOSS_TYPES)}")
+        if self.dual_clip is not None and not self.dual_clip > 1 + self.epsilon_high:
+            raise ValueError(f"rl.dual_clip={self.dual_clip} must exceed 1 + epsilon_high = {1 + self.epsilon_high} "
+                             "(it caps the ratio of negative-advantage tokens above the clip range)")
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        try:
+            make_scorer(self.reward_preset, iou_reduce=self.iou_reduce, boxes_required=self.boxes_required)
+        except ValueError as exc:
+            raise ValueError(f"rl.reward_preset / rl.iou_reduce / rl.boxes_required: {exc}") from None
+        if self.probe_steps is not None and (self.probe_steps < 1 or self.probe_per_domain < 1):
+            raise ValueError(f"rl.probe_steps={self.probe_steps} and rl.probe_per_domain={self.probe_per_domain} "
+                             "must be positive")
+        if not isinstance(self.domain_key, str) or not self.domain_key:
+            raise ValueError(f"rl.domain_key={self.domain_key!r}: a record field name such as 'domain' or 'dataset'")
+        bad = sorted(set(self.freeze) - set(FREEZABLE))
+        if bad:
+            raise ValueError(f"rl.freeze has unknown part(s) {bad}; choose from {list(FREEZABLE)}")
+        if self.model_dtype is not None and not isinstance(getattr(torch, self.model_dtype, None), torch.dtype):
+            raise ValueError(f"rl.model_dtype={self.model_dtype!r} is not a torch dtype (e.g. bfloat16, float32)")
+        if self.estimator == "drpo":
+            try:
+                make_estimator(self)
+            except ValueError as exc:
+                raise ValueError(f"rl.drpo_*: {exc}") from None
+
+
+def make_estimator(settings: RLSettings) -> DRPO | None:
+    """The stateful estimator of ``settings`` (DRPO), or None for the stateless ones."""
+    if settings.estimator != "drpo":
+        return None
+    options = {"k_max": settings.drpo_k_max, "scaling": settings.drpo_scaling, "cluster_cap": settings.drpo_cluster_cap}
+    defaults = {"k_max": None, "scaling": "hierarchical", "cluster_cap": None}  # None: the mode's own default
+    options = {k: v for k, v in options.items() if v != defaults[k]}
+    return DRPO(settings.num_generations, mode=settings.drpo_mode, history=settings.drpo_history,
+                kl_quantile=settings.drpo_kl_quantile, seed=settings.seed, elbow_tol=settings.drpo_elbow_tol,
+                **options)
+
+
+@dataclass
+class DataSection:
+    synthetic: dict | None = None      # keyword arguments of generate_climb_mini, or None to use files
+    train: str | None = None
+    test: str | None = None
+    val: str | None = None             # optional: periodic evaluation during RL (rl.eval_steps) and SFT
+
+    def __post_init__(self) -> None:
+        if self.synthetic is not None:
+            section(ClimbMiniConfig, self.synthetic, "data.synthetic").validate()
+        elif not self.train or not self.test:
+            raise ValueError("config section 'data' needs either 'synthetic' or both 'train' and 'test' jsonl paths")
+
+
+@dataclass
+class ModelSettings:
+    """``init``: ``tiny`` (a fresh tiny model sized by ``tiny``) or a folder with a saved model and processor, read
+    as ``dtype`` (e.g. bfloat16; None: as saved). In YAML the tiny model's sizes sit beside ``init``."""
+
+    init: str = "tiny"
+    dtype: str | None = None
+    tiny: TinySpec = field(default_factory=TinySpec)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.init, str) or not self.init:
+            raise ValueError(f"model.init={self.init!r}: 'tiny' or a model folder")
+        if self.dtype is not None and not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+            raise ValueError(f"model.dtype={self.dtype!r} is not a torch dtype (e.g. bfloat16, float32)")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> ModelSettings:
+        raw = dict(raw or {})
+        init, dtype = raw.pop("init", "tiny"), raw.pop("dtype", None)
+        if raw and init != "tiny":
+            raise ValueError(f"config section 'model': {sorted(raw)} size a tiny model; init is {init!r}")
+        try:
+            tiny = section(TinySpec, raw, "model")
+        except ValueError as exc:
+            raise ValueError(f"{exc} (or init, dtype)") from None
+        return cls(init=init, dtype=dtype, tiny=tiny)
+
+
+@dataclass
+class EvalSection:
+    batch_size: int = 32
+    max_new_tokens: int = 96
+    reward_preset: str = "paper"       # paper | reference (the released scorer exactly)
+    iou_reduce: str | None = None      # paper preset: max (default) or mean
+    evaluate_warm_start: bool = True   # also evaluate the warm-started model, to show what RL changed
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ValueError(f"eval.batch_size={self.batch_size} and eval.max_new_tokens={self.max_new_tokens} "
+                             "must be >= 1")
+        try:
+            make_scorer(self.reward_preset, iou_reduce=self.iou_reduce)
+        except ValueError as exc:
+            raise ValueError(f"eval.reward_preset / eval.iou_reduce: {exc}") from None
+
+
+def section(cls, raw: dict | None, name: str):
+    """``cls(**raw)`` for the config section ``name``; an unknown key is a ValueError naming it and the known ones."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config section {name!r} must be a mapping of keys, got {type(raw).__name__}")
+    known = {f.name for f in fields(cls)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"config section {name!r}: unknown key(s) {sorted(unknown)}; expected {sorted(known)}")
+    return cls(**raw)
