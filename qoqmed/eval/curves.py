@@ -27,9 +27,14 @@ def plot_rl_curves(rl_logs: dict, path: str | Path, window: int = 5) -> Path | N
         k = min(window, len(values))
         smooth = np.convolve(values, np.ones(k) / k, mode="valid")
         ax.plot(steps[k - 1:], smooth, label=f"{domain} (n={len(values)})")
+    return _finish(fig, ax, f"mean reward (running mean of {window} batches)", "RL reward by clinical domain", path)
+
+
+def _finish(fig, ax, ylabel: str, title: str, path: str | Path) -> Path:
+    """Reward axes in [0, 1] against the RL step, legend, saved as ``path``."""
     ax.set_xlabel("RL step")
-    ax.set_ylabel(f"mean reward (running mean of {window} batches)")
-    ax.set_title("RL reward by clinical domain")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
@@ -60,13 +65,5 @@ def plot_probe_curves(rl_logs: dict, path: str | Path) -> Path | None:
             for e in entries if any(k.startswith("reward/") for k in e)]
     ax.plot([m[0] for m in mean], [m[1] for m in mean], color="black", linewidth=2.5, marker="o",
             label="mean over domains")
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("probe-set reward (sampled as in RL)")
-    ax.set_title("Probe set: the same training questions scored every few steps")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    return path
+    return _finish(fig, ax, "probe-set reward (sampled as in RL)",
+                   "Probe set: the same training questions scored every few steps", path)
