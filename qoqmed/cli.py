@@ -27,6 +27,9 @@ console = Console()
 err = Console(stderr=True)
 # Deprecation notices raised inside transformers/TRL about their own arguments; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*", category=FutureWarning)
+AllowOutsidePaths = Annotated[bool, typer.Option(
+    "--allow-outside-paths",
+    help="Accept rows whose file paths leave the jsonl's folder (\"../\"); refused by default.")]
 
 
 def bundled_config(name: str) -> Path:
@@ -101,6 +104,7 @@ def sft(
     report_to: Annotated[Optional[str], typer.Option(help="Comma-separated: tensorboard, wandb.")] = None,
     logging_steps: Annotated[int, typer.Option(help="Log the loss every N steps.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the tiny model's init and the data order.")] = 0,
+    allow_outside_paths: AllowOutsidePaths = False,
 ) -> None:
     """Supervised warm start with TRL's SFTTrainer: learn the answer format (<think>, boxes, \\boxed{})."""
     from .data.errors import DataError
@@ -109,8 +113,8 @@ def sft(
     from .train.sft import SFTSettings, warm_start
 
     try:
-        records = load_records(data)
-        val_records = load_records(val) if val else None
+        records = load_records(data, allow_outside=allow_outside_paths)
+        val_records = load_records(val, allow_outside=allow_outside_paths) if val else None
         settings = SFTSettings(epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                                learning_rate=learning_rate, eval_steps=eval_steps, seed=seed,
                                logging_steps=logging_steps,
@@ -161,6 +165,7 @@ def evaluate_cmd(
                                               "off.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the --samples draws: the same seed gives the same "
                                            "samples.")] = 0,
+    allow_outside_paths: AllowOutsidePaths = False,
 ) -> None:
     """Generate answers with greedy decoding and report per-label, per-dataset, per-domain metrics.
 
@@ -190,7 +195,7 @@ def evaluate_cmd(
     if samples and not 0 <= seed < 2**63:
         _fail(f"--seed must be in [0, 2**63), got {seed}")
     try:
-        records = load_records(data)
+        records = load_records(data, allow_outside=allow_outside_paths)
     except DataError as exc:
         _fail(str(exc))
     if not (model / "config.json").exists():
@@ -300,6 +305,7 @@ def data_validate(
     read_files: Annotated[bool, typer.Option(
         help="Read every referenced file (images incl. DICOM, volumes, ECGs, masks); --no-read-files only checks "
              "that they exist.")] = True,
+    allow_outside_paths: AllowOutsidePaths = False,
 ) -> None:
     """Check every row and every file it references; print one line per problem; exit 1 if any.
 
@@ -319,7 +325,8 @@ def data_validate(
         return track(items, description="reading files", console=err, transient=True)
 
     try:
-        result = validate_records(path, read_files=read_files, progress=progress)
+        result = validate_records(path, read_files=read_files, progress=progress,
+                                  allow_outside=allow_outside_paths)
     except DataError as exc:  # the jsonl file itself is missing or unreadable
         result = None
         problems = [str(exc)]
@@ -346,6 +353,7 @@ def data_stats(
     path: Annotated[Path, typer.Argument(help="A jsonl file of records.")],
     plot: Annotated[Optional[Path], typer.Option(help="Write a bar chart of rows per domain to this PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+    allow_outside_paths: AllowOutsidePaths = False,
 ) -> None:
     """Rows per domain, dataset and label, and how imbalanced the domains are."""
     from rich.table import Table
@@ -355,7 +363,7 @@ def data_stats(
     from .data.stats import plot_domain_counts, record_stats
 
     try:
-        records = load_records(path, check_files=False)
+        records = load_records(path, check_files=False, allow_outside=allow_outside_paths)
     except DataError as exc:
         _fail(f"{exc}\n(run `qoqmed data validate {path}` for every problem)")
     stats = record_stats(records)

@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from .dicom import load_dicom_image, rescale_to_uint8
 from .ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS, ECGSpec, read_ecg
 from .errors import DataError
-from .files import check_file, is_dicom
+from .files import NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, check_file, is_dicom
 
 # Pillow modes holding more than 8 bits per pixel (16-bit PNG/TIFF is common for X-ray and CT exports).
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -27,11 +27,11 @@ def _open_image(path: Path, what: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=PILLOW_FORMATS) as img:
                 img.load()
                 return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
     except UnidentifiedImageError as exc:
-        raise DataError(f"{path}: cannot read {what}: not a recognised image format") from exc
+        raise DataError(f"{path}: cannot read {what}: {NOT_AN_ACCEPTED_FORMAT}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: cannot read {what}: image too large ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
@@ -39,7 +39,7 @@ def _open_image(path: Path, what: str) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Load an image file (PNG, JPEG, TIFF or any format Pillow decodes, or DICOM) as an RGB ``PIL.Image``.
+    """Load an image file (PNG, JPEG, TIFF, BMP, GIF, WebP, or DICOM) as an RGB ``PIL.Image``.
 
     Grayscale images with more than 8 bits per pixel are rescaled to 0..255 over their own range. DICOM files
     (``.dcm``/``.dicom`` suffix or the ``DICM`` magic) are read with :func:`load_dicom_image` and the file's own

@@ -34,7 +34,8 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .dicom import apply_window, dicom_pixels, gray_to_rgb, read_dicom, rescale_to_uint8
 from .errors import DataError
-from .files import NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES, is_dicom
+from .files import (NIFTI_SUFFIXES, NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES,
+                    is_dicom)
 from .windows import WINDOWS
 
 __all__ = [
@@ -392,10 +393,10 @@ def _read_pillow_frames(path: Path) -> Volume:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=PILLOW_FORMATS) as img:
                 frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(img)]
     except UnidentifiedImageError as exc:
-        raise DataError(f"{path}: cannot read frames: not a recognised image format") from exc
+        raise DataError(f"{path}: cannot read frames: {NOT_AN_ACCEPTED_FORMAT}") from exc
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: cannot read frames: {exc}") from exc

@@ -95,13 +95,15 @@ def _load_data(cfg: RecipeConfig, run: Path) -> tuple[list[Record], list[Record]
         _state().wait_for_everyone()
         info = json.loads(info_path.read_text())
         return load_records(run / "data" / "train.jsonl"), load_records(run / "data" / "test.jsonl"), info
-    return load_records(cfg.data.train), load_records(cfg.data.test), None
+    outside = cfg.data.allow_outside_paths
+    return (load_records(cfg.data.train, allow_outside=outside), load_records(cfg.data.test, allow_outside=outside),
+            None)
 
 
 def _val_records(cfg: RecipeConfig, run: Path) -> list[Record] | None:
     """Validation records for periodic evaluation: data.val, or the synthetic benchmark's val split."""
     if cfg.data.val:
-        return load_records(cfg.data.val)
+        return load_records(cfg.data.val, allow_outside=cfg.data.allow_outside_paths)
     if cfg.data.synthetic is not None and (run / "data" / "val.jsonl").exists():
         return load_records(run / "data" / "val.jsonl")
     return None
