@@ -42,15 +42,20 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _run(config: Path, out: Path) -> dict:
+def _run(config: Path, out: Path, overwrite: bool = False, resume: bool = False) -> dict:
     from .data.errors import DataError
     from .train.recipe import RecipeConfig, run_recipe
 
     try:
         cfg = RecipeConfig.from_yaml(config)
-        return run_recipe(cfg, out)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+        cfg.resume = resume or cfg.resume
+        return run_recipe(cfg, out, overwrite=overwrite)
+    except (DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
         _fail(str(exc))
+
+
+Overwrite = Annotated[bool, typer.Option(
+    help="Replace the outputs of an earlier run in OUT (only those: other files there are kept).")]
 
 
 @app.command()
@@ -59,12 +64,17 @@ def quickstart(
     = Path("quickstart_out"),
     smoke: Annotated[bool, typer.Option(help="A one-minute run at toy sizes, to check an install.")] = False,
     config: Annotated[Optional[Path], typer.Option(help="Use this YAML recipe instead of the bundled one.")] = None,
+    overwrite: Overwrite = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUT: its data, then RL from the "
+                                              "newest checkpoint in OUT/rl.")] = False,
 ) -> None:
     """Generate CLIMB-mini, warm-start a tiny model, train it with DRPO, evaluate it and write a report.
 
     Takes under 10 minutes on 2 CPU cores. Look at OUT/report.md, OUT/metrics.json and the PNG plots.
     """
-    _run(config or bundled_config("smoke" if smoke else "quickstart"), out)
+    if overwrite and resume:
+        _fail("--overwrite and --resume exclude each other: replace the earlier run or continue it")
+    _run(config or bundled_config("smoke" if smoke else "quickstart"), out, overwrite=overwrite, resume=resume)
 
 
 @app.command()
@@ -72,6 +82,7 @@ def train(
     config: Annotated[Path, typer.Argument(help="YAML recipe: data, model, sft, rl, eval sections.")],
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/latest"),
     resume: Annotated[bool, typer.Option(help="Continue RL from the newest checkpoint in OUT/rl.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Run a training recipe: warm start, RL with the chosen estimator, evaluation, report.
 
@@ -81,11 +92,13 @@ def train(
     from .data.errors import DataError
     from .train.recipe import RecipeConfig, run_recipe
 
+    if overwrite and resume:
+        _fail("--overwrite and --resume exclude each other: replace the earlier run or continue it")
     try:
         cfg = RecipeConfig.from_yaml(config)
         cfg.resume = resume or cfg.resume
-        run_recipe(cfg, out)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+        run_recipe(cfg, out, overwrite=overwrite)
+    except (DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
         _fail(str(exc))
 
 
