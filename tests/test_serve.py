@@ -193,6 +193,15 @@ def test_chat_completions_openai_shape(client):
     assert r.status_code == 200 and r.json()["model"] == "tiny"
 
 
+def _npy_header_only(shape) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + b"\0" * 64
+
+
+NPY_CLAIMING_10_10 = _npy_header_only((8, 10**10 // 8))
+
+
 @pytest.mark.parametrize("payload, status, param, text", [
     ({"question": 123}, 422, "question", "valid string"),
     ({"question": "q", "images": [{"data": 5}]}, 422, "images[0].data", "valid string"),
@@ -210,6 +219,8 @@ def test_chat_completions_openai_shape(client):
     ({"question": "q", "ecg": [{"signal": [[0.0] * 600] * 8, "fs": 1e9}]}, 400, "ecg[0]", "within 50..10000 Hz"),
     ({"question": "q", "ecg": [{"npy": b64(npy_bytes(np.zeros((8, 600)))), "fs": 20000}]}, 400, "ecg[0]",
      "within 50..10000 Hz"),
+    ({"question": "q", "ecg": [{"npy": b64(NPY_CLAIMING_10_10), "fs": 500}]}, 400, "ecg[0].npy", "over the limit"),
+    ({"question": "q", "ecg": [{"npy": b64(NPY_CLAIMING_10_10)}]}, 400, "ecg[0]", "over the limit"),
     ({"question": "q", "images": ["%%%not-base64"]}, 400, "images[0]", "not valid base64"),
     ({"question": "q", "images": ["/etc/passwd"]}, 400, "images[0]", "base64"),
     ({"question": "q", "images": ["file:///etc/passwd"]}, 400, "images[0]", "not fetched"),

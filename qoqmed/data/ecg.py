@@ -24,6 +24,7 @@ from scipy.signal import firwin, resample_poly
 
 from .errors import DataError
 from .files import check_file
+from .limits import check_npy_header
 
 __all__ = [
     "ECGSpec", "ECGSignal", "read_ecg", "canonical_lead", "STANDARD_LEADS", "ENCODER_LEADS",
@@ -364,8 +365,12 @@ def _dicom_channel_label(channel) -> str:
 def _read_npy(path: Path, fs: float | None, lead_names: Sequence[str] | None) -> tuple[np.ndarray, list[str], float]:
     rate = _check_rate(path, fs)
     try:
-        arr = np.load(path, allow_pickle=False)
+        with path.open("rb") as fh:
+            check_npy_header(path, fh)
+            arr = np.load(fh, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"{path}: cannot read ECG array: {exc}") from exc
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
         kind = getattr(arr, "dtype", type(arr).__name__)
