@@ -90,3 +90,22 @@ def test_npy_values_are_limited_from_the_header(tmp_path):
         read_ecg(tmp_path / "e.npy", fs=500)
     with pytest.raises(DataError, match=pattern):
         load_ecg(tmp_path / "e.npy")
+
+
+def test_dicom_pixels_are_limited_from_the_header(tmp_path, monkeypatch):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from qoqmed.data.volumes import load_volume
+
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # 128 x 128
+    ds.save_as(tmp_path / "ct.dcm")
+    assert load_image(tmp_path / "ct.dcm").size == (128, 128)
+    monkeypatch.setenv("QOQMED_MAX_IMAGE_PIXELS", "10000")
+    with pytest.raises(DataError, match=r"ct\.dcm: 16,384 pixels \(128 x 128 x 1 frame\(s\)\), over the limit of "
+                                        r"10,000 \(set QOQMED_MAX_IMAGE_PIXELS"):
+        load_image(tmp_path / "ct.dcm")
+    ds.NumberOfFrames = 100000  # a header claiming 1.6 G pixels of frames that are not there
+    ds.save_as(tmp_path / "frames.dcm")
+    with pytest.raises(DataError, match=r"frames\.dcm: 1,638,400,000 pixels .* QOQMED_MAX_VOLUME_VOXELS"):
+        load_volume(tmp_path / "frames.dcm")

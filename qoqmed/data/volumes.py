@@ -34,9 +34,9 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .dicom import apply_window, dicom_pixels, gray_to_rgb, read_dicom, rescale_to_uint8
 from .errors import DataError
-from .limits import check_size
 from .files import (NIFTI_SUFFIXES, NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES,
                     is_dicom)
+from .limits import check_size
 from .windows import WINDOWS
 
 __all__ = [
