@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -425,9 +426,18 @@ def _finish_conversion(conversion, out: Path, prefix: str = "") -> None:
         written = write_splits(conversion, out, prefix=prefix)
     except DataError as exc:
         _fail(str(exc))
+    from .data.schema import leaves_folder
+
     counts = ", ".join(f"{split}: {len(conversion.splits[split])}" for split in written)
+    outside = any(leaves_folder(os.path.relpath(record.resolve(rel), out))
+                  for records in conversion.splits.values() for record in records for _, rel in record.files())
+    flag = " --allow-outside-paths" if outside else ""
     console.print(f"wrote {', '.join(str(p) for p in written.values())} ({counts}; {len(conversion.skipped)} "
-                  f"skipped). Check the files with `qoqmed data validate`.", markup=False, soft_wrap=True)
+                  f"skipped). Check the files with `qoqmed data validate{flag}`.", markup=False, soft_wrap=True)
+    if outside:
+        console.print(f"The rows point at the source files outside {out} (../ paths): commands that read them need "
+                      "--allow-outside-paths (a recipe: data.allow_outside_paths: true).", markup=False,
+                      soft_wrap=True)
 
 
 @convert_app.command("climb")

@@ -70,7 +70,8 @@ def read_drpo_state(path: str | Path) -> dict[str, Any]:
                     if values.dtype.kind not in "fiu":
                         raise ValueError(f"{key} holds {values.dtype} values, expected numbers")
                     state[section][names[int(index)]] = values
-    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, zipfile.BadZipFile) as exc:
+    except (OSError, EOFError, ValueError, KeyError, IndexError, TypeError, AttributeError, MemoryError,
+            zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable DRPO state ({type(exc).__name__}: {exc})") from exc
     return state
 
