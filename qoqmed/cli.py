@@ -33,6 +33,27 @@ AllowOutsidePaths = Annotated[bool, typer.Option(
     help="Accept rows whose file paths leave the jsonl's folder (\"../\"); refused by default.")]
 
 
+@app.callback()
+def limits(
+    max_image_pixels: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse images (DICOM included) with more pixels; default 50,000,000.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse GIF/TIFF/WebP clips with more frames; default 2,000.")] = None,
+    max_volume_voxels: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse volumes and clips with more voxels; default 300,000,000.")] = None,
+    max_array_values: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse .npy arrays with more values; default 16,000,000.")] = None,
+) -> None:
+    """Decoded-size limits for every command; each is checked from a file's header before it is decoded."""
+    from .data.limits import ENV_PREFIX
+
+    # the readers take the limits from the environment, so they apply to every thread (the server's included)
+    for name, value in (("max_image_pixels", max_image_pixels), ("max_frames", max_frames),
+                        ("max_volume_voxels", max_volume_voxels), ("max_array_values", max_array_values)):
+        if value is not None:
+            os.environ[ENV_PREFIX + name.upper()] = str(value)
+
+
 def bundled_config(name: str) -> Path:
     """Path of a YAML config shipped inside the package (quickstart, smoke)."""
     return Path(str(resources.files("qoqmed") / "configs" / f"{name}.yaml"))

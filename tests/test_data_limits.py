@@ -109,3 +109,19 @@ def test_dicom_pixels_are_limited_from_the_header(tmp_path, monkeypatch):
     ds.save_as(tmp_path / "frames.dcm")
     with pytest.raises(DataError, match=r"frames\.dcm: 1,638,400,000 pixels .* QOQMED_MAX_VOLUME_VOXELS"):
         load_volume(tmp_path / "frames.dcm")
+
+
+def test_limits_are_set_on_the_command_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from qoqmed.cli import app
+
+    monkeypatch.setenv("QOQMED_MAX_IMAGE_PIXELS", "50000000")  # restored after the test: the option sets it
+    Image.fromarray(np.zeros((100, 100), np.uint8)).save(tmp_path / "small.png")
+    (tmp_path / "rows.jsonl").write_text('{"id": "a", "domain": "fundus", "dataset": "t/fundus", "problem": "Q? Options: '
+                                         'A, B.", "answer": "A", "images": ["small.png"]}\n')
+    runner = CliRunner()
+    assert runner.invoke(app, ["data", "validate", str(tmp_path / "rows.jsonl")]).exit_code == 0
+    result = runner.invoke(app, ["--max-image-pixels", "5000", "data", "validate", str(tmp_path / "rows.jsonl")])
+    assert result.exit_code == 1
+    assert "small.png: 10,000 pixels (100 x 100 image), over the limit of 5,000" in " ".join(result.output.split())

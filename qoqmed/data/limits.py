@@ -4,7 +4,8 @@ A small compressed file can claim a huge image (a PNG or GIF bomb, a 1 MB ``.nii
 ``.npy`` header claiming 10^10 values); decoding it first and measuring afterwards is too late. Each reader reads
 the header, compares its size with these limits, and refuses the file with a ``DataError`` naming it, its size
 and the limit. The defaults fit clinical data (a 7000 x 7000 radiograph, a 512 x 512 x 1000 CT, a 10 s 12-lead
-ECG at 10 kHz) and are set per process with environment variables (``QOQMED_MAX_IMAGE_PIXELS`` ...).
+ECG at 10 kHz) and are set per process with environment variables (``QOQMED_MAX_IMAGE_PIXELS`` ...) or the
+command line's options (``qoqmed --max-image-pixels N <command>``).
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ def check_size(source: str | Path, what: str, count: int, limit_name: str) -> No
     """Raise a DataError when ``count`` (of ``what``, e.g. "pixels") exceeds the limit ``limit_name``."""
     limit = getattr(decode_limits(), limit_name)
     if count > limit:
-        raise DataError(f"{source}: {count:,} {what}, over the limit of {limit:,} "
-                        f"(set {ENV_PREFIX}{limit_name.upper()} to allow more)")
+        raise DataError(f"{source}: {count:,} {what}, over the limit of {limit:,} (set {ENV_PREFIX}"
+                        f"{limit_name.upper()}, or qoqmed --{limit_name.replace('_', '-')}, to allow more)")
 
 
 def check_npy_header(source: str | Path, fh: BinaryIO) -> None:
