@@ -125,3 +125,13 @@ def test_limits_are_set_on_the_command_line(tmp_path, monkeypatch):
     result = runner.invoke(app, ["--max-image-pixels", "5000", "data", "validate", str(tmp_path / "rows.jsonl")])
     assert result.exit_code == 1
     assert "small.png: 10,000 pixels (100 x 100 image), over the limit of 5,000" in " ".join(result.output.split())
+
+
+def test_dicom_series_voxels_are_limited_from_the_slice_headers(tmp_path, monkeypatch):
+    from test_data_volumes import write_series
+
+    write_series(tmp_path / "series")  # 6 slices of 128 x 128
+    assert len(load_volume(tmp_path / "series", num_slices=None)) == 6
+    monkeypatch.setenv("QOQMED_MAX_VOLUME_VOXELS", "50000")
+    with pytest.raises(DataError, match=r"series: 98,304 voxels \(6 slices of 128 x 128\), over the limit of 50,000"):
+        load_volume(tmp_path / "series")

@@ -321,6 +321,9 @@ def _read_dicom_series(folder: Path) -> Volume:
     for file, ds in slices:
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise DataError(f"{file}: multi-frame file inside a DICOM series folder; read it on its own")
+    rows, columns = shapes.most_common(1)[0][0]
+    check_size(folder, f"voxels ({len(slices)} slices of {columns} x {rows})", len(slices) * rows * columns,
+               "max_volume_voxels")  # from the slices' headers, before any is decoded
 
     order, normal, orient = _series_order(folder, slices)
     slices = [slices[i] for i in order]
