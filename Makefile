@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 OUT    ?= quickstart_out
+ARGS   ?=
+# e.g. make quickstart ARGS=--overwrite (replace an earlier run in OUT) or ARGS=--resume (continue it)
 
 .PHONY: quickstart test install install-dev clean
 
@@ -24,7 +26,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 quickstart: $(VENV)/.installed
-	HF_HUB_OFFLINE=1 $(BIN)/qoqmed quickstart --out $(OUT)
+	HF_HUB_OFFLINE=1 $(BIN)/qoqmed quickstart --out $(OUT) $(ARGS)
 
 test: $(VENV)/.installed-dev
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -27,6 +28,30 @@ console = Console()
 err = Console(stderr=True)
 # Deprecation notices raised inside transformers/TRL about their own arguments; nothing a user can act on.
 warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*", category=FutureWarning)
+AllowOutsidePaths = Annotated[bool, typer.Option(
+    "--allow-outside-paths",
+    help="Accept rows whose file paths leave the jsonl's folder (\"../\"); refused by default.")]
+
+
+@app.callback()
+def limits(
+    max_image_pixels: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse images (DICOM included) with more pixels; default 50,000,000.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse GIF/TIFF/WebP clips with more frames; default 2,000.")] = None,
+    max_volume_voxels: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse volumes and clips with more voxels; default 300,000,000.")] = None,
+    max_array_values: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse .npy arrays with more values; default 16,000,000.")] = None,
+) -> None:
+    """Decoded-size limits for every command; each is checked from a file's header before it is decoded."""
+    from .data.limits import ENV_PREFIX
+
+    # the readers take the limits from the environment, so they apply to every thread (the server's included)
+    for name, value in (("max_image_pixels", max_image_pixels), ("max_frames", max_frames),
+                        ("max_volume_voxels", max_volume_voxels), ("max_array_values", max_array_values)):
+        if value is not None:
+            os.environ[ENV_PREFIX + name.upper()] = str(value)
 
 
 def bundled_config(name: str) -> Path:
@@ -39,15 +64,20 @@ def _fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-def _run(config: Path, out: Path) -> dict:
+def _run(config: Path, out: Path, overwrite: bool = False, resume: bool = False) -> dict:
     from .data.errors import DataError
     from .train.recipe import RecipeConfig, run_recipe
 
     try:
         cfg = RecipeConfig.from_yaml(config)
-        return run_recipe(cfg, out)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+        cfg.resume = resume or cfg.resume
+        return run_recipe(cfg, out, overwrite=overwrite)
+    except (DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
         _fail(str(exc))
+
+
+Overwrite = Annotated[bool, typer.Option(
+    help="Replace the outputs of an earlier run in OUT (only those: other files there are kept).")]
 
 
 @app.command()
@@ -56,12 +86,17 @@ def quickstart(
     = Path("quickstart_out"),
     smoke: Annotated[bool, typer.Option(help="A one-minute run at toy sizes, to check an install.")] = False,
     config: Annotated[Optional[Path], typer.Option(help="Use this YAML recipe instead of the bundled one.")] = None,
+    overwrite: Overwrite = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUT: its data, then RL from the "
+                                              "newest checkpoint in OUT/rl.")] = False,
 ) -> None:
     """Generate CLIMB-mini, warm-start a tiny model, train it with DRPO, evaluate it and write a report.
 
     Takes under 10 minutes on 2 CPU cores. Look at OUT/report.md, OUT/metrics.json and the PNG plots.
     """
-    _run(config or bundled_config("smoke" if smoke else "quickstart"), out)
+    if overwrite and resume:
+        _fail("--overwrite and --resume exclude each other: replace the earlier run or continue it")
+    _run(config or bundled_config("smoke" if smoke else "quickstart"), out, overwrite=overwrite, resume=resume)
 
 
 @app.command()
@@ -69,6 +104,7 @@ def train(
     config: Annotated[Path, typer.Argument(help="YAML recipe: data, model, sft, rl, eval sections.")],
     out: Annotated[Path, typer.Option(help="Run folder.")] = Path("runs/latest"),
     resume: Annotated[bool, typer.Option(help="Continue RL from the newest checkpoint in OUT/rl.")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Run a training recipe: warm start, RL with the chosen estimator, evaluation, report.
 
@@ -78,11 +114,13 @@ def train(
     from .data.errors import DataError
     from .train.recipe import RecipeConfig, run_recipe
 
+    if overwrite and resume:
+        _fail("--overwrite and --resume exclude each other: replace the earlier run or continue it")
     try:
         cfg = RecipeConfig.from_yaml(config)
         cfg.resume = resume or cfg.resume
-        run_recipe(cfg, out)
-    except (DataError, ValueError, FileNotFoundError) as exc:
+        run_recipe(cfg, out, overwrite=overwrite)
+    except (DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
         _fail(str(exc))
 
 
@@ -101,6 +139,7 @@ def sft(
     report_to: Annotated[Optional[str], typer.Option(help="Comma-separated: tensorboard, wandb.")] = None,
     logging_steps: Annotated[int, typer.Option(help="Log the loss every N steps.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the tiny model's init and the data order.")] = 0,
+    allow_outside_paths: AllowOutsidePaths = False,
 ) -> None:
     """Supervised warm start with TRL's SFTTrainer: learn the answer format (<think>, boxes, \\boxed{})."""
     from .data.errors import DataError
@@ -109,8 +148,8 @@ def sft(
     from .train.sft import SFTSettings, warm_start
 
     try:
-        records = load_records(data)
-        val_records = load_records(val) if val else None
+        records = load_records(data, allow_outside=allow_outside_paths)
+        val_records = load_records(val, allow_outside=allow_outside_paths) if val else None
         settings = SFTSettings(epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                                learning_rate=learning_rate, eval_steps=eval_steps, seed=seed,
                                logging_steps=logging_steps,
@@ -161,6 +200,7 @@ def evaluate_cmd(
                                               "off.")] = 1.0,
     seed: Annotated[int, typer.Option(help="Seed of the --samples draws: the same seed gives the same "
                                            "samples.")] = 0,
+    allow_outside_paths: AllowOutsidePaths = False,
 ) -> None:
     """Generate answers with greedy decoding and report per-label, per-dataset, per-domain metrics.
 
@@ -190,7 +230,7 @@ def evaluate_cmd(
     if samples and not 0 <= seed < 2**63:
         _fail(f"--seed must be in [0, 2**63), got {seed}")
     try:
-        records = load_records(data)
+        records = load_records(data, allow_outside=allow_outside_paths)
     except DataError as exc:
         _fail(str(exc))
     if not (model / "config.json").exists():
@@ -300,6 +340,7 @@ def data_validate(
     read_files: Annotated[bool, typer.Option(
         help="Read every referenced file (images incl. DICOM, volumes, ECGs, masks); --no-read-files only checks "
              "that they exist.")] = True,
+    allow_outside_paths: AllowOutsidePaths = False,
 ) -> None:
     """Check every row and every file it references; print one line per problem; exit 1 if any.
 
@@ -319,7 +360,8 @@ def data_validate(
         return track(items, description="reading files", console=err, transient=True)
 
     try:
-        result = validate_records(path, read_files=read_files, progress=progress)
+        result = validate_records(path, read_files=read_files, progress=progress,
+                                  allow_outside=allow_outside_paths)
     except DataError as exc:  # the jsonl file itself is missing or unreadable
         result = None
         problems = [str(exc)]
@@ -346,6 +388,7 @@ def data_stats(
     path: Annotated[Path, typer.Argument(help="A jsonl file of records.")],
     plot: Annotated[Optional[Path], typer.Option(help="Write a bar chart of rows per domain to this PNG.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the counts as JSON.")] = False,
+    allow_outside_paths: AllowOutsidePaths = False,
 ) -> None:
     """Rows per domain, dataset and label, and how imbalanced the domains are."""
     from rich.table import Table
@@ -355,7 +398,7 @@ def data_stats(
     from .data.stats import plot_domain_counts, record_stats
 
     try:
-        records = load_records(path, check_files=False)
+        records = load_records(path, check_files=False, allow_outside=allow_outside_paths)
     except DataError as exc:
         _fail(f"{exc}\n(run `qoqmed data validate {path}` for every problem)")
     stats = record_stats(records)
@@ -404,9 +447,18 @@ def _finish_conversion(conversion, out: Path, prefix: str = "") -> None:
         written = write_splits(conversion, out, prefix=prefix)
     except DataError as exc:
         _fail(str(exc))
+    from .data.schema import leaves_folder
+
     counts = ", ".join(f"{split}: {len(conversion.splits[split])}" for split in written)
+    outside = any(leaves_folder(os.path.relpath(record.resolve(rel), out))
+                  for records in conversion.splits.values() for record in records for _, rel in record.files())
+    flag = " --allow-outside-paths" if outside else ""
     console.print(f"wrote {', '.join(str(p) for p in written.values())} ({counts}; {len(conversion.skipped)} "
-                  f"skipped). Check the files with `qoqmed data validate`.", markup=False, soft_wrap=True)
+                  f"skipped). Check the files with `qoqmed data validate{flag}`.", markup=False, soft_wrap=True)
+    if outside:
+        console.print(f"The rows point at the source files outside {out} (../ paths): commands that read them need "
+                      "--allow-outside-paths (a recipe: data.allow_outside_paths: true).", markup=False,
+                      soft_wrap=True)
 
 
 @convert_app.command("climb")

@@ -1,6 +1,7 @@
 """The command line end to end: the quickstart at smoke size, eval on its output, data validation, help."""
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -147,3 +148,32 @@ def test_compare_two_runs(smoke_run, tmp_path):
     assert (tmp_path / "compare.png").exists()
     missing = runner.invoke(app, ["compare", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "nope" in missing.output
+
+
+def test_quickstart_on_an_earlier_run_asks_for_a_flag_then_overwrites_or_resumes(smoke_run, tmp_path):
+    again = tmp_path / "again"
+    shutil.copytree(smoke_run, again)
+    before = sorted(p.relative_to(again) for p in again.rglob("*"))
+    refused = runner.invoke(app, ["quickstart", "--smoke", "--out", str(again)])
+    assert refused.exit_code == 2
+    message = " ".join(refused.output.split())
+    assert "already holds a run" in message and "--overwrite" in message and "--resume" in message
+    assert "Traceback" not in refused.output and "overwrite=True" not in refused.output
+    assert sorted(p.relative_to(again) for p in again.rglob("*")) == before  # nothing touched
+
+    (again / "notes.txt").write_text("mine")  # not a run output: kept
+    stale = again / "rl" / "checkpoint-999"
+    stale.mkdir()
+    replaced = runner.invoke(app, ["quickstart", "--smoke", "--out", str(again), "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output + repr(replaced.exception)
+    assert (again / "notes.txt").read_text() == "mine" and not stale.exists()
+    fresh, first = (_without_timings(json.loads((d / "metrics.json").read_text())) for d in (again, smoke_run))
+    assert fresh.pop("final_model") != first.pop("final_model")
+    assert fresh == first  # a complete fresh run of the same recipe
+
+    data_written = (again / "data" / "train.jsonl").stat().st_mtime_ns
+    resumed = runner.invoke(app, ["quickstart", "--smoke", "--out", str(again), "--resume"])
+    assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
+    assert (again / "data" / "train.jsonl").stat().st_mtime_ns == data_written  # the run's data is reused
+    both = runner.invoke(app, ["quickstart", "--smoke", "--out", str(again), "--resume", "--overwrite"])
+    assert both.exit_code == 2 and "exclude each other" in both.output

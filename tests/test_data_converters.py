@@ -22,12 +22,16 @@ from qoqmed.data.validate import validate_records
 runner = CliRunner()
 
 
-def _check_outputs(written):
-    """Every written split validates with its files read, and every row loads."""
+def _check_outputs(written, outside=True):
+    """Every written split validates with its files read, and every row loads. ``outside``: the output folder is
+    not the source folder, so the rows point at files outside it and are refused unless that is allowed."""
     for path in written.values():
-        result = validate_records(path)
+        if outside:
+            refused = validate_records(path)
+            assert refused.problems and all("leaves the dataset folder" in p.reason for p in refused.problems)
+        result = validate_records(path, allow_outside=outside)
         assert result.ok, [str(p) for p in result.problems]
-        for record in load_records(path):
+        for record in load_records(path, allow_outside=outside):
             loaded = load_record(record)
             assert len(loaded.images) == loaded.problem.count("<image>")
             assert len(loaded.ecgs) == record.problem.count("<ecg>")
@@ -133,8 +137,11 @@ def test_convert_ptbxl_cli(tmp_path):
     result = runner.invoke(app, ["data", "convert", "ptbxl", str(root / "ptbxl_database.csv"), "--out",
                                  str(tmp_path / "o"), "--statements", str(root / "scp_statements.csv")])
     assert result.exit_code == 0, result.output
+    assert "--allow-outside-paths" in result.output  # the rows point back into the source folder
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["test.jsonl", "train.jsonl", "val.jsonl"]
-    assert runner.invoke(app, ["data", "validate", str(tmp_path / "o" / "train.jsonl")]).exit_code == 0
+    assert runner.invoke(app, ["data", "validate", str(tmp_path / "o" / "train.jsonl")]).exit_code == 1
+    assert runner.invoke(app, ["data", "validate", str(tmp_path / "o" / "train.jsonl"),
+                               "--allow-outside-paths"]).exit_code == 0
     bad = runner.invoke(app, ["data", "convert", "ptbxl", str(root / "ptbxl_database.csv"), "--out",
                               str(tmp_path / "o2"), "--label-column", "codes"])
     assert bad.exit_code == 2 and "missing column(s) codes" in bad.output
@@ -165,14 +172,15 @@ def test_convert_folder_layouts(tmp_path):
     result = runner.invoke(app, ["data", "convert", "folder", str(split_root), "--domain", "ct", "--out",
                                  str(tmp_path / "o2"), "--window", "lung"])
     assert result.exit_code == 0, result.output
-    records = load_records(tmp_path / "o2" / "train.jsonl")
+    records = load_records(tmp_path / "o2" / "train.jsonl", allow_outside=True)
     assert len(records) == 3 and sum(1 for r in records if r.volumes) == 1
     assert [v.window for r in records for v in r.volumes] == ["lung"]
-    stats = runner.invoke(app, ["data", "stats", str(tmp_path / "o2" / "train.jsonl"), "--json"])
+    stats = runner.invoke(app, ["data", "stats", str(tmp_path / "o2" / "train.jsonl"), "--json",
+                                "--allow-outside-paths"])
     payload = json.loads(stats.output)
     assert payload["with_volumes"] == 1 and payload["datasets"]["ct/ct_split"]["labels"] == {"A": 2, "B": 1}
     assert payload["datasets"]["ct/ct_split"]["label_imbalance"] == 2.0
-    table = runner.invoke(app, ["data", "stats", str(tmp_path / "o2" / "train.jsonl")])
+    table = runner.invoke(app, ["data", "stats", str(tmp_path / "o2" / "train.jsonl"), "--allow-outside-paths"])
     assert table.exit_code == 0 and "2.0x" in table.output and "with volumes 1" in table.output
     _check_outputs({"train": tmp_path / "o2" / "train.jsonl", "test": tmp_path / "o2" / "test.jsonl"})
     with pytest.raises(DataError, match="no class folders"):

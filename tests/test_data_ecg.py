@@ -258,3 +258,81 @@ def test_wfdb_fast_path_gaps_and_truncation(tmp_path):
     dat.write_bytes(dat.read_bytes()[:1000])
     with pytest.raises(DataError, match=r"rec\.dat is truncated"):
         read_ecg(tmp_path / "rec.hea")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# sampling rates: validated wherever they come from, and resampling stays small whatever the rate
+
+
+def _set_header_rate(base, rate: str):
+    hea = base.with_suffix(".hea")
+    first, rest = hea.read_text().split("\n", 1)
+    fields = first.split()
+    fields[2] = rate
+    hea.write_text(" ".join(fields) + "\n" + rest)
+    return hea
+
+
+@pytest.mark.parametrize("fmt", ["16", "212"])  # the fast format-16 reader and wfdb's own
+@pytest.mark.parametrize("rate", ["0", "0.0006", "20000", "49.9"])
+def test_wfdb_header_rates_out_of_range_are_named(tmp_path, fmt, rate):
+    base = tmp_path / "rec"
+    wfdb.wrsamp("rec", fs=500, units=["mV"] * 8, sig_name=list(ENCODER_LEADS), p_signal=_sines(ENCODER_LEADS).T,
+                fmt=[fmt] * 8, write_dir=str(tmp_path))
+    hea = _set_header_rate(base, rate)
+    with pytest.raises(DataError, match=r"rec\.hea: WFDB header: sampling rate [0-9.]+ Hz is not a finite number "
+                                        r"within 50\.\.10000 Hz"):
+        read_ecg(hea)
+
+
+def test_an_odd_rate_resamples_with_a_small_filter(tmp_path):
+    """1000.001 Hz is a valid rate; it must not turn into a filter of millions of taps (it resamples as 1000 Hz)."""
+    import tracemalloc
+    from fractions import Fraction
+
+    from qoqmed.data.ecg import MAX_RESAMPLE_FACTOR, resample_ratio
+
+    assert resample_ratio(1000.001, 250) == Fraction(1, 4)
+    assert resample_ratio(257, 250) == Fraction(250, 257) and resample_ratio(128, 250) == Fraction(125, 64)
+    for rate in (50.0, 50.0001, 333.3333, 9999.999, 10_000.0, 777.77):
+        ratio = resample_ratio(rate, 250)
+        assert max(ratio.numerator, ratio.denominator) <= MAX_RESAMPLE_FACTOR
+        assert abs(float(ratio) * rate / 250 - 1) < 2e-3  # the effective rate is within 0.2 % of the stated one
+
+    base = tmp_path / "rec"
+    wfdb.wrsamp("rec", fs=1000, units=["mV"] * 8, sig_name=list(ENCODER_LEADS),
+                p_signal=_sines(ENCODER_LEADS, fs=1000).T, fmt=["16"] * 8, write_dir=str(tmp_path))
+    hea = _set_header_rate(base, "1000.001")
+    tracemalloc.start()
+    try:
+        sig = read_ecg(hea)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sig.data.shape == (8, 2500) and sig.original_rate == 1000.001
+    assert peak < 20 * 8 * 10_000 * 8  # a small multiple of the 8 x 10,000 float64 signal (old filter: 160 MB)
+    assert _peak(sig.data[0]) == pytest.approx(AMPS["I"], rel=0.02)
+
+
+@pytest.mark.parametrize("fs", [0, -5, float("nan"), float("inf"), 0.0006, 1e9, "fast"])
+@pytest.mark.parametrize("suffix", [".npy", ".csv"])
+def test_fs_argument_out_of_range_is_named(tmp_path, fs, suffix):
+    path = tmp_path / f"e{suffix}"
+    if suffix == ".npy":
+        np.save(path, _sines(ENCODER_LEADS).astype(np.float32))
+    else:
+        path.write_text("I,II\n1,2\n3,4\n")
+    with pytest.raises(DataError, match=rf"e\{suffix}: fs: sampling rate .* Hz is not a finite number within"):
+        read_ecg(path, fs=fs)
+
+
+@pytest.mark.parametrize("rate", ["0", "0.0006", "20000"])
+def test_dicom_sampling_frequency_out_of_range_is_named(tmp_path, rate):
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("waveform_ecg.dcm"))
+    for group in ds.WaveformSequence:
+        group.SamplingFrequency = rate
+    ds.save_as(tmp_path / "w.dcm")
+    with pytest.raises(DataError, match=r"w\.dcm: DICOM waveform group 0 SamplingFrequency: sampling rate "):
+        read_ecg(tmp_path / "w.dcm")

@@ -108,3 +108,24 @@ def test_load_mask(tmp_path):
     assert load_mask(tmp_path / "rgb.png").nonzero() == (np.array([1]), np.array([2]))
     with pytest.raises(DataError, match="mask file not found"):
         load_mask(tmp_path / "nope.png")
+
+
+def test_only_allowed_image_formats_are_decoded(tmp_path):
+    from qoqmed.data.volumes import load_volume
+
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+    for name in ("eps.png", "eps.tif", "eps.gif"):
+        (tmp_path / name).write_bytes(eps)
+    with Image.open(tmp_path / "eps.png") as img:  # Pillow on its own would pick the EPS plugin
+        assert img.format == "EPS"
+    with pytest.raises(DataError, match=r"eps\.png: cannot read image: not a recognised image format \(accepted"):
+        load_image(tmp_path / "eps.png")
+    with pytest.raises(DataError, match=r"eps\.png: cannot read mask: not a recognised image format"):
+        load_mask(tmp_path / "eps.png", (10, 10))
+    for name in ("eps.tif", "eps.gif"):
+        with pytest.raises(DataError, match=rf"{name}: cannot read frames: not a recognised image format"):
+            load_volume(tmp_path / name)
+    # every allowed format still decodes
+    for fmt, suffix in [("BMP", ".bmp"), ("GIF", ".gif"), ("WEBP", ".webp")]:
+        Image.fromarray(np.full((6, 7, 3), 90, np.uint8)).save(tmp_path / f"ok{suffix}", format=fmt)
+        assert load_image(tmp_path / f"ok{suffix}").size == (7, 6)

@@ -290,7 +290,9 @@ def test_write_then_load_round_trip_and_rebase(tmp_path):
     assert load_records(same) == recs
 
     moved = write_records(recs, tmp_path / "elsewhere" / "sub" / "train.jsonl")
-    again = load_records(moved)  # files still resolve from the new folder
+    with pytest.raises(DataError, match="leaves the dataset folder"):  # "../" paths need the explicit option
+        load_records(moved)
+    again = load_records(moved, allow_outside=True)  # files still resolve from the new folder
     assert again[0].images[0] == "../../data/ct/x/000001/slice_0.png"
     assert again[0].resolve(again[0].images[0]).resolve() == (src / row["images"][0]).resolve()
     assert [r.id for r in again] == ["ct-000001", "ct-2"]
@@ -310,3 +312,37 @@ def test_llava_rows_are_read_directly(tmp_path):
     with pytest.raises(DataError) as info:
         parse_record({"id": "c3", "images": ["a/b/c.png"], "conversations": [{"from": "gpt", "value": "x"}]}, tmp_path)
     assert any("conversations: has no human turn" in p for p in info.value.problems)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# paths that leave the dataset folder
+
+
+@pytest.mark.parametrize("field, value, named", [
+    ("images", ["ct/x/../../../secret.png", "ct/x/000001/slice_1.png"], "images[0]"),
+    ("images", ["ct/x/000001/slice_0.png", "..\\..\\secret.png"], "images[1]"),
+    ("ecg", ["../ecg/a.npy"], "ecg[0]"),
+    ("segmentation_path", "ct/../../mask.png", "segmentation_path"),
+    ("volumes", [{"path": "../vol.nii.gz"}], "volumes[0]"),
+    ("volumes", ["../../vol.nii.gz"], "volumes[0]"),
+])
+def test_paths_leaving_the_dataset_folder_are_refused_unless_allowed(tmp_path, field, value, named):
+    over = {field: value}
+    if field in ("ecg", "volumes"):
+        over |= {"images": [], "boxes": [], "segmentation_path": None, "domain": "ecg" if field == "ecg" else "ct",
+                 "problem": "Which finding? Options: a, b."}
+    path = _write_jsonl(tmp_path / "data.jsonl", [_row(**over)])
+    with pytest.raises(DataError) as err:
+        load_records(path, check_files=False)
+    assert any(named in line and "leaves the dataset folder" in line and "data.jsonl:1" in line
+               for line in err.value.problems), err.value.problems
+    assert load_records(path, check_files=False, allow_outside=True)[0].id == "ct-000001"
+    with pytest.raises(DataError, match="leaves the dataset folder"):
+        parse_record(_row(**over), tmp_path)
+
+
+def test_dot_dot_inside_the_folder_is_fine(tmp_path):
+    row = _row(images=["ct/x/../x/000001/slice_0.png", "ct/./x/000001/slice_1.png"], segmentation_path=None)
+    _touch(tmp_path, "ct/x/000001/slice_0.png", "ct/x/000001/slice_1.png")
+    record = load_records(_write_jsonl(tmp_path / "data.jsonl", [row]))[0]
+    assert record.images[0] == "ct/x/../x/000001/slice_0.png"

@@ -134,3 +134,37 @@ def test_validate_ok_on_real_samples(broken, tmp_path):
     fast = runner.invoke(app, ["data", "validate", str(path), "--no-read-files"])
     assert fast.exit_code == 1 and "nothere.png: file not found" in fast.output
     assert "nan.nii.gz" not in fast.output  # existence only: the file is there
+
+
+def test_paths_leaving_the_folder_are_problems_unless_allowed(tmp_path):
+    outside = tmp_path / "outside.png"
+    Image.fromarray(np.full((40, 50), 200, np.uint8)).save(outside)
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    Image.fromarray(np.full((40, 50), 200, np.uint8)).save(tmp_path / "data" / "ok.png")
+    path = tmp_path / "data" / "rows.jsonl"
+    rows = [_row("escape", images=["sub/../../outside.png"]), _row("inside", images=["ok.png"])]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    result = validate_records(path)
+    assert [(p.line, p.field) for p in result.problems] == [(1, "images[0]")]
+    assert "leaves the dataset folder" in result.problems[0].reason
+    assert result.valid_rows == 1  # the good row is still checked and counted
+
+    cli = runner.invoke(app, ["data", "validate", str(path)])
+    assert cli.exit_code == 1 and "rows.jsonl:1: images[0]" in cli.output and "leaves the dataset folder" in cli.output
+    allowed = runner.invoke(app, ["data", "validate", str(path), "--allow-outside-paths"])
+    assert allowed.exit_code == 0, allowed.output
+    assert validate_records(path, allow_outside=True).ok
+
+
+def test_image_content_in_a_refused_format_is_a_problem(tmp_path):
+    """PostScript named .png: Pillow alone would hand it to its EPS plugin; the readers refuse it by content."""
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\n%%EOF\n"
+    (tmp_path / "scan.png").write_bytes(eps)
+    with Image.open(tmp_path / "scan.png") as img:  # what Pillow would do without an allow-list
+        assert img.format == "EPS"
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps(_row("eps", images=["scan.png"])) + "\n")
+    result = validate_records(path)
+    assert [p.field for p in result.problems] == ["images[0]"]
+    assert "not a recognised image format (accepted: PNG, JPEG" in result.problems[0].reason

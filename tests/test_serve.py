@@ -193,6 +193,15 @@ def test_chat_completions_openai_shape(client):
     assert r.status_code == 200 and r.json()["model"] == "tiny"
 
 
+def _npy_header_only(shape) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    return buf.getvalue() + b"\0" * 64
+
+
+NPY_CLAIMING_10_10 = _npy_header_only((8, 10**10 // 8))
+
+
 @pytest.mark.parametrize("payload, status, param, text", [
     ({"question": 123}, 422, "question", "valid string"),
     ({"question": "q", "images": [{"data": 5}]}, 422, "images[0].data", "valid string"),
@@ -206,6 +215,12 @@ def test_chat_completions_openai_shape(client):
     ({"question": "q", "ecg": [{"signal": [[1.0, 2.0]]}]}, 422, "ecg[0]", "needs fs"),
     ({"question": "q", "ecg": [{"csv": "AAAA"}]}, 422, "ecg[0]", "csv needs fs"),
     ({"question": "q", "ecg": [{"csv": b64(b"I,II\n1,2,3\n"), "fs": 500}]}, 400, "ecg[0]", "3 data columns"),
+    ({"question": "q", "ecg": [{"signal": [[0.0] * 600] * 8, "fs": 0.0006}]}, 400, "ecg[0]", "within 50..10000 Hz"),
+    ({"question": "q", "ecg": [{"signal": [[0.0] * 600] * 8, "fs": 1e9}]}, 400, "ecg[0]", "within 50..10000 Hz"),
+    ({"question": "q", "ecg": [{"npy": b64(npy_bytes(np.zeros((8, 600)))), "fs": 20000}]}, 400, "ecg[0]",
+     "within 50..10000 Hz"),
+    ({"question": "q", "ecg": [{"npy": b64(NPY_CLAIMING_10_10), "fs": 500}]}, 400, "ecg[0].npy", "over the limit"),
+    ({"question": "q", "ecg": [{"npy": b64(NPY_CLAIMING_10_10)}]}, 400, "ecg[0]", "over the limit"),
     ({"question": "q", "images": ["%%%not-base64"]}, 400, "images[0]", "not valid base64"),
     ({"question": "q", "images": ["/etc/passwd"]}, 400, "images[0]", "base64"),
     ({"question": "q", "images": ["file:///etc/passwd"]}, 400, "images[0]", "not fetched"),
@@ -226,6 +241,24 @@ def test_bad_inputs_get_clear_4xx(client, payload, status, param, text):
     err = error_of(r)
     assert err["param"] == param and text in err["message"], err
     assert "qoqmed-req-" not in err["message"] and "/tmp" not in err["message"]  # no server paths leak
+
+
+@pytest.mark.parametrize("rate", ["0", "0.0006"])
+def test_wfdb_header_rate_out_of_range_is_a_400(client, tmp_path, rate):
+    import wfdb
+
+    from qoqmed.data.ecg import ENCODER_LEADS
+
+    wfdb.wrsamp("rec", fs=500, units=["mV"] * 8, sig_name=list(ENCODER_LEADS), p_signal=np.zeros((5000, 8)),
+                fmt=["16"] * 8, write_dir=str(tmp_path))
+    first, rest = (tmp_path / "rec.hea").read_text().split("\n", 1)
+    hea = " ".join(first.split()[:2] + [rate] + first.split()[3:]) + "\n" + rest
+    r = client.post("/v1/predict", json={"question": "q", "ecg": [
+        {"hea": b64(hea.encode()), "dat": b64((tmp_path / "rec.dat").read_bytes())}]})
+    assert r.status_code == 400, r.text
+    err = error_of(r)
+    assert err["param"].startswith("ecg[0]") and "WFDB header: sampling rate" in err["message"], err
+    assert "/tmp" not in err["message"]
 
 
 def test_wfdb_header_cannot_name_paths(client):

@@ -2,16 +2,19 @@
 
 import inspect
 import json
+import shutil
 
 import pytest
 import torch
 from trl import GRPOTrainer
 
+from qoqmed.data.errors import DataError
 from qoqmed.data.prompts import encode_batch, load_record, target_text
 from qoqmed.data.schema import load_records
 from qoqmed.modeling import QoQMedForConditionalGeneration
 from qoqmed.modeling.tiny import TinySpec, build_tiny
 from qoqmed.rewards.scores import score
+from qoqmed.train.drpo_state import read_drpo_state
 from qoqmed.train.rl import QoQMedGRPOTrainer, build_rl_dataset, make_reward_function, train_rl
 from qoqmed.train.settings import RLSettings
 from qoqmed.train.sft import SFTSettings, warm_start
@@ -109,7 +112,7 @@ def test_two_rl_steps_update_the_model_and_log_domains(records, tiny, tmp_path, 
     assert QoQMedForConditionalGeneration.from_pretrained(tmp_path / "rl" / "model") is not None
     assert json.loads((tmp_path / "rl" / "rl_logs.json").read_text())["settings"]["estimator"] == estimator
     if estimator == "drpo":
-        assert (tmp_path / "rl" / "model" / "drpo_state.pt").exists()
+        assert (tmp_path / "rl" / "model" / "drpo_state.npz").exists()
 
 
 def _length_reward(completions, **_):
@@ -178,7 +181,7 @@ def test_checkpoints_carry_the_drpo_state_and_resume_restores_it(records, tiny, 
     settings = RLSettings(num_generations=2, batch_size=4, max_steps=2, max_completion_length=8, save_steps=1,
                           drpo_mode="reference")
     train_rl(tmp_path / "start", records, tmp_path / "rl", settings)
-    saved = torch.load(tmp_path / "rl" / "checkpoint-2" / "drpo_state.pt", weights_only=False)
+    saved = read_drpo_state(tmp_path / "rl" / "checkpoint-2" / "drpo_state.npz")
     assert sum(len(v) for v in saved["domains"].values()) == 4  # 2 steps x 2 questions of history
 
     restored = []
@@ -197,8 +200,26 @@ def test_checkpoints_carry_the_drpo_state_and_resume_restores_it(records, tiny, 
     finally:
         DRPO.load_state_dict = original
     assert restored and sum(len(v) for v in restored[0]["domains"].values()) == 4
-    final = torch.load(tmp_path / "rl" / "checkpoint-3" / "drpo_state.pt", weights_only=False)
+    final = read_drpo_state(tmp_path / "rl" / "checkpoint-3" / "drpo_state.npz")
     assert sum(len(v) for v in final["domains"].values()) == 6
+
+    # someone else's checkpoint whose state carries a code payload: refused, the payload never runs
+    evil = tmp_path / "shared" / "checkpoint-2"
+    shutil.copytree(tmp_path / "rl" / "checkpoint-2", evil)
+    (evil / "drpo_state.npz").unlink()
+    marker = tmp_path / "payload-ran"
+    torch.save({"domains": {}, "x": _Payload(marker)}, evil / "drpo_state.pt")
+    with pytest.raises(DataError, match="drpo_state.pt: refused to load"):
+        train_rl(tmp_path / "start", records, tmp_path / "shared", settings, resume_from=str(evil))
+    assert not marker.exists()
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
 
 
 def test_trl_overridden_hooks_and_config_fields_exist():

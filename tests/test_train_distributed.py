@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from qoqmed.modeling.tiny import TinySpec, build_tiny
 from qoqmed.data.schema import load_records
+from qoqmed.train.drpo_state import read_drpo_state
 
 WORKER = Path(__file__).with_name("rl_worker.py")
 SPEC = TinySpec(hidden_size=64, intermediate_size=128, vision_depth=1, vision_hidden=32)
@@ -52,7 +52,7 @@ def _steps(path):
 
 
 def _state(path):
-    return torch.load(path, weights_only=False)
+    return read_drpo_state(path)
 
 
 def _same_state(a, b):
@@ -85,10 +85,10 @@ def test_kill_after_checkpoint_and_resume_matches_an_uninterrupted_run(start, mi
         assert x["groups"] == y["groups"] and x["rewards"] == y["rewards"]
         assert np.allclose(x["advantages"], y["advantages"], atol=1e-6)
     assert any(abs(v) > 0 for v in b[-1]["advantages"])  # a step with signal, not a trivially equal zero batch
-    _same_state(_state(tmp_path / "full" / "checkpoint-2" / "drpo_state.pt"),
-                _state(tmp_path / "resumed" / "checkpoint-2" / "drpo_state.pt"))
-    final = _state(tmp_path / "full" / "checkpoint-3" / "drpo_state.pt")
-    _same_state(final, _state(tmp_path / "resumed" / "checkpoint-3" / "drpo_state.pt"))
+    _same_state(_state(tmp_path / "full" / "checkpoint-2" / "drpo_state.npz"),
+                _state(tmp_path / "resumed" / "checkpoint-2" / "drpo_state.npz"))
+    final = _state(tmp_path / "full" / "checkpoint-3" / "drpo_state.npz")
+    _same_state(final, _state(tmp_path / "resumed" / "checkpoint-3" / "drpo_state.npz"))
     assert sum(len(v) for v in final["domains"].values()) >= 3  # the history really carried over
     logs = json.loads((tmp_path / "resumed" / "rl_logs.json").read_text())
     assert logs["resumed_from"].endswith("checkpoint-2")
@@ -112,7 +112,7 @@ def test_two_processes_agree_on_advantages_and_train(start, mini_records_path, t
         assert len(x["groups"]) == 8 and len(x["local"]) == len(y["local"]) == 4  # 2 x 4 rows gathered
         assert np.allclose(x["local"] + y["local"], x["advantages"], atol=1e-6)  # each keeps its own slice
         assert len({g.split("@")[0] for g in x["groups"]}) == 4  # 4 questions x 2 rollouts over both ranks
-    state = _state(out / "checkpoint-2" / "drpo_state.pt")
+    state = _state(out / "checkpoint-2" / "drpo_state.npz")
     assert sum(len(v) for v in state["domains"].values()) == 8  # reference history: every question of 2 steps
     logs = json.loads((out / "rl_logs.json").read_text())
     assert len(logs["domains"]) == 2
@@ -126,5 +126,5 @@ def test_two_processes_agree_on_advantages_and_train(start, mini_records_path, t
     assert [s["step"] for s in r0] == [s["step"] for s in r1] == [0, 1, 2]
     assert r0[-1]["advantages"] == r1[-1]["advantages"]
     assert json.loads((out / "rl_logs.json").read_text())["resumed_from"].endswith("checkpoint-2")
-    state = _state(out / "checkpoint-3" / "drpo_state.pt")
+    state = _state(out / "checkpoint-3" / "drpo_state.npz")
     assert sum(len(v) for v in state["domains"].values()) == 12  # 8 restored + 4 questions of the resumed step

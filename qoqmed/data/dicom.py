@@ -18,6 +18,7 @@ from PIL import Image
 
 from .errors import DataError
 from .files import check_file
+from .limits import check_size
 
 
 def read_dicom(path: str | Path, what: str = "DICOM", stop_before_pixels: bool = False):
@@ -67,8 +68,12 @@ def dicom_pixels(ds, path: str | Path) -> DicomPixels:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = ds.pixel_array  # colour (RGB/YBR) data comes back as RGB
             n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+            rows, columns = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+            # from the header, before decoding: a small deflated file can claim gigabytes of pixels
+            check_size(path, f"pixels ({columns} x {rows} x {n_frames} frame(s))", rows * columns * n_frames,
+                       "max_volume_voxels" if n_frames > 1 else "max_image_pixels")
+            arr = ds.pixel_array  # colour (RGB/YBR) data comes back as RGB
             if photometric == "PALETTE COLOR":
                 arr = apply_color_lut(arr, ds)
             color = arr.ndim == (4 if n_frames > 1 else 3)

@@ -24,10 +24,11 @@ from scipy.signal import firwin, resample_poly
 
 from .errors import DataError
 from .files import check_file
+from .limits import check_npy_header
 
 __all__ = [
     "ECGSpec", "ECGSignal", "read_ecg", "canonical_lead", "STANDARD_LEADS", "ENCODER_LEADS",
-    "ECG_SAMPLING_RATE", "ECG_SECONDS", "ECG_SAMPLES",
+    "ECG_SAMPLING_RATE", "ECG_SECONDS", "ECG_SAMPLES", "MIN_SAMPLING_RATE", "MAX_SAMPLING_RATE", "check_sampling_rate",
 ]
 
 STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
@@ -38,6 +39,12 @@ ECG_SAMPLING_RATE = 250
 ECG_SECONDS = 10.0
 ECG_SAMPLES = int(ECG_SAMPLING_RATE * ECG_SECONDS)
 MIN_SECONDS = 1.0
+# Sampling rates accepted from files, arguments and requests (Hz): below 50 Hz a record cannot carry a QRS complex,
+# above 10 kHz no clinical recorder writes; the bounds also bound the resampling ratio to 1/40..5.
+MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 50.0, 10_000.0
+# Largest up or down factor of the resampling ratio: the anti-aliasing filter has 20 taps per unit of it (at most
+# 20,001 taps, 160 kB), and every common rate (128, 257, 360, 500, 512, 1000 Hz...) still converts exactly.
+MAX_RESAMPLE_FACTOR = 1000
 
 _CANON = {name.lower(): name for name in STANDARD_LEADS}
 # Scale factor to millivolts, keyed by lower-cased UCUM code or DICOM code meaning / WFDB unit string.
@@ -200,16 +207,23 @@ def read_ecg(
 # format readers: each returns (signal (channels, samples) float64 in mV, channel labels, sampling rate in Hz)
 
 
+def check_sampling_rate(path: str | Path, rate, source: str) -> float:
+    """``rate`` as a float when it is a finite number of Hz within MIN_SAMPLING_RATE..MAX_SAMPLING_RATE, else a
+    DataError naming the file, where the rate came from (``source``) and the accepted range."""
+    try:
+        value = float(rate)
+    except (TypeError, ValueError, OverflowError):
+        value = float("nan")
+    if not (math.isfinite(value) and MIN_SAMPLING_RATE <= value <= MAX_SAMPLING_RATE):
+        raise DataError(f"{path}: {source}: sampling rate {rate} Hz is not a finite number within "
+                        f"{MIN_SAMPLING_RATE:g}..{MAX_SAMPLING_RATE:g} Hz")
+    return value
+
+
 def _check_rate(path: Path, fs: float | None) -> float:
     if fs is None:
         raise DataError(f"{path}: the sampling rate is not stored in {path.suffix} files; pass fs=<Hz>")
-    try:
-        rate = float(fs)
-    except (TypeError, ValueError):
-        rate = float("nan")
-    if not (math.isfinite(rate) and rate > 0):
-        raise DataError(f"{path}: invalid sampling rate fs={fs!r}")
-    return rate
+    return check_sampling_rate(path, fs, "fs")
 
 
 def _unit_scale(path: Path, unit: str | None, channel: str) -> float:
@@ -236,7 +250,7 @@ def _read_wfdb_format16(header: Path, text: str) -> tuple[np.ndarray, list[str],
     record = lines[0].split()
     if len(record) < 4 or "/" in record[0] or not record[1].isdigit() or not _WFDB_FS.match(record[2]):
         return None
-    n_sig, fs, n_samp = int(record[1]), float(record[2]), record[3]
+    n_sig, fs, n_samp = int(record[1]), check_sampling_rate(header, record[2], "WFDB header"), record[3]
     if not n_samp.isdigit() or n_sig < 1 or len(lines) < 1 + n_sig:
         return None
     files, gains, baselines, units, labels = set(), [], [], [], []
@@ -288,7 +302,7 @@ def _read_wfdb(path: Path) -> tuple[np.ndarray, list[str], float]:
     labels = [str(name) for name in record.sig_name]
     scales = np.array([_unit_scale(path, unit, name) for unit, name in zip(record.units, labels)])
     signal = np.asarray(record.p_signal, dtype=np.float64).T * scales[:, None]
-    return signal, labels, float(record.fs)
+    return signal, labels, check_sampling_rate(path, record.fs, "WFDB header")
 
 
 def _read_dicom(path: Path, spec: ECGSpec) -> tuple[np.ndarray, list[str], float]:
@@ -313,7 +327,9 @@ def _read_dicom(path: Path, spec: ECGSpec) -> tuple[np.ndarray, list[str], float
         except DataError as exc:
             candidates.append((None, index, labels, str(exc)))
             continue
-        duration = float(group.NumberOfWaveformSamples) / float(group.SamplingFrequency)
+        rate = check_sampling_rate(path, group.get("SamplingFrequency"), f"DICOM waveform group {index} "
+                                                                          "SamplingFrequency")
+        duration = float(group.NumberOfWaveformSamples) / rate
         candidates.append((duration, index, labels, ""))
     usable = [c for c in candidates if c[0] is not None]
     if not usable:
@@ -336,7 +352,7 @@ def _read_dicom(path: Path, spec: ECGSpec) -> tuple[np.ndarray, list[str], float
         unit = value if value.strip().lower() in _TO_MV else code.get("CodeMeaning")
         scales.append(_unit_scale(path, unit, label))
     signal = np.asarray(scaled, dtype=np.float64).T * np.asarray(scales)[:, None]
-    return signal, labels, float(group.SamplingFrequency)
+    return signal, labels, check_sampling_rate(path, group.SamplingFrequency, "DICOM SamplingFrequency")
 
 
 def _dicom_channel_label(channel) -> str:
@@ -349,8 +365,12 @@ def _dicom_channel_label(channel) -> str:
 def _read_npy(path: Path, fs: float | None, lead_names: Sequence[str] | None) -> tuple[np.ndarray, list[str], float]:
     rate = _check_rate(path, fs)
     try:
-        arr = np.load(path, allow_pickle=False)
+        with path.open("rb") as fh:
+            check_npy_header(path, fh)
+            arr = np.load(fh, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"{path}: cannot read ECG array: {exc}") from exc
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
         kind = getattr(arr, "dtype", type(arr).__name__)
@@ -433,8 +453,17 @@ def _select_leads(path: Path, signal: np.ndarray, labels: Sequence[str], wanted:
     return data, derived
 
 
+def resample_ratio(rate: float, target: float) -> Fraction:
+    """``target / rate`` as ``up / down`` with both at most MAX_RESAMPLE_FACTOR: the nearest such fraction, so that
+    a rate like 1000.001 Hz resamples as 1000 Hz does instead of asking for a filter of millions of taps."""
+    exact = Fraction(target) / Fraction(rate)
+    if exact <= 1:
+        return exact.limit_denominator(MAX_RESAMPLE_FACTOR)
+    return 1 / (1 / exact).limit_denominator(MAX_RESAMPLE_FACTOR)
+
+
 def _resample(data: np.ndarray, rate: float, target: int) -> np.ndarray:
-    ratio = Fraction(target) / Fraction(rate).limit_denominator(1000)
+    ratio = resample_ratio(rate, target)
     if ratio == 1:
         return data
     # Polyphase FIR resampling is anti-aliased; "line" padding avoids a dip toward zero at the record ends.
@@ -442,9 +471,11 @@ def _resample(data: np.ndarray, rate: float, target: int) -> np.ndarray:
     return resample_poly(data, up, down, axis=1, window=_lowpass(up, down), padtype="line")
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=64)  # at most 64 x 160 kB: up and down are bounded by MAX_RESAMPLE_FACTOR
 def _lowpass(up: int, down: int) -> np.ndarray:
     """The anti-aliasing filter resample_poly designs by default (Kaiser, beta 5), designed once per ratio."""
+    if max(up, down) > MAX_RESAMPLE_FACTOR:
+        raise ValueError(f"resampling factors {up}/{down} exceed {MAX_RESAMPLE_FACTOR}")
     half_len = 10 * max(up, down)
     taps = firwin(2 * half_len + 1, 1.0 / max(up, down), window=("kaiser", 5.0))
     taps.setflags(write=False)  # shared between calls; resample_poly copies it before scaling

@@ -15,6 +15,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp") + DICOM_SUFF
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
 PILLOW_SEQUENCE_SUFFIXES = (".gif", ".tif", ".tiff", ".webp", ".apng")
+# The only Pillow decoders ever used, whatever a file's suffix says: Pillow otherwise picks a plugin from the
+# content, so e.g. PostScript named .png would reach the EPS plugin (and Ghostscript where installed).
+PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")
+NOT_AN_ACCEPTED_FORMAT = f"not a recognised image format (accepted: {', '.join(PILLOW_FORMATS)}, DICOM)"
 # A DICOM Part 10 file: a 128-byte preamble, then these four bytes.
 _DICOM_MAGIC_SPAN, _DICOM_MAGIC = slice(128, 132), b"DICM"
 

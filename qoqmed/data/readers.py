@@ -16,7 +16,8 @@ from PIL import Image, UnidentifiedImageError
 from .dicom import load_dicom_image, rescale_to_uint8
 from .ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS, ECGSpec, read_ecg
 from .errors import DataError
-from .files import check_file, is_dicom
+from .files import NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, check_file, is_dicom
+from .limits import check_npy_header, check_size
 
 # Pillow modes holding more than 8 bits per pixel (16-bit PNG/TIFF is common for X-ray and CT exports).
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -27,11 +28,15 @@ def _open_image(path: Path, what: str) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(path, formats=PILLOW_FORMATS) as img:
+                check_size(path, f"pixels ({img.width} x {img.height} {what})", img.width * img.height,
+                           "max_image_pixels")  # from the header, before decoding
                 img.load()
                 return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
+    except DataError:
+        raise
     except UnidentifiedImageError as exc:
-        raise DataError(f"{path}: cannot read {what}: not a recognised image format") from exc
+        raise DataError(f"{path}: cannot read {what}: {NOT_AN_ACCEPTED_FORMAT}") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: cannot read {what}: image too large ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
@@ -39,7 +44,7 @@ def _open_image(path: Path, what: str) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Load an image file (PNG, JPEG, TIFF or any format Pillow decodes, or DICOM) as an RGB ``PIL.Image``.
+    """Load an image file (PNG, JPEG, TIFF, BMP, GIF, WebP, or DICOM) as an RGB ``PIL.Image``.
 
     Grayscale images with more than 8 bits per pixel are rescaled to 0..255 over their own range. DICOM files
     (``.dcm``/``.dicom`` suffix or the ``DICM`` magic) are read with :func:`load_dicom_image` and the file's own
@@ -75,8 +80,12 @@ def load_ecg(path: str | Path, leads: int = len(ENCODER_LEADS), samples: int = E
     if path.suffix.lower() != ".npy":
         raise DataError(f"{path}: unsupported ECG file type {path.suffix!r}; expected .npy, .hea/.dat or .dcm")
     try:
-        arr = np.load(path, allow_pickle=False)
+        with path.open("rb") as fh:
+            check_npy_header(path, fh)
+            arr = np.load(fh, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"{path}: cannot read ECG array: {exc}") from exc
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: expected one array, got {type(arr).__name__}")

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -314,6 +315,13 @@ def _volume_window(value: Any, key: str, probs: _Problems) -> str | tuple[float,
     return None
 
 
+def leaves_folder(path: str) -> bool:
+    """Whether a relative path climbs out of the folder it is relative to ("../x", "a/../../x"), judged from
+    its text: rows come from strangers, so where a path points is decided before anything is opened."""
+    normal = posixpath.normpath(path.replace("\\", "/"))
+    return normal == ".." or normal.startswith("../")
+
+
 def _is_absolute(path: str) -> bool:
     return path.startswith(("/", "\\")) or bool(re.match(r"^[A-Za-z]:[\\/]", path))
 
@@ -444,7 +452,8 @@ def from_llava(obj: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, 
     return row, problems
 
 
-def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None, list[tuple[str, str]]]:
+def _parse(obj: Any, base_dir: Path, line_no: int | None,
+           allow_outside: bool = False) -> tuple[Record | None, list[tuple[str, str]]]:
     probs = _Problems()
     if not isinstance(obj, Mapping):
         probs.add("<row>", f"must be a JSON object, got {type(obj).__name__}")
@@ -524,6 +533,16 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None
         for token, found, expected in mismatches:
             probs.add("problem", f"has {found} {token} placeholder(s) but {keys[token]} lists {expected} file(s)")
 
+    if not allow_outside:
+        named = ([(f"images[{i}]", x) for i, x in enumerate(images)]
+                 + [(f"{volume_key}[{i}]", v.path) for i, v in enumerate(volumes)]
+                 + [(f"{ecg_key}[{i}]", x) for i, x in enumerate(ecg)]
+                 + ([("segmentation_path", seg)] if seg else []))
+        for field_name, rel in named:
+            if leaves_folder(rel):
+                probs.add(field_name, f"{rel!r} leaves the dataset folder; paths must stay inside the jsonl's folder "
+                                      "(allow it explicitly with allow_outside=True, CLI --allow-outside-paths)")
+
     if probs.items:
         return None, probs.items
     extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
@@ -535,12 +554,13 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None) -> tuple[Record | None
     return record, []
 
 
-def parse_record(obj: Any, base_dir: str | Path, line_no: int | None = None) -> Record:
+def parse_record(obj: Any, base_dir: str | Path, line_no: int | None = None, allow_outside: bool = False) -> Record:
     """Validate one row (a parsed JSON object) and return it as a ``Record``.
 
-    Raises ``DataError`` listing every problem of the row as ``<where>: <field>: <reason>``.
+    Raises ``DataError`` listing every problem of the row as ``<where>: <field>: <reason>``. Paths that leave
+    ``base_dir`` ("../") are problems unless ``allow_outside``.
     """
-    record, problems = _parse(obj, Path(base_dir), line_no)
+    record, problems = _parse(obj, Path(base_dir), line_no, allow_outside)
     if problems:
         where = _where(line_no, obj)
         lines = [f"{where}: {f}: {reason}" for f, reason in problems]
@@ -580,11 +600,13 @@ def read_jsonl_lines(path: Path) -> list[tuple[int, str]]:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
-def scan_records(path: str | Path, check_files: bool = True) -> tuple[list[tuple[int, Record]], list[Problem]]:
+def scan_records(path: str | Path, check_files: bool = True,
+                 allow_outside: bool = False) -> tuple[list[tuple[int, Record]], list[Problem]]:
     """Parse every row of a jsonl file: ``(line, record)`` for the valid rows and every problem of the others.
 
-    With ``check_files``, every referenced file must exist (a volume may be a folder). Raises ``DataError`` only
-    when the file itself cannot be read.
+    With ``check_files``, every referenced file must exist (a volume may be a folder). Paths that leave the
+    jsonl's folder ("../") are problems unless ``allow_outside``. Raises ``DataError`` only when the file itself
+    cannot be read.
     """
     path = Path(path)
     lines = read_jsonl_lines(path)
@@ -600,7 +622,7 @@ def scan_records(path: str | Path, check_files: bool = True) -> tuple[list[tuple
         except json.JSONDecodeError as exc:
             problems.append(Problem(src, line_no, "<json>", f"invalid JSON ({exc.msg} at column {exc.colno})"))
             continue
-        record, row_problems = _parse(obj, base_dir, line_no)
+        record, row_problems = _parse(obj, base_dir, line_no, allow_outside)
         rid = obj.get("id") if isinstance(obj, Mapping) and isinstance(obj.get("id"), str) else None
         problems += [Problem(src, line_no, f, reason, record_id=rid) for f, reason in row_problems]
         if record is None:
@@ -621,15 +643,16 @@ def scan_records(path: str | Path, check_files: bool = True) -> tuple[list[tuple
     return records, problems
 
 
-def load_records(path: str | Path, check_files: bool = True) -> list[Record]:
-    """Read and validate a jsonl file; with ``check_files``, also check that every referenced file exists.
+def load_records(path: str | Path, check_files: bool = True, allow_outside: bool = False) -> list[Record]:
+    """Read and validate a jsonl file; with ``check_files``, also check that every referenced file exists;
+    with ``allow_outside``, accept paths that leave the jsonl's folder ("../").
 
     Every problem of every row is collected and raised at once in one ``DataError`` whose lines read
     ``<file>:<line>: <field>: <reason>`` (``<file>:<line>: <field>: <referenced file>: <reason>`` for files).
     ``qoqmed.data.validate.validate_records`` also reads every referenced file.
     """
     path = Path(path)
-    records, problems = scan_records(path, check_files)
+    records, problems = scan_records(path, check_files, allow_outside)
     if problems:
         lines = [str(p) for p in problems]
         raise DataError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(lines), lines)

@@ -35,16 +35,17 @@ class Validation:
 
 
 def validate_records(
-    path: str | Path, read_files: bool = True, progress: Any = None,
+    path: str | Path, read_files: bool = True, progress: Any = None, allow_outside: bool = False,
 ) -> Validation:
     """Check every row of a jsonl file and, with ``read_files``, read every file it references with the reader
     training uses (images incl. DICOM, volumes with the row's slice count and window, ECGs, masks against their
     image's size, boxes inside their image). Never stops at the first problem.
 
-    ``progress`` optionally wraps the iteration over valid rows (e.g. ``rich.progress.track``).
+    ``progress`` optionally wraps the iteration over valid rows (e.g. ``rich.progress.track``). Paths that leave
+    the jsonl's folder ("../") are problems unless ``allow_outside``.
     """
     path = Path(path)
-    records, problems = scan_records(path, check_files=not read_files)
+    records, problems = scan_records(path, check_files=not read_files, allow_outside=allow_outside)
     rows = sum(1 for _, line in read_jsonl_lines(path) if line.strip())
     files = 0
     if read_files:

@@ -34,7 +34,9 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .dicom import apply_window, dicom_pixels, gray_to_rgb, read_dicom, rescale_to_uint8
 from .errors import DataError
-from .files import NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES, is_dicom
+from .files import (NIFTI_SUFFIXES, NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES,
+                    is_dicom)
+from .limits import check_size
 from .windows import WINDOWS
 
 __all__ = [
@@ -229,9 +231,12 @@ def _read_nifti(path: Path, timepoint: int | None) -> Volume:
 
     try:
         img = nib.load(str(path))
+        check_size(path, f"voxels (shape {tuple(img.shape)})", math.prod(img.shape), "max_volume_voxels")
         img = nib.as_closest_canonical(img)  # RAS+: array axes are x (L->R), y (P->A), z (I->S)
         data = np.asarray(img.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except DataError:
+        raise
     # ImageFileError, OSError, EOFError/zlib.error (truncated .nii.gz), HeaderDataError, ValueError, MemoryError...
     except Exception as exc:
         raise DataError(f"{path}: cannot read NIfTI file: {type(exc).__name__}: {exc}") from exc
@@ -316,6 +321,9 @@ def _read_dicom_series(folder: Path) -> Volume:
     for file, ds in slices:
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise DataError(f"{file}: multi-frame file inside a DICOM series folder; read it on its own")
+    rows, columns = shapes.most_common(1)[0][0]
+    check_size(folder, f"voxels ({len(slices)} slices of {columns} x {rows})", len(slices) * rows * columns,
+               "max_volume_voxels")  # from the slices' headers, before any is decoded
 
     order, normal, orient = _series_order(folder, slices)
     slices = [slices[i] for i in order]
@@ -392,10 +400,18 @@ def _read_pillow_frames(path: Path) -> Volume:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(img)]
+            with Image.open(path, formats=PILLOW_FORMATS) as img:
+                frames = []
+                for frame in ImageSequence.Iterator(img):
+                    # counted from each frame's header, before that frame is decoded
+                    check_size(path, "frames or more", len(frames) + 1, "max_frames")
+                    check_size(path, "pixels or more over the frames", (len(frames) + 1) * frame.width * frame.height,
+                               "max_volume_voxels")
+                    frames.append(np.asarray(frame.convert("RGB")))
+    except DataError:
+        raise
     except UnidentifiedImageError as exc:
-        raise DataError(f"{path}: cannot read frames: not a recognised image format") from exc
+        raise DataError(f"{path}: cannot read frames: {NOT_AN_ACCEPTED_FORMAT}") from exc
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: cannot read frames: {exc}") from exc

@@ -227,8 +227,10 @@ def _load_data(cfg: ExperimentConfig, out: Path) -> tuple[dict[str, list[Record]
         return {s: load_records(data_dir / f"{s}.jsonl") for s in ("train", "val", "test")}, stats
     if not r.data.train or not r.data.test:
         raise ValueError("config section 'data' needs either 'synthetic' or 'train' and 'test' jsonl paths")
-    data = {"train": load_records(r.data.train), "test": load_records(r.data.test),
-            "val": load_records(cfg.val) if cfg.val else []}
+    outside = r.data.allow_outside_paths
+    data = {"train": load_records(r.data.train, allow_outside=outside),
+            "test": load_records(r.data.test, allow_outside=outside),
+            "val": load_records(cfg.val, allow_outside=outside) if cfg.val else []}
     return data, None
 
 

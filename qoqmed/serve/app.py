@@ -37,6 +37,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from ..data.ecg import ECG_SAMPLING_RATE, ENCODER_LEADS
+from ..data.errors import DataError
 from ..data.files import has_dicom_magic
 from ..data.windows import parse_window
 from ..infer.inputs import InputError
@@ -290,8 +291,14 @@ def _add_ecg(staged: Staged, ecg: ECGPart, where: str) -> None:
         else:
             import numpy as np
 
+            from ..data.limits import check_npy_header
+
             try:
-                arr = np.load(io.BytesIO(raw), allow_pickle=False)
+                buffer = io.BytesIO(raw)
+                check_npy_header("array", buffer)  # a header claiming 10^10 values is refused before allocating
+                arr = np.load(buffer, allow_pickle=False)
+            except DataError as exc:
+                raise InputError(f"{where}.npy", str(exc)) from exc
             except (ValueError, OSError, EOFError) as exc:
                 raise InputError(f"{where}.npy", f"not a readable .npy array: {exc}") from exc
             staged.ecg.append({"signal": arr, "fs": ecg.fs, "leads": ecg.leads})

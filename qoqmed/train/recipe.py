@@ -15,6 +15,7 @@ report) on the main process only.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -88,20 +89,23 @@ class RecipeConfig:
 def _load_data(cfg: RecipeConfig, run: Path) -> tuple[list[Record], list[Record], dict | None]:
     if cfg.data.synthetic is not None:
         info_path = run / "data" / "generation.json"
-        if _state().is_main_process:
+        # a resumed run keeps the data it was trained on; anything else there is a leftover of an interrupted run
+        if _state().is_main_process and not (cfg.resume and info_path.exists()):
             with console.status("generating the CLIMB-mini benchmark"):
-                info = generate_climb_mini(run / "data", **{"seed": cfg.seed, **cfg.data.synthetic})
+                info = generate_climb_mini(run / "data", overwrite=True, **{"seed": cfg.seed, **cfg.data.synthetic})
             info_path.write_text(json.dumps(info, default=str))
         _state().wait_for_everyone()
         info = json.loads(info_path.read_text())
         return load_records(run / "data" / "train.jsonl"), load_records(run / "data" / "test.jsonl"), info
-    return load_records(cfg.data.train), load_records(cfg.data.test), None
+    outside = cfg.data.allow_outside_paths
+    return (load_records(cfg.data.train, allow_outside=outside), load_records(cfg.data.test, allow_outside=outside),
+            None)
 
 
 def _val_records(cfg: RecipeConfig, run: Path) -> list[Record] | None:
     """Validation records for periodic evaluation: data.val, or the synthetic benchmark's val split."""
     if cfg.data.val:
-        return load_records(cfg.data.val)
+        return load_records(cfg.data.val, allow_outside=cfg.data.allow_outside_paths)
     if cfg.data.synthetic is not None and (run / "data" / "val.jsonl").exists():
         return load_records(run / "data" / "val.jsonl")
     return None
@@ -127,8 +131,37 @@ def end_distributed() -> None:
         dist.destroy_process_group()
 
 
-def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
-    """Run every stage; return the metrics dict that is also written to ``run_dir/metrics.json``."""
+# What a run writes into its folder; --overwrite removes exactly these, never anything else a user keeps there.
+RUN_OUTPUTS = ("config.yaml", "data", "sft", "sft_model", "rl", "eval_sft", "eval", "metrics.json", "report.md",
+               "per_domain_f1.png", "confusion_*.png", "rl_reward_by_domain.png", "rl_probe_reward.png")
+
+
+def previous_run_outputs(run: Path) -> list[Path]:
+    """The outputs of an earlier run (complete or interrupted) in ``run``, in RUN_OUTPUTS order."""
+    return [p for pattern in RUN_OUTPUTS for p in sorted(run.glob(pattern))] if run.is_dir() else []
+
+
+def _prepare_run_folder(cfg: RecipeConfig, run: Path, overwrite: bool, remove: bool) -> None:
+    """A folder with an earlier run is continued (``cfg.resume``), replaced (``overwrite``; the outputs are deleted
+    where ``remove``, the main process) or refused in one line (in every process, so none waits for the others)."""
+    previous = previous_run_outputs(run)
+    if not previous or cfg.resume or (overwrite and not remove):
+        return
+    if not overwrite:
+        names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in previous[:4])
+        raise FileExistsError(f"{run} already holds a run ({names}{', ...' if len(previous) > 4 else ''}); pass "
+                              "--overwrite to replace it, --resume to continue its RL from the last checkpoint, "
+                              "or choose another --out")
+    for path in previous:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def run_recipe(cfg: RecipeConfig, run_dir: str | Path, overwrite: bool = False) -> dict:
+    """Run every stage; return the metrics dict that is also written to ``run_dir/metrics.json``.
+
+    A ``run_dir`` holding an earlier run is an error, unless ``overwrite`` (its outputs are removed first) or
+    ``cfg.resume`` (RL continues from its newest checkpoint; the generated data is reused).
+    """
     import torch
 
     from ..eval.evaluate import evaluate
@@ -140,6 +173,8 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path) -> dict:
     t_start = time.perf_counter()
     run = Path(run_dir)
     main = _state().is_main_process
+    _prepare_run_folder(cfg, run, overwrite, remove=main)
+    _state().wait_for_everyone()
     run.mkdir(parents=True, exist_ok=True)
     if main:
         (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))

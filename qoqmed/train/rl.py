@@ -45,9 +45,9 @@ from ..data.readers import load_ecg, load_mask_cached
 from ..data.schema import Record
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, freeze
 from ..rewards.scores import score_batch
+from .drpo_state import DRPO_STATE_FILE, LEGACY_DRPO_STATE_FILE, read_drpo_state, write_drpo_state
 from .settings import LOSS_TYPES, RLSettings, make_estimator
 
-DRPO_STATE_FILE = "drpo_state.pt"
 METRICS_CSV = "rl_metrics.csv"
 
 
@@ -392,7 +392,7 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         super()._save_checkpoint(model, trial)
         if self.estimator is not None and self.args.should_save:
             folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
-            torch.save(self.estimator.state_dict(), folder / DRPO_STATE_FILE)
+            write_drpo_state(self.estimator.state_dict(), folder / DRPO_STATE_FILE)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # save_pretrained writes Qwen2.5-VL's original key names (transformers' checkpoint conversion) and only
@@ -408,12 +408,15 @@ class QoQMedGRPOTrainer(GRPOTrainer):
 
     def _load_rng_state(self, checkpoint):
         super()._load_rng_state(checkpoint)
-        path = Path(checkpoint) / DRPO_STATE_FILE if checkpoint else None
-        if self.estimator is not None and path is not None:
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: the checkpoint has no DRPO state; resuming without it would "
-                                        "change the advantages (was it written by another estimator?)")
-            self.estimator.load_state_dict(torch.load(path, weights_only=False))
+        if self.estimator is None or not checkpoint:
+            return
+        path = Path(checkpoint) / DRPO_STATE_FILE
+        if not path.exists() and (Path(checkpoint) / LEGACY_DRPO_STATE_FILE).exists():
+            path = Path(checkpoint) / LEGACY_DRPO_STATE_FILE  # written by an earlier version; read without pickle
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: the checkpoint has no DRPO state; resuming without it would "
+                                    "change the advantages (was it written by another estimator?)")
+        self.estimator.load_state_dict(read_drpo_state(path))
 
 
 @lru_cache(maxsize=4096)
@@ -536,7 +539,7 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
     if trainer.accelerator.is_main_process:
         processor.save_pretrained(str(out_dir / "model"))
         if trainer.estimator is not None:
-            torch.save(trainer.estimator.state_dict(), out_dir / "model" / DRPO_STATE_FILE)
+            write_drpo_state(trainer.estimator.state_dict(), out_dir / "model" / DRPO_STATE_FILE)
         (out_dir / "rl_logs.json").write_text(json.dumps(logs, indent=1, default=str))
     trainer.accelerator.wait_for_everyone()
     return logs

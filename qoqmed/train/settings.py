@@ -152,6 +152,7 @@ class DataSection:
     train: str | None = None
     test: str | None = None
     val: str | None = None             # optional: periodic evaluation during RL (rl.eval_steps) and SFT
+    allow_outside_paths: bool = False  # accept rows whose paths leave their jsonl's folder ("../")
 
     def __post_init__(self) -> None:
         if self.synthetic is not None:

@@ -1,0 +1,77 @@
+"""Limits on the decoded size of an input, checked from its header before anything is decoded.
+
+A small compressed file can claim a huge image (a PNG or GIF bomb, a 1 MB ``.nii.gz`` of 2 GB of voxels, a
+``.npy`` header claiming 10^10 values); decoding it first and measuring afterwards is too late. Each reader reads
+the header, compares its size with these limits, and refuses the file with a ``DataError`` naming it, its size
+and the limit. The defaults fit clinical data (a 7000 x 7000 radiograph, a 512 x 512 x 1000 CT, a 10 s 12-lead
+ECG at 10 kHz) and are set per process with environment variables (``QOQMED_MAX_IMAGE_PIXELS`` ...) or the
+command line's options (``qoqmed --max-image-pixels N <command>``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from .errors import DataError
+
+ENV_PREFIX = "QOQMED_"
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_image_pixels: int = 50_000_000      # one image (width x height)
+    max_frames: int = 2_000                 # frames of one GIF / TIFF / WebP / APNG clip
+    max_volume_voxels: int = 300_000_000    # one volume (every timepoint of a 4D NIfTI), or all frames' pixels
+    max_array_values: int = 16_000_000      # one .npy array (an ECG: leads x samples)
+
+    @classmethod
+    def from_environment(cls) -> "DecodeLimits":
+        """The defaults, each replaced by ``QOQMED_<NAME>`` (e.g. ``QOQMED_MAX_IMAGE_PIXELS``) where that is set."""
+        values = {}
+        for f in fields(cls):
+            raw = os.environ.get(ENV_PREFIX + f.name.upper())
+            if raw is None:
+                continue
+            try:
+                values[f.name] = int(raw.replace("_", ""))
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: expected a whole number") from None
+            if values[f.name] < 1:
+                raise ValueError(f"{ENV_PREFIX}{f.name.upper()}={raw!r}: must be >= 1")
+        return cls(**values)
+
+
+def decode_limits() -> DecodeLimits:
+    """The limits in force (read from the environment on each call, so a change applies at once)."""
+    return DecodeLimits.from_environment()
+
+
+def check_size(source: str | Path, what: str, count: int, limit_name: str) -> None:
+    """Raise a DataError when ``count`` (of ``what``, e.g. "pixels") exceeds the limit ``limit_name``."""
+    limit = getattr(decode_limits(), limit_name)
+    if count > limit:
+        raise DataError(f"{source}: {count:,} {what}, over the limit of {limit:,} (set {ENV_PREFIX}"
+                        f"{limit_name.upper()}, or qoqmed --{limit_name.replace('_', '-')}, to allow more)")
+
+
+def check_npy_header(source: str | Path, fh: BinaryIO) -> None:
+    """Read a ``.npy`` header from ``fh`` (rewound afterwards) and refuse arrays over ``max_array_values``.
+
+    Only the header is read; a file that is not a ``.npy`` is left for ``np.load`` to report.
+    """
+    start = fh.tell()
+    try:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(fh)
+    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+        return
+    finally:
+        fh.seek(start)
+    check_size(source, f"values (shape {tuple(shape)})", math.prod(shape), "max_array_values")
