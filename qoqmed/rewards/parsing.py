@@ -71,14 +71,16 @@ def _finite_number(x: Any) -> float | None:
 
 
 def _to_box(obj: Any) -> Box | None:
-    """A dict with ``bbox_2d`` (or ``bbox``) of exactly 4 finite numbers and a non-empty string ``label``."""
+    """A dict with ``bbox_2d`` (or ``bbox``) of exactly 4 finite numbers and, when it has a ``label``, a non-empty
+    string there. A box without the key gets the label "": the released QoQ-Med prompt asks for ``bbox_2d`` only,
+    and the released weights often answer that way."""
     if not isinstance(obj, dict):
         return None
     coords = obj.get("bbox_2d", obj.get("bbox"))
-    label = obj.get("label")
+    label = obj.get("label", "")
     if not isinstance(coords, (list, tuple)) or len(coords) != 4:
         return None
-    if not isinstance(label, str) or not label.strip():
+    if not isinstance(label, str) or ("label" in obj and not label.strip()):
         return None
     nums = [_finite_number(c) for c in coords]
     if any(n is None for n in nums):

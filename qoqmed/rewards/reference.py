@@ -22,7 +22,10 @@ IoU (mean over predicted boxes, never max)
     truncated to int, clamped to ``[0, size-1]``, corners swapped if inverted, and covers pixels ``x1..x2`` and
     ``y1..y2`` **inclusive**; a box with ``x1 == x2`` or ``y1 == y2`` covers nothing. Against a box: continuous
     coordinates, no clamping. Boxes with fewer than 4 values or non-numeric values add 0 but still count in the
-    mean's denominator. Without ground truth (or an all-zero mask and no box) IoU is **0, not "unavailable"**,
+    mean's denominator. Against a box, **two or more boxes of 4+ values score IoU 0**: the released code turns the
+    ground-truth box into a list (``gt_bbox.tolist()``) inside its loop over predicted boxes, so the second box
+    raises ``AttributeError``, which its caller catches as IoU 0 (a quirk, reproduced only by this preset).
+    Without ground truth (or an all-zero mask and no box) IoU is **0, not "unavailable"**,
     and still carries its 0.3 weight.
 Length
     1.0 above 600 characters, else 0.001 per character.
@@ -219,10 +222,14 @@ def iou(boxes: list, mask: np.ndarray | None = None, box: Sequence[float] | None
                     continue
         elif box is not None:
             g = [float(v) for v in box]
+            scored = 0
             for b in boxes:
                 if len(b) < 4:
                     continue
+                if scored:
+                    return 0.0  # the released scorer fails on its second box (see the module docstring)
                 total += _box_box_iou(b, g)
+                scored += 1
         else:
             return 0.0
     except _PARSE_ERRORS:  # the released code returns 0 when anything in here raises
