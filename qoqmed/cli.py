@@ -424,6 +424,8 @@ def data_stats(
     console.print(f"largest/smallest domain: {stats['imbalance_ratio']:.1f}x ({stats['largest_domain']} / "
                   f"{stats['smallest_domain']}); rows with images {stats['with_images']}, with volumes "
                   f"{stats['with_volumes']}, with ECG {stats['with_ecg']}, with boxes {stats['with_boxes']}")
+    if stats["user_domains"]:
+        console.print(f"user domains (not among the built-in nine): {', '.join(stats['user_domains'])}")
 
 
 convert_app = typer.Typer(

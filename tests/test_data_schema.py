@@ -91,7 +91,7 @@ def test_domains_constant():
 
 def test_parse_collects_every_problem_with_field_and_reason(tmp_path):
     bad = _row(
-        domain="xray",
+        domain="chest x ray",
         answer=" ",
         split="dev",
         boxes=[
@@ -106,7 +106,7 @@ def test_parse_collects_every_problem_with_field_and_reason(tmp_path):
         parse_record(bad, tmp_path, line_no=12)
     msg = str(info.value)
     expected = [
-        "line 12: domain: 'xray' is not one of",
+        "line 12: domain: 'chest x ray' is not a domain name",
         "line 12: answer: must not be empty",
         "line 12: split: 'dev' is not one of train, val, test",
         "line 12: boxes[0].bbox_2d: needs x1 < x2 and y1 < y2",
@@ -222,9 +222,13 @@ def test_reference_row_without_domain_source(tmp_path):
     assert "dataset: missing and cannot be derived" in text
 
 
-def test_derived_domain_must_be_known(tmp_path):
-    with pytest.raises(DataError, match=r"domain: 'radiology' \(from images\[0\]\) is not one of"):
-        parse_record({"problem": "<image>q", "answer": "a", "images": ["radiology/x/1.png"]}, tmp_path, line_no=1)
+def test_derived_domain_is_a_built_in_alias_or_a_user_domain(tmp_path):
+    row = {"problem": "<image>q", "answer": "a", "images": ["Radiology/x/1.png"]}
+    assert parse_record(row, tmp_path, line_no=1).domain == "radiology"
+    row["images"] = ["DERM/HAM10000/1.png"]
+    assert parse_record(row, tmp_path, line_no=1).domain == "dermoscopy"
+    with pytest.raises(DataError, match=r"domain: 'a b' \(from images\[0\]\) is not a domain name"):
+        parse_record({**row, "images": ["a b/x/1.png"]}, tmp_path, line_no=1)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,7 +241,7 @@ def test_load_records_reports_all_problems_at_once(tmp_path):
     rows = [
         good,
         "{not json",
-        _row(id="ct-2", domain="bone"),
+        _row(id="ct-2", domain="bone/x"),
         "",
         _row(),  # duplicate id
         _row(id="ct-3", images=["ct/x/000001/slice_0.png", "ct/missing.png"]),
@@ -249,7 +253,7 @@ def test_load_records_reports_all_problems_at_once(tmp_path):
     problems = info.value.problems
     assert len(problems) == 5, problems
     assert problems[0].startswith(f"{path}:2: <json>: invalid JSON")
-    assert problems[1].startswith(f"{path}:3: domain: 'bone' is not one of")
+    assert problems[1].startswith(f"{path}:3: domain: 'bone/x' is not a domain name")
     assert problems[2] == f"{path}:5: id: 'ct-000001' duplicates line 1"
     assert problems[3].startswith(f"{path}:6: images[1]: ") and problems[3].endswith("missing.png: file not found")
     assert problems[4].startswith(f"{path}:7: <row>: must be a JSON object")

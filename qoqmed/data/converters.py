@@ -25,10 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .domains import DOMAIN_ALIASES, DOMAIN_NAME_RULE, canonical_domain
 from .errors import DataError
 from .files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES
 from .schema import (
-    DOMAINS, IMAGE_TOKEN, MODALITY_NAMES, SPLITS, VOLUME_TOKEN, Record, from_llava, parse_record, write_records,
+    IMAGE_TOKEN, MODALITY_NAMES, SPLITS, VOLUME_TOKEN, Record, from_llava, parse_record, write_records,
 )
 
 __all__ = [
@@ -38,18 +39,6 @@ __all__ = [
 
 Progress = Callable[[Iterable[Any]], Iterable[Any]]
 
-# Folder names used for modalities in CLIMB and other collections -> qoqmed domains.
-DOMAIN_ALIASES: Mapping[str, str] = {
-    **{d: d for d in DOMAINS},
-    "xray": "chest_xray", "x-ray": "chest_xray", "cxr": "chest_xray", "chestxray": "chest_xray",
-    "chest-xray": "chest_xray", "chest_x-ray": "chest_xray",
-    "mammo": "mammography", "mammogram": "mammography",
-    "derm": "dermoscopy", "dermatology": "dermoscopy", "skin": "dermoscopy",
-    "retina": "fundus", "ophthalmology": "fundus",
-    "histopathology": "pathology", "histology": "pathology",
-    "us": "ultrasound", "echo": "ultrasound",
-    "ekg": "ecg",
-}
 # PTB-XL diagnostic superclasses (scp_statements.csv, column diagnostic_class) -> CLIMB's ECG label names.
 PTBXL_CLASSES: Mapping[str, str] = {
     "NORM": "Normal", "MI": "Myocardial Infarction", "STTC": "ST/T change", "CD": "Conduction Delay",
@@ -413,8 +402,9 @@ def convert_folder(
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: folder not found")
-    if domain not in DOMAINS:
-        raise ValueError(f"domain {domain!r} is not one of {', '.join(DOMAINS)}")
+    named, domain = domain, canonical_domain(domain)
+    if domain is None:
+        raise ValueError(f"domain {named!r}: {DOMAIN_NAME_RULE}")
     dataset = dataset or f"{domain}/{root.name}"
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not subdirs:
@@ -430,7 +420,7 @@ def convert_folder(
     classes = sorted({c.name for _, c in groups})
     if len(classes) < 2:
         raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2")
-    question = _IMAGE_QUESTION.format(modality=MODALITY_NAMES[domain], options=", ".join(classes))
+    question = _IMAGE_QUESTION.format(modality=MODALITY_NAMES.get(domain, f"{domain} image"), options=", ".join(classes))
     out = Conversion()
     by_class: dict[str, list[tuple[str | None, Path]]] = defaultdict(list)
     for split, class_dir in groups:

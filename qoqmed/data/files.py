@@ -15,6 +15,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp") + DICOM_SUFF
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".m4v")
 PILLOW_SEQUENCE_SUFFIXES = (".gif", ".tif", ".tiff", ".webp", ".apng")
+# One tensor saved with torch.save (the released QoQ-Med data stores ECGs as (8, 2500) float tensors this way).
+TENSOR_SUFFIXES = (".pt", ".pth")
 # The only Pillow decoders ever used, whatever a file's suffix says: Pillow otherwise picks a plugin from the
 # content, so e.g. PostScript named .png would reach the EPS plugin (and Ghostscript where installed).
 PILLOW_FORMATS = ("PNG", "JPEG", "TIFF", "BMP", "GIF", "WEBP")

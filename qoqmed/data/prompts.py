@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..modeling.processing_qoqmed import QoQMedProcessor, chat_messages
 from .boxes import to_model_box
-from .readers import load_ecg, load_image
+from .readers import load_ecg_file, load_image
 from .schema import IMAGE_TOKEN, MODALITY_NAMES, VOLUME_TOKEN, Record
 from .volumes import load_volume
 
@@ -81,7 +81,7 @@ def load_record(record: Record) -> LoadedRecord:
             images.extend(frames)
             pieces[k] = IMAGE_TOKEN * len(frames)
             n_volume += 1
-    ecgs = [load_ecg(record.resolve(p)) for p in record.ecg]
+    ecgs = [load_ecg_file(record.resolve(p), record.ecg_formats.get(i)) for i, p in enumerate(record.ecg)]
     return LoadedRecord(record, images, ecgs, problem="".join(pieces), image_index=image_index)
 
 

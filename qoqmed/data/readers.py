@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -16,8 +17,11 @@ from PIL import Image, UnidentifiedImageError
 from .dicom import load_dicom_image, rescale_to_uint8
 from .ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS, ECGSpec, read_ecg
 from .errors import DataError
-from .files import NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, check_file, is_dicom
-from .limits import check_npy_header, check_size
+from .files import NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, TENSOR_SUFFIXES, check_file, is_dicom
+from .limits import check_npy_header, check_size, decode_limits
+
+if TYPE_CHECKING:
+    from .schema import ECGFormat
 
 # Pillow modes holding more than 8 bits per pixel (16-bit PNG/TIFF is common for X-ray and CT exports).
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -68,7 +72,8 @@ def load_ecg(path: str | Path, leads: int = len(ENCODER_LEADS), samples: int = E
     """Load an ECG as a float32 array of shape ``(leads, samples)``: 8 leads (I, II, V1..V6) x 2500 samples
     (10 s at 250 Hz), in millivolts.
 
-    A ``.npy`` array must already have that layout. WFDB (``.hea``/``.dat``) and DICOM waveform (``.dcm``)
+    A ``.npy`` array or a ``.pt`` tensor (the released QoQ-Med format; read safely, see :func:`load_tensor`) must
+    already have that layout. WFDB (``.hea``/``.dat``) and DICOM waveform (``.dcm``)
     records are read with :func:`qoqmed.data.ecg.read_ecg`: leads picked by name, resampled, cropped.
     """
     path = check_file(path, "ECG")
@@ -77,16 +82,20 @@ def load_ecg(path: str | Path, leads: int = len(ENCODER_LEADS), samples: int = E
         if len(spec.leads) != leads:
             raise DataError(f"{path}: {leads} leads requested; WFDB/DICOM records are read as {spec.leads}")
         return read_ecg(path, spec).data
-    if path.suffix.lower() != ".npy":
-        raise DataError(f"{path}: unsupported ECG file type {path.suffix!r}; expected .npy, .hea/.dat or .dcm")
-    try:
-        with path.open("rb") as fh:
-            check_npy_header(path, fh)
-            arr = np.load(fh, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{path}: cannot read ECG array: {exc}") from exc
+    if path.suffix.lower() in TENSOR_SUFFIXES:
+        arr = load_tensor(path, "ECG")
+    elif path.suffix.lower() != ".npy":
+        raise DataError(f"{path}: unsupported ECG file type {path.suffix!r}; expected .npy, .pt, .hea/.dat or .dcm "
+                        "(a .csv needs its sampling rate)")
+    else:
+        try:
+            with path.open("rb") as fh:
+                check_npy_header(path, fh)
+                arr = np.load(fh, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"{path}: cannot read ECG array: {exc}") from exc
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: expected one array, got {type(arr).__name__}")
     if arr.dtype.kind not in "iuf":
@@ -104,6 +113,40 @@ def load_ecg(path: str | Path, leads: int = len(ENCODER_LEADS), samples: int = E
     if bad:
         raise DataError(f"{path}: ECG has {bad} value(s) too large for float32")
     return out
+
+
+def load_tensor(path: Path, what: str) -> np.ndarray:
+    """One plain tensor saved with ``torch.save`` (the released QoQ-Med format stores ECGs this way) as a float
+    array. Read with ``torch.load(weights_only=True)``, which unpickles tensors and plain containers only, never
+    code; anything but one dense floating-point tensor is refused, naming the file."""
+    import torch
+
+    # A float32 array over the value limit needs more bytes than this; refused before anything is unpickled.
+    most = decode_limits().max_array_values * 8 + 65_536
+    if path.stat().st_size > most:
+        raise DataError(f"{path}: {path.stat().st_size:,} bytes, more than a {what} tensor within the limit of "
+                        f"{decode_limits().max_array_values:,} values needs (set QOQMED_MAX_ARRAY_VALUES to allow more)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (UnpicklingError, RuntimeError, EOFError...) on bad files
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: cannot read {what} tensor (torch.load with weights_only=True): {first}") from exc
+    if not isinstance(obj, torch.Tensor):
+        raise DataError(f"{path}: expected one tensor, got {type(obj).__name__}")
+    if obj.layout != torch.strided or not obj.is_floating_point():
+        raise DataError(f"{path}: {what} tensor must be a dense floating-point tensor, got dtype {obj.dtype}, "
+                        f"layout {obj.layout}")
+    check_size(path, f"values (shape {tuple(obj.shape)})", obj.numel(), "max_array_values")
+    return obj.detach().to(torch.float64).numpy()
+
+
+def load_ecg_file(path: str | Path, fmt: ECGFormat | None = None) -> np.ndarray:
+    """A record's ECG in the model's layout: :func:`load_ecg` for a file already in it (or WFDB/DICOM), else
+    :func:`qoqmed.data.ecg.read_ecg` at ``fmt``'s sampling rate and lead names (a ``.csv`` or a ``.npy`` at another
+    rate), resampled and lead-mapped."""
+    if fmt is None:
+        return load_ecg(path)
+    return read_ecg(check_file(path, "ECG"), ECGSpec(), fs=fmt.fs, lead_names=fmt.leads).data
 
 
 def load_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarray:

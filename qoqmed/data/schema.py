@@ -32,6 +32,10 @@ Rows in the reference (QoQ-Med) layout are accepted too: ``time-series`` is read
 box on image 0 labelled with the answer (the reference's ``[0, 0, 0, 0]`` placeholder means no box), a missing
 ``domain`` comes from the first path component of ``images[0]`` (``"ct/..." -> "ct"``; ``volumes[0]`` for a row
 without images), a missing ``dataset`` from the first two, and a missing ``id`` from the line number.
+
+Domain names go through ``qoqmed.data.domains.canonical_domain``: the released data's folder names (``derm``,
+``MAMMO``...) become built-in domains, and any other well-formed name (``oct``) is kept, lower-cased, as a user
+domain.
 """
 
 from __future__ import annotations
@@ -47,20 +51,12 @@ from pathlib import Path
 from typing import Any
 
 from ..rewards.parsing import split_labels
+from .domains import DOMAIN_NAME_RULE, DOMAINS, canonical_domain
+from .ecg import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
 from .errors import DataError
+from .files import TENSOR_SUFFIXES
 from .windows import WINDOWS
 
-DOMAINS: tuple[str, ...] = (
-    "ecg",
-    "chest_xray",
-    "mammography",
-    "dermoscopy",
-    "fundus",
-    "pathology",
-    "ct",
-    "ultrasound",
-    "mri",
-)
 # How questions and rationales name each domain's pictures; one table, so converted rows and warm-start answers agree.
 MODALITY_NAMES: Mapping[str, str] = {
     "ecg": "ECG", "chest_xray": "chest X-ray", "mammography": "mammogram", "dermoscopy": "dermoscopy image",
@@ -123,6 +119,16 @@ class VolumeRef:
         return out
 
 
+@dataclass(frozen=True)
+class ECGFormat:
+    """How to read an ECG file that is not in the model's layout: its sampling rate ``fs`` (Hz) and optionally the
+    names of its channels (``leads``); the reader resamples it and picks the encoder's leads. A row gives it as
+    ``{"path": ..., "fs": Hz, "leads": [...]}`` in ``ecg``; a ``.csv`` ECG needs it, since CSV stores no rate."""
+
+    fs: float
+    leads: tuple[str, ...] | None = None
+
+
 @dataclass
 class Record:
     """One validated row. Paths stay relative; ``resolve`` joins them with ``base_dir``."""
@@ -141,6 +147,7 @@ class Record:
     extra: dict[str, Any] = field(default_factory=dict)
     base_dir: Path | None = field(default=None, compare=False, repr=False)
     volumes: list[VolumeRef] = field(default_factory=list)
+    ecg_formats: dict[int, ECGFormat] = field(default_factory=dict)  # ecg index -> rate and leads of that file
 
     @property
     def labels(self) -> list[str]:
@@ -183,7 +190,8 @@ class Record:
         row["problem"] = self.problem
         row["answer"] = self.answer
         row["images"] = [rel(p) for p in self.images]
-        row["ecg"] = [rel(p) for p in self.ecg]
+        row["ecg"] = [rel(p) if i not in self.ecg_formats else _ecg_entry(rel(p), self.ecg_formats[i])
+                      for i, p in enumerate(self.ecg)]
         if self.volumes:
             row["volumes"] = [
                 rel(v.path) if isinstance(j := v.to_json(), str) else {**j, "path": rel(v.path)} for v in self.volumes
@@ -299,6 +307,79 @@ def _volumes(value: Any, key: str, probs: _Problems) -> list[VolumeRef]:
         if len(probs.items) == n_before and paths:
             refs.append(VolumeRef(paths[0], slices, window, axis))
     return refs
+
+
+def _ecg_entry(path: str, fmt: ECGFormat) -> dict[str, Any]:
+    out: dict[str, Any] = {"path": path, "fs": fmt.fs}
+    if fmt.leads is not None:
+        out["leads"] = list(fmt.leads)
+    return out
+
+
+# ECG files whose sampling rate is stored in the file (WFDB, DICOM) or fixed by the model layout (.npy and .pt
+# without a rate, read as 8 leads x 2500 samples at 250 Hz); a .csv stores none.
+_RATE_IN_FILE = (".hea", ".dat", ".dcm")
+_RATE_FIXED = TENSOR_SUFFIXES
+
+
+def _ecg_list(value: Any, key: str, probs: _Problems) -> tuple[list[str], dict[int, ECGFormat]]:
+    """ECG entries: a path, or ``{"path", "fs", "leads"}`` for a file at another rate or lead order."""
+    if value is None:
+        return [], {}
+    if isinstance(value, (str, Mapping)):
+        value = [value]
+    if not isinstance(value, list):
+        probs.add(key, f"must be a list of paths or objects, got {type(value).__name__}")
+        return [], {}
+    paths: list[str] = []
+    formats: dict[int, ECGFormat] = {}
+    for i, item in enumerate(value):
+        where = f"{key}[{i}]"
+        n_before = len(probs.items)
+        fmt = None
+        if isinstance(item, Mapping):
+            unknown = sorted(set(item) - {"path", "fs", "leads"})
+            if unknown:
+                probs.add(where, f"unknown key(s) {', '.join(unknown)}; allowed: path, fs, leads")
+            if item.get("path") is None:
+                probs.add(f"{where}.path", "missing")
+            fmt = _ecg_format(item, where, probs)
+            item = item.get("path")
+            if item is None:
+                continue
+        found = _path_list([item], where, _Relabel(probs, where, strip_index=True))
+        if not found:
+            continue
+        suffix = posixpath.splitext(found[0].lower())[1]
+        if fmt is None and suffix == ".csv":
+            probs.add(where, f"{found[0]!r}: a CSV ECG stores no sampling rate; give it as "
+                             '{"path": ..., "fs": <Hz>, "leads": [...]} (leads default to the CSV header)')
+        elif fmt is not None and (suffix in _RATE_IN_FILE + _RATE_FIXED or not suffix):
+            probs.add(f"{where}.fs", f"{found[0]!r}: " + ("the rate is read from the file"
+                                                          if suffix in _RATE_IN_FILE or not suffix else
+                                                          "a .pt tensor is read as it is (8 x 2500, the model's "
+                                                          "layout); give no fs"))
+        if len(probs.items) == n_before:
+            if fmt is not None:
+                formats[len(paths)] = fmt
+            paths.append(found[0])
+    return paths, formats
+
+
+def _ecg_format(item: Mapping[str, Any], where: str, probs: _Problems) -> ECGFormat | None:
+    fs, leads = item.get("fs"), item.get("leads")
+    if fs is None:
+        probs.add(f"{where}.fs", "missing (the sampling rate in Hz)")
+        return None
+    if not _number(fs) or not MIN_SAMPLING_RATE <= fs <= MAX_SAMPLING_RATE:
+        probs.add(f"{where}.fs", f"must be a number of Hz within {MIN_SAMPLING_RATE:g}..{MAX_SAMPLING_RATE:g}, "
+                                 f"got {fs!r:.40}")
+        return None
+    if leads is not None and (not isinstance(leads, list) or not leads
+                              or not all(isinstance(x, str) and x.strip() for x in leads)):
+        probs.add(f"{where}.leads", f"must be a list of lead names, got {leads!r:.60}")
+        return None
+    return ECGFormat(float(fs), tuple(leads) if leads is not None else None)
 
 
 def _volume_window(value: Any, key: str, probs: _Problems) -> str | tuple[float, float] | None:
@@ -478,7 +559,7 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None,
     if "ecg" in obj and "time-series" in obj:
         probs.add("time-series", "given together with `ecg`; use one of them")
     ecg_key = "ecg" if "ecg" in obj else "time-series"
-    ecg = _path_list(obj.get(ecg_key), ecg_key, probs)
+    ecg, ecg_formats = _ecg_list(obj.get(ecg_key), ecg_key, probs)
 
     domain = _string(obj, "domain", probs, required=False)
     source = ""
@@ -490,8 +571,10 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None,
             domain, source = "ecg", ""
         if domain is None:
             probs.add("domain", "missing and cannot be derived (no images, volumes or ECG)")
-    if domain is not None and domain not in DOMAINS:
-        probs.add("domain", f"{domain!r}{source} is not one of {', '.join(DOMAINS)}")
+    if domain is not None:
+        named, domain = domain, canonical_domain(domain)
+        if domain is None:
+            probs.add("domain", f"{named!r}{source} is not a domain name: {DOMAIN_NAME_RULE}")
 
     dataset = _string(obj, "dataset", probs, required=False)
     if dataset is None and obj.get("dataset") is None:
@@ -549,9 +632,43 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None,
     record = Record(
         id=rid, domain=domain, dataset=dataset, problem=problem, answer=answer, images=images, ecg=ecg,
         boxes=boxes, split=split, segmentation_path=seg, difficulty=difficulty, extra=extra, base_dir=Path(base_dir),
-        volumes=volumes,
+        volumes=volumes, ecg_formats=ecg_formats,
     )
     return record, []
+
+
+def _entries(value: Any) -> list:
+    if value is None:
+        return []
+    return [value] if isinstance(value, (str, Mapping)) else list(value) if isinstance(value, list) else []
+
+
+def row_files(obj: Any, allow_outside: bool = False) -> list[tuple[str, str, str, Any]]:
+    """``(field, kind, path, options)`` for every file entry of a raw row that is itself well formed, whatever
+    else is wrong with the row; kind is ``image``, ``volume`` (options: its ``VolumeRef``), ``ecg`` (options: its
+    ``ECGFormat`` or None) or ``mask``. Bulk validation reads these files for rows that fail the schema, so one
+    pass reports every problem of a row. Paths that leave the folder are left out unless ``allow_outside``."""
+    if not isinstance(obj, Mapping):
+        return []
+    obj, _ = from_llava(obj)
+    out: list[tuple[str, str, str, Any]] = []
+    volume_key = "volumes" if "volumes" in obj else "videos"
+    ecg_key = "ecg" if "ecg" in obj else "time-series"
+    for key, kind in (("images", "image"), (volume_key, "volume"), (ecg_key, "ecg")):
+        for i, item in enumerate(_entries(obj.get(key))):
+            where, ignored = f"{key}[{i}]", _Problems()
+            if kind == "image":
+                found = [(p, None) for p in _path_list([item], where, ignored)]
+            elif kind == "volume":
+                found = [(v.path, v) for v in _volumes([item], where, ignored)]
+            else:
+                paths, formats = _ecg_list([item], where, ignored)
+                found = [(p, formats.get(0)) for p in paths]
+            out += [(where, kind, path, options) for path, options in found]
+    seg = obj.get("segmentation_path")
+    if isinstance(seg, str) and seg.strip() and not _is_absolute(seg):
+        out.append(("segmentation_path", "mask", seg, None))
+    return [item for item in out if allow_outside or not leaves_folder(item[2])]
 
 
 def parse_record(obj: Any, base_dir: str | Path, line_no: int | None = None, allow_outside: bool = False) -> Record:
@@ -626,6 +743,12 @@ def scan_records(path: str | Path, check_files: bool = True,
         rid = obj.get("id") if isinstance(obj, Mapping) and isinstance(obj.get("id"), str) else None
         problems += [Problem(src, line_no, f, reason, record_id=rid) for f, reason in row_problems]
         if record is None:
+            if check_files:  # the row's files are reported along with its schema problems
+                for key, kind, rel, _ in row_files(obj, allow_outside):
+                    full = base_dir / rel
+                    if not (full.is_file() or (kind == "volume" and full.is_dir())):
+                        reason = "not a regular file" if full.exists() else "file not found"
+                        problems.append(Problem(src, line_no, key, reason, str(full), rid))
             continue
         if record.id in first_line:
             problems.append(Problem(src, line_no, "id", f"{record.id!r} duplicates line {first_line[record.id]}",

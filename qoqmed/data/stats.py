@@ -35,6 +35,8 @@ def record_stats(records: Sequence[Record]) -> dict:
         "with_volumes": sum(1 for r in records if r.volumes),
         "with_ecg": sum(1 for r in records if r.ecg),
         "with_boxes": sum(1 for r in records if r.boxes),
+        # domains outside the built-in nine (qoqmed.data.domains): trained and evaluated like the others
+        "user_domains": sorted(d for d in domains if d not in DOMAINS),
     }
 
 

@@ -5,13 +5,14 @@ Apart from the row schema, which must not depend on the readers.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import DataError
-from .readers import load_ecg, load_image, load_mask
-from .schema import Problem, Record, read_jsonl_lines, scan_records
+from .readers import load_ecg_file, load_image, load_mask
+from .schema import Problem, Record, read_jsonl_lines, row_files, scan_records
 from .volumes import load_volume
 
 
@@ -46,7 +47,8 @@ def validate_records(
     """
     path = Path(path)
     records, problems = scan_records(path, check_files=not read_files, allow_outside=allow_outside)
-    rows = sum(1 for _, line in read_jsonl_lines(path) if line.strip())
+    lines = read_jsonl_lines(path)
+    rows = sum(1 for _, line in lines if line.strip())
     files = 0
     if read_files:
         cache: dict[tuple, tuple[Any, str | None]] = {}
@@ -54,10 +56,53 @@ def validate_records(
         for line_no, record in items:
             for field_name, file, reason in check_record_files(record, cache):
                 problems.append(Problem(str(path), line_no, field_name, reason, file, record.id))
+        # Rows that failed the schema: their files are read too, so every problem of a row shows in one pass.
+        failed = {p.line for p in problems if p.line is not None} - {n for n, _ in records}
+        for line_no, line in lines:
+            if line_no in failed:
+                for problem in _failed_row_files(path, line_no, line, cache, allow_outside):
+                    problems.append(problem)
         files = len(cache)
     bad_lines = {p.line for p in problems}
     problems.sort(key=lambda p: (p.line or 0))
     return Validation(str(path), rows, sum(1 for n, _ in records if n not in bad_lines), files, problems)
+
+
+def _failed_row_files(path: Path, line_no: int, line: str, cache: dict, allow_outside: bool) -> list[Problem]:
+    """Problems of the files of a row that failed the schema (read with the same readers as valid rows)."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError:
+        return []
+    rid = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
+    out: list[Problem] = []
+    for field_name, kind, rel, options in row_files(obj, allow_outside):
+        full = path.parent / rel
+        if kind == "image":
+            read, key = (lambda f=full: load_image(f).size), ("image", str(full))
+        elif kind == "volume":
+            read = lambda f=full, r=options: len(load_volume(f, num_slices=r.slices, window=r.window, axis=r.axis))
+            key = ("volume", str(full), options.slices, str(options.window), str(options.axis))
+        elif kind == "ecg":
+            read, key = (lambda f=full, o=options: load_ecg_file(f, o).shape), ("ecg", str(full), str(options))
+        else:
+            read, key = (lambda f=full: load_mask(f).shape), ("mask", str(full), None)
+        reason = _attempt(cache, key, full, read)[1]
+        if reason is not None:
+            out.append(Problem(str(path), line_no, field_name, reason, str(full), rid))
+    return out
+
+
+def _attempt(cache: dict, key: tuple, full: Path, read) -> tuple[Any, str | None]:
+    """``(value, None)`` or ``(None, reason)`` of reading a file once; later calls with ``key`` reuse it."""
+    if key not in cache:
+        try:
+            cache[key] = (read(), None)
+        except (DataError, ValueError) as exc:
+            cache[key] = (None, _reason(exc, full))
+        except Exception as exc:  # a library bug or an exotic failure must not stop a bulk check
+            cache[key] = (None, f"unexpected {type(exc).__name__}: {exc}")
+    return cache[key]
 
 
 def check_record_files(record: Record, cache: dict | None = None) -> list[tuple[str, str, str]]:
@@ -67,14 +112,7 @@ def check_record_files(record: Record, cache: dict | None = None) -> list[tuple[
     out: list[tuple[str, str, str]] = []
 
     def attempt(key: tuple, field_name: str, full: Path, read) -> Any:
-        if key not in cache:
-            try:
-                cache[key] = (read(), None)
-            except (DataError, ValueError) as exc:
-                cache[key] = (None, _reason(exc, full))
-            except Exception as exc:  # a library bug or an exotic failure must not stop a bulk check
-                cache[key] = (None, f"unexpected {type(exc).__name__}: {exc}")
-        value, reason = cache[key]
+        value, reason = _attempt(cache, key, full, read)
         if reason is not None:
             out.append((field_name, str(full), reason))
         return value
@@ -90,8 +128,8 @@ def check_record_files(record: Record, cache: dict | None = None) -> list[tuple[
         attempt(("volume", str(full), ref.slices, str(ref.window), str(ref.axis)), f"volumes[{i}]", full,
                 lambda f=full, r=ref: len(load_volume(f, num_slices=r.slices, window=r.window, axis=r.axis)))
     for i, rel in enumerate(record.ecg):
-        full = record.resolve(rel)
-        attempt(("ecg", str(full)), f"ecg[{i}]", full, lambda f=full: load_ecg(f).shape)
+        full, fmt = record.resolve(rel), record.ecg_formats.get(i)
+        attempt(("ecg", str(full), str(fmt)), f"ecg[{i}]", full, lambda f=full, o=fmt: load_ecg_file(f, o).shape)
     if record.segmentation_path is not None:
         full = record.resolve(record.segmentation_path)
         size = sizes.get(record.mask_image)
