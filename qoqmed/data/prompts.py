@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..modeling.processing_qoqmed import QoQMedProcessor, chat_messages
 from .boxes import to_model_box
+from .prompt_styles import answer_layout, slice_selection, system_prompt, user_text
 from .readers import load_ecg_file, load_image
 from .schema import IMAGE_TOKEN, MODALITY_NAMES, VOLUME_TOKEN, Record
 from .volumes import load_volume
@@ -45,6 +46,7 @@ class LoadedRecord:
     ecgs: list[np.ndarray]
     problem: str | None = None
     image_index: list[int] = field(default_factory=list)
+    style: str = "qoqmed"  # the prompt style (qoqmed.data.prompt_styles) the problem and images were made for
 
     def __post_init__(self) -> None:
         if self.problem is None:
@@ -60,12 +62,14 @@ class LoadedRecord:
 _VISUAL = re.compile(f"({re.escape(IMAGE_TOKEN)}|{re.escape(VOLUME_TOKEN)})")
 
 
-def load_record(record: Record) -> LoadedRecord:
+def load_record(record: Record, style: str = "qoqmed") -> LoadedRecord:
     """Read every file a record refers to; a missing or malformed file raises a DataError naming it.
 
     Each volume is sampled to its ``slices`` frames (``qoqmed.data.volumes.load_volume``) and its ``<volume>``
-    placeholder becomes that many ``<image>`` placeholders, in place.
+    placeholder becomes that many ``<image>`` placeholders, in place. ``style`` (``qoqmed.data.prompt_styles``)
+    decides how slices are picked and how the problem is worded for the model.
     """
+    selection = slice_selection(style)
     pieces = _VISUAL.split(record.problem)
     images: list[Image.Image] = []
     image_index: list[int] = []
@@ -77,12 +81,14 @@ def load_record(record: Record) -> LoadedRecord:
             n_image += 1
         elif piece == VOLUME_TOKEN:
             ref = record.volumes[n_volume]
-            frames = load_volume(record.resolve(ref.path), num_slices=ref.slices, window=ref.window, axis=ref.axis)
+            frames = load_volume(record.resolve(ref.path), num_slices=ref.slices, window=ref.window, axis=ref.axis,
+                                 selection=selection)
             images.extend(frames)
             pieces[k] = IMAGE_TOKEN * len(frames)
             n_volume += 1
     ecgs = [load_ecg_file(record.resolve(p), record.ecg_formats.get(i)) for i, p in enumerate(record.ecg)]
-    return LoadedRecord(record, images, ecgs, problem="".join(pieces), image_index=image_index)
+    return LoadedRecord(record, images, ecgs, problem=user_text("".join(pieces), style), image_index=image_index,
+                        style=style)
 
 
 @dataclass(frozen=True)
@@ -119,16 +125,24 @@ def target_text(loaded: LoadedRecord, processor: QoQMedProcessor) -> str:
     boxes = json.dumps(model_boxes(loaded, processor))
     modality = MODALITY_NAMES.get(rec.domain, rec.domain)
     rationale = f"The {modality} shows findings of {rec.answer}."
-    return f"<think>```json\n{boxes}\n```\n{rationale}</think>\n\\boxed{{{rec.answer}}}"
+    return answer_layout(boxes, rationale, rec.answer, loaded.style)
 
 
-def messages_for(loaded: LoadedRecord, system: str | None = SYSTEM_PROMPT) -> list[dict]:
+# Default of ``system`` below: the system prompt of the loaded record's prompt style.
+STYLE_SYSTEM = "<the prompt style's system prompt>"
+
+
+def messages_for(loaded: LoadedRecord, system: str | None = STYLE_SYSTEM) -> list[dict]:
+    """Chat messages of a loaded record; ``system`` None for no system turn."""
+    if system is STYLE_SYSTEM:
+        system = system_prompt(loaded.style)
     return chat_messages(loaded.problem, loaded.images, system=system)
 
 
 def encode_batch(processor: QoQMedProcessor, batch: Sequence[LoadedRecord], with_targets: bool = False,
-                 system: str | None = SYSTEM_PROMPT) -> dict[str, torch.Tensor]:
-    """Tokenise a batch (left-padded). With targets, append the answer and build ``labels`` for the answer only."""
+                 system: str | None = STYLE_SYSTEM) -> dict[str, torch.Tensor]:
+    """Tokenise a batch (left-padded). With targets, append the answer and build ``labels`` for the answer only.
+    ``system``: by default each record's prompt style's system prompt."""
     if not batch:
         raise ValueError("encode_batch needs at least one record")
     texts, images, ecgs = [], [], []

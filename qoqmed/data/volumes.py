@@ -40,7 +40,8 @@ from .limits import check_size
 from .windows import WINDOWS
 
 __all__ = [
-    "WINDOWS", "AXES", "Volume", "read_volume", "load_volume", "sample_indices", "resolve_window", "volume_frames",
+    "WINDOWS", "AXES", "Volume", "read_volume", "load_volume", "sample_indices", "end_inclusive_indices",
+    "pick_indices", "resolve_window", "volume_frames",
 ]
 
 # World axis (RAS/LPS index) along which each anatomical plane is stacked.
@@ -86,6 +87,7 @@ def load_volume(
     window: str | tuple[float, float] | None = None,
     axis: str | int | None = None,
     timepoint: int | None = None,
+    selection: str = "centres",
 ) -> list[Image.Image]:
     """Read a volume or video and return ``num_slices`` uniformly spaced slices/frames as RGB images.
 
@@ -94,8 +96,9 @@ def load_volume(
     ``axis``: ``"axial"``, ``"coronal"``, ``"sagittal"`` (needs orientation: NIfTI or a DICOM series), an array
     axis 0..2, or None for the stored order (slices of a series, frames of a multi-frame file or video, axial
     slices of a NIfTI image, which is reoriented to RAS). ``timepoint`` picks one volume of a 4D NIfTI image.
+    ``selection``: ``centres`` of equal bins (default) or ``ends``, first to last slice (the released code's).
     """
-    return volume_frames(read_volume(path, timepoint=timepoint), num_slices, window, axis)
+    return volume_frames(read_volume(path, timepoint=timepoint), num_slices, window, axis, selection)
 
 
 def volume_frames(
@@ -103,10 +106,12 @@ def volume_frames(
     num_slices: int | None = 4,
     window: str | tuple[float, float] | None = None,
     axis: str | int | None = None,
+    selection: str = "centres",
 ) -> list[Image.Image]:
-    """Slices of an already read ``Volume`` as RGB images (see :func:`load_volume`)."""
+    """Slices of an already read ``Volume`` as RGB images (see :func:`load_volume`); ``selection`` as in
+    :func:`pick_indices`."""
     data = _along(volume, axis)
-    indices = sample_indices(data.shape[0], num_slices, volume.source)
+    indices = pick_indices(data.shape[0], num_slices, volume.source, selection)
     if volume.color:
         if window is not None:
             raise ValueError(f"{volume.source}: a window applies to grayscale volumes; this one is colour video")
@@ -124,6 +129,31 @@ def volume_frames(
     if volume.info.get("monochrome1"):
         gray = 255 - gray
     return [gray_to_rgb(g) for g in gray]
+
+
+SLICE_SELECTIONS = ("centres", "ends")
+
+
+def end_inclusive_indices(n: int, num_slices: int, source: str = "volume") -> list[int]:
+    """``num_slices`` evenly spaced indices from the first slice to the last, both included, truncated to int
+    (the middle slice when one is asked for): the released QoQ-Med frame selection."""
+    if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1:
+        raise ValueError(f"num_slices must be a positive integer, got {num_slices!r}")
+    if n < num_slices:
+        raise DataError(f"{source}: has {n} slice(s)/frame(s), fewer than the {num_slices} requested")
+    if num_slices == 1:
+        return [n // 2]
+    return [int(k * (n - 1) / (num_slices - 1)) for k in range(num_slices)]
+
+
+def pick_indices(n: int, num_slices: int | None, source: str = "volume", selection: str = "centres") -> list[int]:
+    """Slice indices by ``selection``: ``centres`` (:func:`sample_indices`, qoqmed's) or ``ends``
+    (:func:`end_inclusive_indices`, the released code's)."""
+    if selection not in SLICE_SELECTIONS:
+        raise ValueError(f"selection={selection!r}: choose one of {', '.join(SLICE_SELECTIONS)}")
+    if selection == "ends" and num_slices is not None:
+        return end_inclusive_indices(n, num_slices, source)
+    return sample_indices(n, num_slices, source)
 
 
 def sample_indices(n: int, num_slices: int | None, source: str = "volume") -> list[int]:

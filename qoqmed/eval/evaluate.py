@@ -30,12 +30,13 @@ __all__ = ["evaluate", "evaluate_sampled", "generate_responses", "pass_at_k", "s
 def generate_responses(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor,
                        records: Sequence[Record], batch_size: int = 16, max_new_tokens: int = 128,
                        show_progress: bool = True, samples: int = 0, temperature: float = 1.0,
-                       top_p: float = 1.0) -> list:
+                       top_p: float = 1.0, prompt_style: str = "qoqmed") -> list:
     """Greedy answers, one per record, in input order. Records are batched by domain to limit padding.
 
     ``samples=k > 0``: k sampled answers per record instead (a list of k per record), at ``temperature`` and
     nucleus ``top_p`` (top-k off), drawn from torch's global generator. A batch then holds
     ``max(1, batch_size // k)`` records, so one ``generate()`` call makes about ``batch_size`` answers either way.
+    ``prompt_style``: ``qoqmed`` or ``released`` (``qoqmed.data.prompt_styles``).
     """
     if samples < 0:
         raise ValueError(f"samples={samples}: 0 for greedy answers, k > 0 for k sampled answers per record")
@@ -53,7 +54,7 @@ def generate_responses(model: QoQMedForConditionalGeneration, processor: QoQMedP
         task = bar.add_task("generate", total=len(records))
         for start in range(0, len(order), per_call):
             idx = order[start:start + per_call]
-            enc = encode_batch(processor, [loaded for i in idx for loaded in [load_record(records[i])] * k])
+            enc = encode_batch(processor, [loaded for i in idx for loaded in [load_record(records[i], prompt_style)] * k])
             enc = {key: v.to(model.device) if isinstance(v, torch.Tensor) else v for key, v in enc.items()}
             out = model.generate(**enc, max_new_tokens=max_new_tokens, **decoding,
                                  suppress_tokens=model.placeholder_token_ids())
@@ -100,10 +101,12 @@ def evaluate(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, 
              out_dir: str | Path | None = None, batch_size: int = 16, max_new_tokens: int = 128,
              preset: str = "paper", iou_reduce: str | None = None, label_sets: dict | None = None,
              expected_domains: Sequence[str] | None = None, show_progress: bool = True,
-             synonyms: dict | None = None, label_parser: str = "qoqmed") -> tuple[dict, list[dict]]:
+             synonyms: dict | None = None, label_parser: str = "qoqmed",
+             prompt_style: str = "qoqmed") -> tuple[dict, list[dict]]:
     """Generate, score and aggregate; with ``out_dir``, also write ``predictions.jsonl``. Returns (metrics, rows)."""
     t0 = time.perf_counter()
-    responses = generate_responses(model, processor, records, batch_size, max_new_tokens, show_progress)
+    responses = generate_responses(model, processor, records, batch_size, max_new_tokens, show_progress,
+                                   prompt_style=prompt_style)
     rows = score_records(records, responses, processor, preset, iou_reduce, synonyms, label_parser)
     metrics = compute_metrics(rows, label_sets=label_sets, expected_domains=expected_domains)
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)

@@ -19,7 +19,7 @@ from ..data.dicom import rescale_to_uint8
 from ..data.ecg import ECG_SAMPLING_RATE, ECGSpec, read_ecg
 from ..data.errors import DataError
 from ..data.readers import load_ecg, load_image
-from ..data.volumes import Volume, read_volume, sample_indices, volume_frames
+from ..data.volumes import Volume, pick_indices, read_volume, volume_frames
 
 
 class InputError(ValueError):
@@ -89,9 +89,11 @@ def _array_to_uint8(arr: np.ndarray, field: str, allow_channels: bool) -> np.nda
     return np.ascontiguousarray(arr)
 
 
-def load_volume_input(item: Any, field: str, num_slices: int, window: Any = None) -> list[Image.Image]:
+def load_volume_input(item: Any, field: str, num_slices: int, window: Any = None,
+                      selection: str = "centres") -> list[Image.Image]:
     """A NIfTI file, DICOM series folder or DICOM file, a (D, H, W) array or a list of slice images -> ``num_slices``
-    uniformly spaced RGB slices (as the reference model feeds volumes)."""
+    uniformly spaced RGB slices (as the reference model feeds volumes); ``selection`` as in
+    :func:`qoqmed.data.volumes.pick_indices`."""
     if _is_path(item):
         try:
             volume = read_volume(item)
@@ -111,13 +113,13 @@ def load_volume_input(item: Any, field: str, num_slices: int, window: Any = None
         if n < 1:
             raise InputError(field, "the volume has no slices")
         try:
-            return [s.convert("RGB") if s.mode != "RGB" else s for s in volume_frames(volume, n, window)]
+            return [s.convert("RGB") if s.mode != "RGB" else s for s in volume_frames(volume, n, window, selection=selection)]
         except (DataError, ValueError) as exc:
             raise InputError(field, str(exc)) from exc
     if isinstance(item, (list, tuple)):
         if not item:
             raise InputError(field, "a volume given as a list of slices needs at least one slice")
-        idx = sample_indices(len(item), min(num_slices, len(item)), field)
+        idx = pick_indices(len(item), min(num_slices, len(item)), field, selection)
         return [load_image_input(item[i], f"{field}[{i}]") for i in idx]
     raise InputError(field, f"expected a NIfTI/DICOM path, a (slices, H, W) array or a list of slices, "
                             f"got {type(item).__name__}")

@@ -22,7 +22,9 @@ import torch
 from PIL import Image
 
 from ..data.boxes import from_model_box
-from ..data.prompts import SYSTEM_PROMPT
+from ..data.prompt_styles import check_style, slice_selection, user_text
+from ..data.prompt_styles import system_prompt as style_system_prompt
+from ..data.prompts import STYLE_SYSTEM
 from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, place_inputs
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages
 from ..rewards.parsing import parse_response
@@ -128,11 +130,14 @@ class QoQMedPipeline:
     """Prompt building, input loading, batched greedy generation and answer parsing around a QoQ-Med model."""
 
     def __init__(self, model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, *,
-                 system_prompt: str | None = SYSTEM_PROMPT, max_new_tokens: int = 128, num_slices: int = 4,
-                 batch_size: int = 8, name: str = "qoqmed"):
+                 system_prompt: str | None = STYLE_SYSTEM, max_new_tokens: int = 128, num_slices: int = 4,
+                 batch_size: int = 8, name: str = "qoqmed", prompt_style: str = "qoqmed"):
         self.model = model.eval()
         self.processor = processor
-        self.system_prompt = system_prompt
+        # qoqmed or released (the released weights' prompt, slice selection and answer layout): see
+        # qoqmed.data.prompt_styles; the system prompt defaults to the style's.
+        self.prompt_style = check_style(prompt_style)
+        self.system_prompt = style_system_prompt(prompt_style) if system_prompt is STYLE_SYSTEM else system_prompt
         self.max_new_tokens = int(max_new_tokens)
         self.num_slices = int(num_slices)
         self.batch_size = int(batch_size)
@@ -179,7 +184,8 @@ class QoQMedPipeline:
         if not question.strip() and not (image_items or volume_items or ecg_items or ehr):
             raise InputError("question", "empty question and no inputs")
         loaded_images = [load_image_input(x, f"images[{i}]") for i, x in enumerate(image_items)]
-        loaded_volumes = [load_volume_input(x, f"volumes[{i}]", self.num_slices, window)
+        loaded_volumes = [load_volume_input(x, f"volumes[{i}]", self.num_slices, window,
+                                            slice_selection(self.prompt_style))
                           for i, x in enumerate(volume_items)]
         p = self.processor
         ecgs = [load_ecg_input(x, f"ecg[{i}]", p.ecg_num_leads, p.ecg_num_samples) for i, x in enumerate(ecg_items)]
@@ -196,6 +202,7 @@ class QoQMedPipeline:
         visuals, joined = self._order_visuals(_TURN.join([u for u, _ in history] + [problem]), loaded_images,
                                               loaded_volumes)
         users = joined.split(_TURN)
+        users[-1] = user_text(users[-1], self.prompt_style)
         problem = users[-1]
         system = system or self.system_prompt
         messages = [{"role": "system", "content": [{"type": "text", "text": system}]}] if system else []

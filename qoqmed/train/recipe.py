@@ -59,7 +59,11 @@ class RecipeConfig:
 
     def __post_init__(self) -> None:
         self.model_settings = ModelSettings.from_dict(self.model)
-        section(RLSettings, self.rl, "rl")  # unknown keys and bad values fail here, before any work
+        rl = section(RLSettings, self.rl, "rl")  # unknown keys and bad values fail here, before any work
+        styles = {"sft": self.sft.prompt_style, "rl": rl.prompt_style, "eval": self.eval.prompt_style}
+        if len(set(styles.values())) > 1:  # a model is evaluated with the prompt it was trained with
+            raise ValueError("sft.prompt_style, rl.prompt_style and eval.prompt_style must agree, got "
+                             + ", ".join(f"{k}: {v}" for k, v in styles.items()))
 
     def rl_settings(self) -> RLSettings:
         """The ``rl`` section as settings, seeded with the recipe's seed unless the section sets its own."""
@@ -219,7 +223,8 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, overwrite: bool = False) 
     label_sets = ({r.dataset: data_info["labels"][r.domain] for r in test}
                   if data_info and "labels" in data_info else None)
     eval_kwargs = dict(batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, preset=ev.reward_preset,
-                       iou_reduce=ev.iou_reduce, expected_domains=expected, label_sets=label_sets)
+                       iou_reduce=ev.iou_reduce, expected_domains=expected, label_sets=label_sets,
+                       prompt_style=ev.prompt_style)
     sft_metrics = None
     if ev.evaluate_warm_start and main:
         console.rule("evaluating the warm-started model")

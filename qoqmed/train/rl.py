@@ -40,8 +40,8 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import GRPOConfig, GRPOTrainer
 
 from ..algos.grpo import disco_advantages, group_advantages, rloo_advantages
-from ..data.prompts import SYSTEM_PROMPT, Grounding, grounding, load_record, messages_for
-from ..data.readers import load_ecg, load_mask_cached
+from ..data.prompts import STYLE_SYSTEM, Grounding, grounding, load_record, messages_for
+from ..data.readers import load_ecg_file, load_mask_cached
 from ..data.schema import Record
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, freeze
 from ..rewards.scores import score_batch
@@ -59,6 +59,7 @@ class _RowFacts:
     answer: str
     grounding: Grounding
     ecg_paths: tuple[str, ...]
+    ecg_formats: tuple = ()  # per ECG: its qoqmed.data.schema.ECGFormat (rate, leads) or None
 
 
 def group_of(record: Record, key: str = "domain") -> str:
@@ -78,18 +79,21 @@ def group_of(record: Record, key: str = "domain") -> str:
 
 
 def build_rl_dataset(records: Sequence[Record], processor: QoQMedProcessor,
-                     system: str | None = SYSTEM_PROMPT, domain_key: str = "domain") -> tuple[Dataset, dict[str, _RowFacts]]:
-    """One row per record: chat prompt with images, id, domain, DRPO group; plus the facts rewards need, by id."""
+                     system: str | None = STYLE_SYSTEM, domain_key: str = "domain",
+                     prompt_style: str = "qoqmed") -> tuple[Dataset, dict[str, _RowFacts]]:
+    """One row per record: chat prompt with images, id, domain, DRPO group; plus the facts rewards need, by id.
+    ``system`` defaults to the system prompt of ``prompt_style`` (``qoqmed.data.prompt_styles``)."""
     rows, facts = [], {}
     for rec in records:
-        loaded = load_record(rec)
+        loaded = load_record(rec, prompt_style)
         msgs = messages_for(loaded, system)
         for m in msgs:  # images travel in the `images` column; TRL puts them back into the placeholders
             m["content"] = [{k: v for k, v in part.items() if k != "image"} for part in m["content"]]
         rows.append({"prompt": msgs, "images": loaded.images, "id": rec.id, "domain": rec.domain,
                      "group": group_of(rec, domain_key)})
         facts[rec.id] = _RowFacts(rec.answer, grounding(loaded, processor),
-                                  tuple(str(rec.resolve(p)) for p in rec.ecg))
+                                  tuple(str(rec.resolve(p)) for p in rec.ecg),
+                                  tuple(rec.ecg_formats.get(i) for i in range(len(rec.ecg))))
     if len(set(r["id"] for r in rows)) != len(rows):
         raise ValueError("record ids must be unique within a training set")
     return Dataset.from_list(rows), facts
@@ -178,8 +182,10 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         shape = (self.processing_class.ecg_num_leads, self.processing_class.ecg_num_samples)
         out = []
         for x in inputs:
-            paths = self.facts[x["id"]].ecg_paths
-            out.append(torch.stack([_load_ecg_tensor(p) for p in paths]) if paths else torch.empty(0, *shape))
+            fact = self.facts[x["id"]]
+            formats = fact.ecg_formats or (None,) * len(fact.ecg_paths)
+            out.append(torch.stack([_load_ecg_tensor(p, f) for p, f in zip(fact.ecg_paths, formats, strict=True)])
+                       if fact.ecg_paths else torch.empty(0, *shape))
         return out
 
     @staticmethod
@@ -420,8 +426,8 @@ class QoQMedGRPOTrainer(GRPOTrainer):
 
 
 @lru_cache(maxsize=4096)
-def _load_ecg_tensor(path: str) -> torch.Tensor:
-    return torch.from_numpy(load_ecg(path))
+def _load_ecg_tensor(path: str, fmt=None) -> torch.Tensor:
+    return torch.from_numpy(load_ecg_file(path, fmt))
 
 
 def _resolve_resume(resume_from: str | None, out_dir: Path) -> str | None:
@@ -488,17 +494,19 @@ def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: 
     model = QoQMedForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype)
     if s.freeze:
         freeze(model, **{part: True for part in s.freeze})
-    dataset, facts = build_rl_dataset(records, processor, domain_key=s.domain_key)
+    dataset, facts = build_rl_dataset(records, processor, domain_key=s.domain_key,
+                                      prompt_style=s.prompt_style)
     eval_sets: dict[str, Dataset] = {}
     if eval_records and s.eval_steps:
-        eval_sets["eval"], eval_facts = build_rl_dataset(eval_records, processor, domain_key=s.domain_key)
+        eval_sets["eval"], eval_facts = build_rl_dataset(eval_records, processor, domain_key=s.domain_key,
+                                                               prompt_style=s.prompt_style)
         overlap = set(facts) & set(eval_facts)
         if overlap:
             raise ValueError(f"eval records share ids with training records, e.g. {sorted(overlap)[:3]}")
         facts = {**facts, **eval_facts}
     if s.probe_steps:  # training questions: their facts are already in `facts`
         eval_sets["probe"], _ = build_rl_dataset(probe_records(records, s.probe_per_domain), processor,
-                                                 domain_key=s.domain_key)
+                                                 domain_key=s.domain_key, prompt_style=s.prompt_style)
     args = make_grpo_config(s, out_dir, suppress_tokens=model.placeholder_token_ids(), evaluate=bool(eval_sets))
     domain_counts: dict[str, int] = defaultdict(int)
     for rec in records:

@@ -40,8 +40,10 @@ class SFTSettings:
     report_to: list[str] = field(default_factory=list)  # e.g. ["tensorboard"]
     progress_bar: bool = True
     enabled: bool = True               # recipe: false skips the warm start (a model that already answers)
+    prompt_style: str = "qoqmed"       # qoqmed | released (the released weights' prompt); see qoqmed.data.prompt_styles
 
     def __post_init__(self) -> None:
+        _check_prompt_style(self.prompt_style, "sft")
         if self.batch_size < 1:
             raise ValueError(f"sft.batch_size={self.batch_size} must be >= 1")
         if self.epochs <= 0 and self.max_steps <= 0 and self.enabled:
@@ -76,6 +78,7 @@ class RLSettings:
     temperature: float = 1.0
     max_completion_length: int = 96
     reward_preset: str = "paper"       # paper | reference (the released scorer exactly); see qoqmed.rewards
+    prompt_style: str = "qoqmed"       # qoqmed | released; see qoqmed.data.prompt_styles
     iou_reduce: str | None = None      # paper preset: max (default) or mean over predicted boxes
     boxes_required: bool | None = None  # paper preset: an empty box list loses format credit where there is a
                                         # region to localise (see qoqmed.rewards.make_scorer)
@@ -101,6 +104,7 @@ class RLSettings:
         if self.drpo_history is not None and (self.drpo_mode == "reference" or self.drpo_history < 1):
             raise ValueError(f"rl.drpo_history={self.drpo_history!r}: a positive int, and only in paper/bounded mode "
                              "(reference mode keeps every question)")
+        _check_prompt_style(self.prompt_style, "rl")
         if self.num_generations < 2:
             raise ValueError(f"rl.num_generations={self.num_generations}: group-relative advantages need >= 2")
         if self.batch_size % self.num_generations:
@@ -196,8 +200,10 @@ class EvalSection:
     reward_preset: str = "paper"       # paper | reference (the released scorer exactly)
     iou_reduce: str | None = None      # paper preset: max (default) or mean
     evaluate_warm_start: bool = True   # also evaluate the warm-started model, to show what RL changed
+    prompt_style: str = "qoqmed"       # qoqmed | released; see qoqmed.data.prompt_styles
 
     def __post_init__(self) -> None:
+        _check_prompt_style(self.prompt_style, "eval")
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise ValueError(f"eval.batch_size={self.batch_size} and eval.max_new_tokens={self.max_new_tokens} "
                              "must be >= 1")
@@ -205,6 +211,15 @@ class EvalSection:
             make_scorer(self.reward_preset, iou_reduce=self.iou_reduce)
         except ValueError as exc:
             raise ValueError(f"eval.reward_preset / eval.iou_reduce: {exc}") from None
+
+
+def _check_prompt_style(style: str, name: str) -> None:
+    from ..data.prompt_styles import check_style
+
+    try:
+        check_style(style)
+    except ValueError as exc:
+        raise ValueError(f"{name}.{exc}") from None
 
 
 def section(cls, raw: dict | None, name: str):

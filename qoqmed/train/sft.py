@@ -30,12 +30,13 @@ def warm_start(model, processor, records: Sequence[Record], out_dir: str | Path,
 class _SFTCollator:
     """Rows carry only a record id; the batch is encoded with the chat template and answer-only labels."""
 
-    def __init__(self, processor: QoQMedProcessor, records: dict[str, Record]):
+    def __init__(self, processor: QoQMedProcessor, records: dict[str, Record], prompt_style: str = "qoqmed"):
         self.processor = processor
         self.records = records
+        self.prompt_style = prompt_style
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return encode_batch(self.processor, [load_record(self.records[r["id"]]) for r in rows], with_targets=True)
+        return encode_batch(self.processor, [load_record(self.records[r["id"]], self.prompt_style) for r in rows], with_targets=True)
 
 
 def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_dir: str | Path,
@@ -73,6 +74,6 @@ def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"id": r.id} for r in records]),
                          eval_dataset=eval_ds, processing_class=processor,
-                         data_collator=_SFTCollator(processor, by_id))
+                         data_collator=_SFTCollator(processor, by_id, s.prompt_style))
     trainer.train()
     return trainer.state.log_history
