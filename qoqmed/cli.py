@@ -617,6 +617,34 @@ def model_init(
                   f"in {time.perf_counter() - start:.1f}s; frozen: {', '.join(model.config.frozen_modules) or 'none'}")
 
 
+@model_app.command("convert-released")
+def model_convert_released(
+    model: Annotated[Path, typer.Argument(help="Folder of a QoQ-Med model with a linear projector and pooled ECG "
+                                               "tokens (e.g. `qoqmed model init` from the released QoQ-Med-VL).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Released time-series checkpoint: a folder of *.safetensors, "
+                                                    "a .safetensors file or a .pt/.bin state dict.")],
+    out: Annotated[Path, typer.Option(help="Folder to save the model with the released ECG weights.")],
+) -> None:
+    """Load the released time-series weights (time_series_embedding.encoder.* and .linear.*) into a QoQ-Med
+    model's ECG encoder and projector, strictly checked, and save it."""
+    from .modeling.convert_released import load_released_time_series, read_released_time_series
+    from .modeling.ecg_encoder import ECGCheckpointError
+    from .modeling.modeling_qoqmed import QoQMedForConditionalGeneration
+    from .modeling.processing_qoqmed import QoQMedProcessor
+
+    if not (model / "config.json").is_file():
+        _fail(f"{model}: no config.json; pass a folder written by save_pretrained")
+    try:
+        state = read_released_time_series(checkpoint)
+        net = QoQMedForConditionalGeneration.from_pretrained(model)
+        load_released_time_series(net, state, str(checkpoint))
+    except (ECGCheckpointError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    net.save_pretrained(out)
+    QoQMedProcessor.from_pretrained(model).save_pretrained(out)
+    console.print(f"loaded {len(state)} released time-series tensors from {checkpoint} into {model}; saved to {out}")
+
+
 @model_app.command("info")
 def model_info_cmd(
     path: Annotated[Path, typer.Argument(help="Folder of a saved QoQ-Med model.")],
