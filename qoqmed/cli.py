@@ -189,6 +189,9 @@ def evaluate_cmd(
                                                          "(e.g. {\"AF\": \"A. Fib/Aflutter\"}).")] = None,
     label_parser: Annotated[str, typer.Option(help="How predicted labels are read: qoqmed, or reference "
                                                    "(as the released evaluation script did).")] = "qoqmed",
+    prompt_style: Annotated[str, typer.Option(help="Prompt: qoqmed, or released (the prompt, format suffix and "
+                                                   "slice selection the released weights were trained "
+                                                   "with).")] = "qoqmed",
     samples: Annotated[int, typer.Option(
         "--samples", metavar="K",
         help="After the greedy pass, also sample K answers per record and report mean reward, accuracy, "
@@ -249,10 +252,13 @@ def evaluate_cmd(
         _fail(str(exc))
     if label_parser not in ("qoqmed", "reference"):
         _fail(f"--label-parser must be qoqmed or reference, got {label_parser!r}")
+    if prompt_style not in ("qoqmed", "released"):
+        _fail(f"--prompt-style must be qoqmed or released, got {prompt_style!r}")
     proc = QoQMedProcessor.from_pretrained(model)
     net = QoQMedForConditionalGeneration.from_pretrained(model)
     metrics, rows = evaluate(net, proc, records, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                             preset=preset, iou_reduce=iou_reduce, synonyms=table, label_parser=label_parser)
+                             preset=preset, iou_reduce=iou_reduce, synonyms=table, label_parser=label_parser,
+                             prompt_style=prompt_style)
     context = {"model": str(model), "data": str(data), "records": len(records), "reward preset": preset,
                "label parser": label_parser, "decoding": f"greedy, {max_new_tokens} new tokens"}
     if samples:
