@@ -60,7 +60,12 @@ def bundled_config(name: str) -> Path:
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    from .data.errors import printable
+
+    # A message quotes file names and contents: printed literally (no markup), control characters escaped.
+    err.print(f"[bold red]error:[/] {escape(printable(message))}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -350,7 +355,7 @@ def data_validate(
     """
     from rich.progress import track
 
-    from .data.errors import DataError
+    from .data.errors import DataError, printable
     from .data.validate import validate_records
 
     def progress(items):
@@ -368,17 +373,18 @@ def data_validate(
     if result is not None:
         problems = [str(p) for p in result.problems]
     if as_json:
-        payload = result.to_dict() if result is not None else {"path": str(path), "ok": False,
+        payload = result.to_dict() if result is not None else {"path": printable(str(path)), "ok": False,
                                                                "problems": [{"reason": p} for p in problems]}
-        console.print_json(json.dumps(payload))
+        payload["path"] = printable(payload["path"])
+        print(json.dumps(payload, indent=2))
     elif problems:
         for line in problems:
-            console.print(line, markup=False, soft_wrap=True)
+            console.print(printable(line), markup=False, soft_wrap=True)
         console.print(f"{len(problems)} problem(s)" + (f" in {result.rows} rows ({result.valid_rows} clean)"
                                                       if result is not None else ""), markup=False)
     else:
-        console.print(f"{path}: {result.rows} records, {result.files_checked} files read, no problems", markup=False,
-                      soft_wrap=True)
+        console.print(printable(f"{path}: {result.rows} records, {result.files_checked} files read, no problems"),
+                      markup=False, soft_wrap=True)
     if problems:
         raise typer.Exit(code=1)
 
@@ -788,12 +794,16 @@ def predict(
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
         summary = {"rows": s.rows, "skipped": s.skipped, "predicted": s.predicted, "failed": s.failed,
-                   "output": str(s.output)}
+                   "failed_before": s.failed_before, "output": str(s.output)}
         if as_json:
-            console.print_json(json.dumps(summary))
+            print(json.dumps(summary, indent=2))
         else:
-            console.print(f"{s.rows} rows: {s.predicted} predicted, {s.skipped} already done, {s.failed} failed "
-                          f"-> {s.output}")
+            earlier = f" ({s.failed_before} of them failed then; --retry-failed redoes them)" if s.failed_before else ""
+            reasons = "; failed rows hold their reason (\"ok\": false)" if not s.ok else ""
+            console.print(f"{s.rows} rows: {s.predicted} predicted, {s.skipped} already done{earlier}, {s.failed} "
+                          f"failed -> {s.output}{reasons}", markup=False, soft_wrap=True)
+        if not s.ok:
+            raise typer.Exit(code=1)
         return
 
     if question is None:

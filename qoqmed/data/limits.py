@@ -21,6 +21,10 @@ import numpy as np
 from .errors import DataError
 
 ENV_PREFIX = "QOQMED_"
+# Longest side over shortest side of an image the model can take: its vision processor (Qwen2-VL's smart_resize)
+# refuses anything longer. A property of the model, not a setting; the readers check it so that `data validate`, the
+# loaders and inference agree.
+MAX_ASPECT_RATIO = 200
 
 
 @dataclass(frozen=True)
@@ -75,3 +79,13 @@ def check_npy_header(source: str | Path, fh: BinaryIO) -> None:
     finally:
         fh.seek(start)
     check_size(source, f"values (shape {tuple(shape)})", math.prod(shape), "max_array_values")
+
+
+def check_aspect_ratio(source: str | Path, width: int, height: int, what: str = "image") -> None:
+    """Raise a DataError when an image of ``width`` x ``height`` is empty or longer than MAX_ASPECT_RATIO : 1."""
+    if width < 1 or height < 1:
+        raise DataError(f"{source}: {what} has zero size ({width} x {height})")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise DataError(f"{source}: {what} is {width} x {height} pixels, an aspect ratio of "
+                        f"{max(width, height) / min(width, height):.0f}:1; the model takes at most "
+                        f"{MAX_ASPECT_RATIO}:1")

@@ -17,7 +17,7 @@ from .dicom import load_dicom_image, rescale_to_uint8
 from .ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS, ECGSpec, read_ecg
 from .errors import DataError
 from .files import NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, check_file, is_dicom
-from .limits import check_npy_header, check_size
+from .limits import check_aspect_ratio, check_npy_header, check_size
 
 # Pillow modes holding more than 8 bits per pixel (16-bit PNG/TIFF is common for X-ray and CT exports).
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -44,7 +44,8 @@ def _open_image(path: Path, what: str) -> Image.Image:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Load an image file (PNG, JPEG, TIFF, BMP, GIF, WebP, or DICOM) as an RGB ``PIL.Image``.
+    """Load an image file (PNG, JPEG, TIFF, BMP, GIF, WebP, or DICOM) as an RGB ``PIL.Image``; an image longer
+    than ``MAX_ASPECT_RATIO``:1 (which the model cannot take) is refused.
 
     Grayscale images with more than 8 bits per pixel are rescaled to 0..255 over their own range. DICOM files
     (``.dcm``/``.dicom`` suffix or the ``DICM`` magic) are read with :func:`load_dicom_image` and the file's own
@@ -52,10 +53,11 @@ def load_image(path: str | Path) -> Image.Image:
     """
     path = check_file(path, "image")
     if is_dicom(path):
-        return load_dicom_image(path)
+        img = load_dicom_image(path)
+        check_aspect_ratio(path, img.width, img.height)
+        return img
     img = _open_image(path, "image")
-    if img.width == 0 or img.height == 0:
-        raise DataError(f"{path}: image has zero size {img.size}")
+    check_aspect_ratio(path, img.width, img.height)
     if img.mode in _WIDE_MODES:
         arr = np.asarray(img, dtype=np.float64)
         if not np.isfinite(arr).all():

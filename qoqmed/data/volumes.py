@@ -36,7 +36,7 @@ from .dicom import apply_window, dicom_pixels, gray_to_rgb, read_dicom, rescale_
 from .errors import DataError
 from .files import (NIFTI_SUFFIXES, NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES,
                     is_dicom)
-from .limits import check_size
+from .limits import check_aspect_ratio, check_size
 from .windows import WINDOWS
 
 __all__ = [
@@ -106,6 +106,7 @@ def volume_frames(
 ) -> list[Image.Image]:
     """Slices of an already read ``Volume`` as RGB images (see :func:`load_volume`)."""
     data = _along(volume, axis)
+    check_aspect_ratio(volume.source, int(data.shape[2]), int(data.shape[1]), "slice")
     indices = sample_indices(data.shape[0], num_slices, volume.source)
     if volume.color:
         if window is not None:
