@@ -43,13 +43,20 @@ def limits(
         min=1, help="Refuse volumes and clips with more voxels; default 300,000,000.")] = None,
     max_array_values: Annotated[Optional[int], typer.Option(
         min=1, help="Refuse .npy arrays with more values; default 16,000,000.")] = None,
+    max_ecg_samples: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse WFDB, DICOM and CSV ECGs with more samples over all channels (from the header); "
+                    "default 16,000,000.")] = None,
+    max_request_bytes: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse a request (a query's inputs, a row's files) that decodes to more bytes in all; "
+                    "default 1,500,000,000.")] = None,
 ) -> None:
     """Decoded-size limits for every command; each is checked from a file's header before it is decoded."""
     from .data.limits import ENV_PREFIX
 
     # the readers take the limits from the environment, so they apply to every thread (the server's included)
     for name, value in (("max_image_pixels", max_image_pixels), ("max_frames", max_frames),
-                        ("max_volume_voxels", max_volume_voxels), ("max_array_values", max_array_values)):
+                        ("max_volume_voxels", max_volume_voxels), ("max_array_values", max_array_values),
+                        ("max_ecg_samples", max_ecg_samples), ("max_request_bytes", max_request_bytes)):
         if value is not None:
             os.environ[ENV_PREFIX + name.upper()] = str(value)
 
@@ -848,6 +855,12 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its batch.")]
     = 5.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB; larger ones get 413.")] = 32.0,
+    body_timeout_s: Annotated[float, typer.Option(help="Seconds a request's body may take to arrive; later, 408.")]
+    = 60.0,
+    head_timeout_s: Annotated[float, typer.Option(help="Seconds a connection may take to send a request's headers "
+                                                       "before it is closed.")] = 10.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections and requests at once; beyond, 503.")]
+    = 1000,
     max_new_tokens: Annotated[int, typer.Option(help="Default answer length limit in tokens.")] = 256,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
@@ -855,17 +868,18 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: a web page at /, POST /v1/chat/completions (OpenAI-compatible), POST /v1/predict,
     GET /healthz. Concurrent requests are batched into shared generate() calls."""
-    import uvicorn
-
     from .serve import create_app
+    from .serve.server import run
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this port can use the model")
     pipe = _load_pipeline(model, device, max_new_tokens)
     application = create_app(pipe, max_body_bytes=int(max_body_mb * (1 << 20)), max_batch=max_batch,
-                             batch_wait_ms=batch_wait_ms, max_new_tokens_limit=max_tokens_limit)
+                             batch_wait_ms=batch_wait_ms, max_new_tokens_limit=max_tokens_limit,
+                             body_timeout_s=body_timeout_s)
     console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(application, host=host, port=port, log_level=log_level)
+    run(application, host=host, port=port, log_level=log_level, head_timeout_s=head_timeout_s,
+        max_connections=max_connections)
 
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .errors import DataError
 from .files import check_file
-from .limits import check_size
+from .limits import BYTES_PER_PIXEL, charge_decoded, check_size
 
 
 def read_dicom(path: str | Path, what: str = "DICOM", stop_before_pixels: bool = False):
@@ -73,6 +73,7 @@ def dicom_pixels(ds, path: str | Path) -> DicomPixels:
             # from the header, before decoding: a small deflated file can claim gigabytes of pixels
             check_size(path, f"pixels ({columns} x {rows} x {n_frames} frame(s))", rows * columns * n_frames,
                        "max_volume_voxels" if n_frames > 1 else "max_image_pixels")
+            charge_decoded(path, rows * columns * n_frames * BYTES_PER_PIXEL)
             arr = ds.pixel_array  # colour (RGB/YBR) data comes back as RGB
             if photometric == "PALETTE COLOR":
                 arr = apply_color_lut(arr, ds)

@@ -17,7 +17,7 @@ from .dicom import load_dicom_image, rescale_to_uint8
 from .ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS, ECGSpec, read_ecg
 from .errors import DataError
 from .files import NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, check_file, is_dicom
-from .limits import check_aspect_ratio, check_npy_header, check_size
+from .limits import BYTES_PER_PIXEL, charge_decoded, check_aspect_ratio, check_npy_header, check_size
 
 # Pillow modes holding more than 8 bits per pixel (16-bit PNG/TIFF is common for X-ray and CT exports).
 _WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
@@ -31,6 +31,7 @@ def _open_image(path: Path, what: str) -> Image.Image:
             with Image.open(path, formats=PILLOW_FORMATS) as img:
                 check_size(path, f"pixels ({img.width} x {img.height} {what})", img.width * img.height,
                            "max_image_pixels")  # from the header, before decoding
+                charge_decoded(path, img.width * img.height * BYTES_PER_PIXEL)
                 img.load()
                 return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
     except DataError:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .limits import request_budget
 from .readers import load_ecg, load_image, load_mask
 from .schema import Problem, Record, read_jsonl_lines, scan_records
 from .volumes import load_volume
@@ -52,7 +53,9 @@ def validate_records(
         cache: dict[tuple, tuple[Any, str | None]] = {}
         items = progress(records) if progress is not None else records
         for line_no, record in items:
-            for field_name, file, reason in check_record_files(record, cache):
+            with request_budget():  # one row's files add up as one request's inputs do
+                found = check_record_files(record, cache)
+            for field_name, file, reason in found:
                 problems.append(Problem(str(path), line_no, field_name, reason, file, record.id))
         files = len(cache)
     bad_lines = {p.line for p in problems}

@@ -36,7 +36,7 @@ from .dicom import apply_window, dicom_pixels, gray_to_rgb, read_dicom, rescale_
 from .errors import DataError
 from .files import (NIFTI_SUFFIXES, NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES,
                     is_dicom)
-from .limits import check_aspect_ratio, check_size
+from .limits import BYTES_PER_PIXEL, charge_decoded, check_aspect_ratio, check_size
 from .windows import WINDOWS
 
 __all__ = [
@@ -233,6 +233,7 @@ def _read_nifti(path: Path, timepoint: int | None) -> Volume:
     try:
         img = nib.load(str(path))
         check_size(path, f"voxels (shape {tuple(img.shape)})", math.prod(img.shape), "max_volume_voxels")
+        charge_decoded(path, math.prod(img.shape) * BYTES_PER_PIXEL)
         img = nib.as_closest_canonical(img)  # RAS+: array axes are x (L->R), y (P->A), z (I->S)
         data = np.asarray(img.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
@@ -408,6 +409,7 @@ def _read_pillow_frames(path: Path) -> Volume:
                     check_size(path, "frames or more", len(frames) + 1, "max_frames")
                     check_size(path, "pixels or more over the frames", (len(frames) + 1) * frame.width * frame.height,
                                "max_volume_voxels")
+                    charge_decoded(path, frame.width * frame.height * BYTES_PER_PIXEL)
                     frames.append(np.asarray(frame.convert("RGB")))
     except DataError:
         raise
@@ -434,6 +436,11 @@ def _read_video(path: Path) -> Volume:
             if not container.streams.video:
                 raise DataError(f"{path}: file has no video stream")
             for frame in container.decode(video=0):
+                # each frame's size is known once decoded, before its RGB copy is kept
+                check_size(path, "frames or more", len(frames) + 1, "max_frames")
+                check_size(path, "pixels or more over the frames", (len(frames) + 1) * frame.width * frame.height,
+                           "max_volume_voxels")
+                charge_decoded(path, frame.width * frame.height * BYTES_PER_PIXEL)
                 frames.append(frame.to_ndarray(format="rgb24"))
     except DataError:
         raise

@@ -214,10 +214,13 @@ def _ecg_from_dict(item: dict, field: str, leads: int, samples: int) -> np.ndarr
     if "signal" not in item or "fs" not in item:
         raise InputError(field, "an ECG dict needs 'signal' (leads x samples, mV) and 'fs' (Hz); 'leads' optional")
     try:
-        signal = np.asarray(item["signal"], dtype=np.float64)
+        signal = np.asarray(item["signal"])
         fs = float(item["fs"])
     except (TypeError, ValueError) as exc:
         raise InputError(field, f"ECG dict has a non-numeric signal or fs: {exc}") from exc
+    if signal.dtype.kind not in "iuf":  # complex would lose its imaginary part, booleans would become 0/1
+        raise InputError(field, f"ECG signal must hold real numbers, got dtype {signal.dtype}")
+    signal = signal.astype(np.float64)
     if signal.ndim != 2:
         raise InputError(field, f"ECG signal must be 2D (leads, samples), got shape {signal.shape}")
     spec = _model_ecg_spec(field, leads, samples)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from ..data.boxes import from_model_box
+from ..data.limits import request_budget
 from ..data.prompts import SYSTEM_PROMPT
 from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, place_inputs
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages
@@ -179,15 +180,16 @@ class QoQMedPipeline:
             raise InputError("question", "empty question and no inputs")
         p = self.processor
         loaded_images, loaded_volumes, ecgs = [], [], []
-        for i, x in enumerate(image_items):
-            with reading(f"images[{i}]"):
-                loaded_images.append(load_image_input(x, f"images[{i}]"))
-        for i, x in enumerate(volume_items):
-            with reading(f"volumes[{i}]"):
-                loaded_volumes.append(load_volume_input(x, f"volumes[{i}]", self.num_slices, window))
-        for i, x in enumerate(ecg_items):
-            with reading(f"ecg[{i}]"):
-                ecgs.append(load_ecg_input(x, f"ecg[{i}]", p.ecg_num_leads, p.ecg_num_samples))
+        with request_budget():  # the decoded sizes of all of this query's inputs add up against one limit
+            for i, x in enumerate(image_items):
+                with reading(f"images[{i}]"):
+                    loaded_images.append(load_image_input(x, f"images[{i}]"))
+            for i, x in enumerate(volume_items):
+                with reading(f"volumes[{i}]"):
+                    loaded_volumes.append(load_volume_input(x, f"volumes[{i}]", self.num_slices, window))
+            for i, x in enumerate(ecg_items):
+                with reading(f"ecg[{i}]"):
+                    ecgs.append(load_ecg_input(x, f"ecg[{i}]", p.ecg_num_leads, p.ecg_num_samples))
 
         history = self._check_history(history)
         earlier = {tag: sum(u.count(tag) for u, _ in history) for tag in PLACEHOLDER_ORDER}
