@@ -23,7 +23,7 @@ import numpy as np
 from scipy.signal import firwin, resample_poly
 
 from .dicom import read_dicom
-from .errors import DataError
+from .errors import DataError, reading_errors
 from .files import check_file
 from .limits import BYTES_PER_SAMPLE, charge_decoded, check_npy_header, check_size
 
@@ -339,6 +339,11 @@ def _read_wfdb(path: Path) -> tuple[np.ndarray, list[str], float]:
 
 
 def _read_dicom(path: Path, spec: ECGSpec) -> tuple[np.ndarray, list[str], float]:
+    with reading_errors(path, "DICOM ECG"):  # pydicom parses elements lazily, so a fault may surface late
+        return _dicom_waveform(path, spec)
+
+
+def _dicom_waveform(path: Path, spec: ECGSpec) -> tuple[np.ndarray, list[str], float]:
     ds = read_dicom(path, "DICOM ECG")
     groups = ds.get("WaveformSequence")
     if not groups:
@@ -401,14 +406,9 @@ def _dicom_channel_label(channel) -> str:
 
 def _read_npy(path: Path, fs: float | None, lead_names: Sequence[str] | None) -> tuple[np.ndarray, list[str], float]:
     rate = _check_rate(path, fs)
-    try:
-        with path.open("rb") as fh:
-            check_npy_header(path, fh)
-            arr = np.load(fh, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{path}: cannot read ECG array: {exc}") from exc
+    with reading_errors(path, "ECG array"), path.open("rb") as fh:  # np.load raises SyntaxError, ... on bad headers
+        check_npy_header(path, fh)
+        arr = np.load(fh, allow_pickle=False)
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
         kind = getattr(arr, "dtype", type(arr).__name__)
         raise DataError(f"{path}: ECG must be one array of real numbers, got {kind}")

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 # C0 and C1 control characters other than newline and tab (ANSI escape sequences start with ESC, 0x1b), and lone
 # UTF-16 surrogates, which a file name or a decoded JSON string may hold but no terminal or UTF-8 stream can print.
@@ -32,3 +33,16 @@ class DataError(ValueError):
         message = printable(message)
         super().__init__(message)
         self.problems: list[str] = [printable(p) for p in problems] if problems is not None else [message]
+
+
+@contextmanager
+def reading_errors(source: object, what: str) -> Iterator[None]:
+    """Whatever a decoding library raises inside this block on a malformed file (parsers of hostile bytes raise
+    IndexError, KeyError, NotImplementedError, struct.error, MemoryError...) leaves as a DataError naming
+    ``source``, ``what`` was being read and the library's reason; a DataError passes unchanged."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise DataError(f"{source}: cannot read {what}: {type(exc).__name__}: {exc}") from exc

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .dicom import load_dicom_image, rescale_to_uint8
 from .ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS, ECGSpec, read_ecg
-from .errors import DataError
+from .errors import DataError, reading_errors
 from .files import NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, check_file, is_dicom
 from .limits import BYTES_PER_PIXEL, charge_decoded, check_aspect_ratio, check_npy_header, check_size
 
@@ -42,6 +42,8 @@ def _open_image(path: Path, what: str) -> Image.Image:
         raise DataError(f"{path}: cannot read {what}: image too large ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot read {what}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise TypeError, KeyError, ... on malformed files
+        raise DataError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -82,14 +84,9 @@ def load_ecg(path: str | Path, leads: int = len(ENCODER_LEADS), samples: int = E
         return read_ecg(path, spec).data
     if path.suffix.lower() != ".npy":
         raise DataError(f"{path}: unsupported ECG file type {path.suffix!r}; expected .npy, .hea/.dat or .dcm")
-    try:
-        with path.open("rb") as fh:
-            check_npy_header(path, fh)
-            arr = np.load(fh, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{path}: cannot read ECG array: {exc}") from exc
+    with reading_errors(path, "ECG array"), path.open("rb") as fh:  # np.load raises SyntaxError, ... on bad headers
+        check_npy_header(path, fh)
+        arr = np.load(fh, allow_pickle=False)
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: expected one array, got {type(arr).__name__}")
     if arr.dtype.kind not in "iuf":

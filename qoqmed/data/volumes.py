@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .dicom import apply_window, dicom_pixels, gray_to_rgb, read_dicom, rescale_to_uint8
-from .errors import DataError
+from .errors import DataError, reading_errors
 from .files import (NIFTI_SUFFIXES, NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES,
                     is_dicom)
 from .limits import BYTES_PER_PIXEL, charge_decoded, check_aspect_ratio, check_size
@@ -270,6 +270,11 @@ def _read_nifti(path: Path, timepoint: int | None) -> Volume:
 
 
 def _read_dicom_multiframe(path: Path) -> Volume:
+    with reading_errors(path, "DICOM volume"):  # pydicom parses elements lazily, so a fault may surface late
+        return _dicom_multiframe(path)
+
+
+def _dicom_multiframe(path: Path) -> Volume:
     ds = read_dicom(path, "DICOM volume")
     pixels = dicom_pixels(ds, path)
     frames = pixels.frames
@@ -307,6 +312,11 @@ def _series_files(folder: Path) -> list[Path]:
 
 def _read_dicom_series(folder: Path) -> Volume:
     """A folder of single-frame DICOM slices of one series -> (slices, rows, cols), sorted along the normal."""
+    with reading_errors(folder, "DICOM series"):  # pydicom parses elements lazily, so a fault may surface late
+        return _dicom_series(folder)
+
+
+def _dicom_series(folder: Path) -> Volume:
     slices = []
     for file in _series_files(folder):
         ds = read_dicom(file, "DICOM slice")
@@ -418,6 +428,8 @@ def _read_pillow_frames(path: Path) -> Volume:
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: cannot read frames: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise TypeError, KeyError, ... on malformed files
+        raise DataError(f"{path}: cannot read frames: {type(exc).__name__}: {exc}") from exc
     if not frames:
         raise DataError(f"{path}: no frames")
     if len({f.shape for f in frames}) > 1:

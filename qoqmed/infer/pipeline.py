@@ -144,6 +144,9 @@ class QoQMedPipeline:
         tok = processor.tokenizer
         self._eos = tok.convert_tokens_to_ids("<|im_end|>")
         self._pad = tok.pad_token_id
+        # Control tokens of the chat format and the input placeholders: text holding one would end a turn early or
+        # claim an image or ECG that is not there (and fail the whole generate batch it shares).
+        self._reserved = tuple(sorted({t for t in tok.all_special_tokens if len(t) > 1}, key=len, reverse=True))
         self.max_positions = int(getattr(model.config.text_config, "max_position_embeddings", 0) or 0)
 
     @classmethod
@@ -175,6 +178,10 @@ class QoQMedPipeline:
             raise InputError("question", f"must be a string, got {type(question).__name__}")
         if ehr is not None and not isinstance(ehr, str):
             raise InputError("ehr", f"must be a string (clinical notes), got {type(ehr).__name__}")
+        history = self._check_history(history)
+        for name, text in [("question", question), ("ehr", ehr), ("system", system)] + [
+                (f"history[{i}]", t) for i, turn in enumerate(history) for t in turn]:
+            self._check_text(name, text)
         image_items, volume_items, ecg_items = as_list(images), as_list(volumes), as_list(ecg)
         if not question.strip() and not (image_items or volume_items or ecg_items or ehr):
             raise InputError("question", "empty question and no inputs")
@@ -191,7 +198,6 @@ class QoQMedPipeline:
                 with reading(f"ecg[{i}]"):
                     ecgs.append(load_ecg_input(x, f"ecg[{i}]", p.ecg_num_leads, p.ecg_num_samples))
 
-        history = self._check_history(history)
         earlier = {tag: sum(u.count(tag) for u, _ in history) for tag in PLACEHOLDER_ORDER}
         for tag, n, what in (("<image>", len(loaded_images), "images"), ("<volume>", len(loaded_volumes), "volumes"),
                              ("<ecg>", len(ecgs), "ecg")):
@@ -218,6 +224,17 @@ class QoQMedPipeline:
                                          f"exceeds the model's {self.max_positions} positions (fewer/smaller inputs)")
         return PreparedQuery(prompt=prompt, problem=problem, visuals=visuals, ecgs=ecgs, prompt_tokens=n_tokens,
                              prepare_s=time.perf_counter() - t0, id=id)
+
+    def _check_text(self, field: str, text: str | None) -> None:
+        """InputError when ``text`` holds one of the model's reserved tokens (chat-format and placeholder tokens)."""
+        if text is None:
+            return
+        if not isinstance(text, str):
+            raise InputError(field, f"must be a string, got {type(text).__name__}")
+        found = next((t for t in self._reserved if t in text), None)
+        if found is not None:
+            raise InputError(field, f"contains the model's reserved token {found!r}; write inputs as <image>, "
+                                    "<volume>, <ecg> placeholders")
 
     @staticmethod
     def _check_history(history: Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
