@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import DataError, printable
 from .limits import request_budget
 from .readers import load_ecg, load_image, load_mask
 from .schema import Problem, Record, read_jsonl_lines, scan_records
@@ -110,5 +110,5 @@ def check_record_files(record: Record, cache: dict | None = None) -> list[tuple[
 def _reason(exc: Exception, full: Path) -> str:
     """The reason part of a reader's ``<file>: <reason>`` message."""
     text = str(exc)
-    prefix = f"{full}: "
+    prefix = printable(f"{full}: ")  # as DataError wrote it
     return text[len(prefix):] if text.startswith(prefix) else text
