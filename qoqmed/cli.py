@@ -43,13 +43,20 @@ def limits(
         min=1, help="Refuse volumes and clips with more voxels; default 300,000,000.")] = None,
     max_array_values: Annotated[Optional[int], typer.Option(
         min=1, help="Refuse .npy arrays with more values; default 16,000,000.")] = None,
+    max_ecg_samples: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse WFDB, DICOM and CSV ECGs with more samples over all channels (from the header); "
+                    "default 16,000,000.")] = None,
+    max_request_bytes: Annotated[Optional[int], typer.Option(
+        min=1, help="Refuse a request (a query's inputs, a row's files) that decodes to more bytes in all; "
+                    "default 1,500,000,000.")] = None,
 ) -> None:
     """Decoded-size limits for every command; each is checked from a file's header before it is decoded."""
     from .data.limits import ENV_PREFIX
 
     # the readers take the limits from the environment, so they apply to every thread (the server's included)
     for name, value in (("max_image_pixels", max_image_pixels), ("max_frames", max_frames),
-                        ("max_volume_voxels", max_volume_voxels), ("max_array_values", max_array_values)):
+                        ("max_volume_voxels", max_volume_voxels), ("max_array_values", max_array_values),
+                        ("max_ecg_samples", max_ecg_samples), ("max_request_bytes", max_request_bytes)):
         if value is not None:
             os.environ[ENV_PREFIX + name.upper()] = str(value)
 
@@ -60,7 +67,12 @@ def bundled_config(name: str) -> Path:
 
 
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    from rich.markup import escape
+
+    from .data.errors import printable
+
+    # A message quotes file names and contents: printed literally (no markup), control characters escaped.
+    err.print(f"[bold red]error:[/] {escape(printable(message))}", soft_wrap=True)
     raise typer.Exit(code=2)
 
 
@@ -356,7 +368,7 @@ def data_validate(
     """
     from rich.progress import track
 
-    from .data.errors import DataError
+    from .data.errors import DataError, printable
     from .data.validate import validate_records
 
     def progress(items):
@@ -374,17 +386,18 @@ def data_validate(
     if result is not None:
         problems = [str(p) for p in result.problems]
     if as_json:
-        payload = result.to_dict() if result is not None else {"path": str(path), "ok": False,
+        payload = result.to_dict() if result is not None else {"path": printable(str(path)), "ok": False,
                                                                "problems": [{"reason": p} for p in problems]}
-        console.print_json(json.dumps(payload))
+        payload["path"] = printable(payload["path"])
+        print(json.dumps(payload, indent=2))
     elif problems:
         for line in problems:
-            console.print(line, markup=False, soft_wrap=True)
+            console.print(printable(line), markup=False, soft_wrap=True)
         console.print(f"{len(problems)} problem(s)" + (f" in {result.rows} rows ({result.valid_rows} clean)"
                                                       if result is not None else ""), markup=False)
     else:
-        console.print(f"{path}: {result.rows} records, {result.files_checked} files read, no problems", markup=False,
-                      soft_wrap=True)
+        console.print(printable(f"{path}: {result.rows} records, {result.files_checked} files read, no problems"),
+                      markup=False, soft_wrap=True)
     if problems:
         raise typer.Exit(code=1)
 
@@ -824,12 +837,16 @@ def predict(
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
         summary = {"rows": s.rows, "skipped": s.skipped, "predicted": s.predicted, "failed": s.failed,
-                   "output": str(s.output)}
+                   "failed_before": s.failed_before, "output": str(s.output)}
         if as_json:
-            console.print_json(json.dumps(summary))
+            print(json.dumps(summary, indent=2))
         else:
-            console.print(f"{s.rows} rows: {s.predicted} predicted, {s.skipped} already done, {s.failed} failed "
-                          f"-> {s.output}")
+            earlier = f" ({s.failed_before} of them failed then; --retry-failed redoes them)" if s.failed_before else ""
+            reasons = "; failed rows hold their reason (\"ok\": false)" if not s.ok else ""
+            console.print(f"{s.rows} rows: {s.predicted} predicted, {s.skipped} already done{earlier}, {s.failed} "
+                          f"failed -> {s.output}{reasons}", markup=False, soft_wrap=True)
+        if not s.ok:
+            raise typer.Exit(code=1)
         return
 
     if question is None:
@@ -874,6 +891,12 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to share its batch.")]
     = 5.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body in MiB; larger ones get 413.")] = 32.0,
+    body_timeout_s: Annotated[float, typer.Option(help="Seconds a request's body may take to arrive; later, 408.")]
+    = 60.0,
+    head_timeout_s: Annotated[float, typer.Option(help="Seconds a connection may take to send a request's headers "
+                                                       "before it is closed.")] = 10.0,
+    max_connections: Annotated[int, typer.Option(help="Open connections and requests at once; beyond, 503.")]
+    = 1000,
     max_new_tokens: Annotated[int, typer.Option(help="Default answer length limit in tokens.")] = 256,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
@@ -881,17 +904,18 @@ def serve(
 ) -> None:
     """Serve a model over HTTP: a web page at /, POST /v1/chat/completions (OpenAI-compatible), POST /v1/predict,
     GET /healthz. Concurrent requests are batched into shared generate() calls."""
-    import uvicorn
-
     from .serve import create_app
+    from .serve.server import run
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this port can use the model")
     pipe = _load_pipeline(model, device, max_new_tokens)
     application = create_app(pipe, max_body_bytes=int(max_body_mb * (1 << 20)), max_batch=max_batch,
-                             batch_wait_ms=batch_wait_ms, max_new_tokens_limit=max_tokens_limit)
+                             batch_wait_ms=batch_wait_ms, max_new_tokens_limit=max_tokens_limit,
+                             body_timeout_s=body_timeout_s)
     console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(application, host=host, port=port, log_level=log_level)
+    run(application, host=host, port=port, log_level=log_level, head_timeout_s=head_timeout_s,
+        max_connections=max_connections)
 
 
 

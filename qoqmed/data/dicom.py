@@ -16,9 +16,9 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from .errors import DataError
+from .errors import DataError, reading_errors
 from .files import check_file
-from .limits import check_size
+from .limits import BYTES_PER_PIXEL, charge_decoded, check_size
 
 
 def read_dicom(path: str | Path, what: str = "DICOM", stop_before_pixels: bool = False):
@@ -33,6 +33,8 @@ def read_dicom(path: str | Path, what: str = "DICOM", stop_before_pixels: bool =
             return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise DataError(f"{path}: cannot read {what} file: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - pydicom's parser raises NotImplementedError, ... on malformed files
+        raise DataError(f"{path}: cannot read {what} file: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass
@@ -73,6 +75,7 @@ def dicom_pixels(ds, path: str | Path) -> DicomPixels:
             # from the header, before decoding: a small deflated file can claim gigabytes of pixels
             check_size(path, f"pixels ({columns} x {rows} x {n_frames} frame(s))", rows * columns * n_frames,
                        "max_volume_voxels" if n_frames > 1 else "max_image_pixels")
+            charge_decoded(path, rows * columns * n_frames * BYTES_PER_PIXEL)
             arr = ds.pixel_array  # colour (RGB/YBR) data comes back as RGB
             if photometric == "PALETTE COLOR":
                 arr = apply_color_lut(arr, ds)
@@ -202,6 +205,11 @@ def load_dicom_image(
     or window, else its full value range; MONOCHROME1 is inverted so that bright means dense, as on MONOCHROME2.
     ``frame`` picks a frame of a multi-frame object; without it a multi-frame object is refused.
     """
+    with reading_errors(path, "DICOM image"):  # pydicom parses elements lazily, so a fault may surface late
+        return _dicom_image(path, frame, window)
+
+
+def _dicom_image(path: str | Path, frame: int | None, window: tuple[float, float] | None) -> Image.Image:
     ds = read_dicom(path, "DICOM image")
     pixels = dicom_pixels(ds, path)
     n = pixels.frames.shape[0]

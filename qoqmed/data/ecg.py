@@ -22,9 +22,10 @@ from typing import Sequence
 import numpy as np
 from scipy.signal import firwin, resample_poly
 
-from .errors import DataError
+from .dicom import read_dicom
+from .errors import DataError, reading_errors
 from .files import check_file
-from .limits import check_npy_header
+from .limits import BYTES_PER_SAMPLE, charge_decoded, check_npy_header, check_size
 
 __all__ = [
     "ECGSpec", "ECGSignal", "read_ecg", "canonical_lead", "STANDARD_LEADS", "ENCODER_LEADS",
@@ -220,6 +221,15 @@ def check_sampling_rate(path: str | Path, rate, source: str) -> float:
     return value
 
 
+def check_ecg_size(path: str | Path, channels: int, samples: int, source: str) -> None:
+    """Refuse an ECG whose header (``source``) gives more than ``max_ecg_samples`` samples over all channels, before
+    any is read; count them against the request's decoded bytes."""
+    count = max(0, channels) * max(0, samples)
+    check_size(path, f"ECG samples ({channels} channel(s) x {samples:,}, from the {source})", count,
+               "max_ecg_samples")
+    charge_decoded(path, count * BYTES_PER_SAMPLE)
+
+
 def _check_rate(path: Path, fs: float | None) -> float:
     if fs is None:
         raise DataError(f"{path}: the sampling rate is not stored in {path.suffix} files; pass fs=<Hz>")
@@ -261,6 +271,7 @@ def _read_wfdb_format16(header: Path, text: str) -> tuple[np.ndarray, list[str],
         gain = _WFDB_GAIN.match(fields[2])
         if gain is None or float(gain.group(1)) == 0:
             return None
+        _check_wfdb_gain(header, float(gain.group(1)), fields[8] if len(fields) > 8 else f"signal {len(gains)}")
         files.add(fields[0])
         gains.append(float(gain.group(1)))
         baselines.append(int(gain.group(2)))
@@ -270,6 +281,7 @@ def _read_wfdb_format16(header: Path, text: str) -> tuple[np.ndarray, list[str],
         return None
     dat = header.with_name(files.pop())
     n = int(n_samp)
+    check_ecg_size(header, n_sig, n, "WFDB header")
     check_file(dat, "ECG")
     if dat.stat().st_size < 2 * n * n_sig:
         raise DataError(f"{header}: WFDB signal file {dat.name} is truncated ({dat.stat().st_size} bytes, "
@@ -279,6 +291,14 @@ def _read_wfdb_format16(header: Path, text: str) -> tuple[np.ndarray, list[str],
     signal[digital == -32768] = np.nan  # format 16's "no sample" value, as wfdb reads it
     scales = np.array([_unit_scale(header, u, name) for u, name in zip(units, labels)])
     return signal * scales[:, None], labels, fs
+
+
+def _check_wfdb_gain(path: Path, gain: float, signal: str) -> None:
+    """Refuse a negative or non-finite ADC gain: dividing by it would turn the lead upside down (or into NaN)
+    without a word; a header that means an inverted lead must say so some other way."""
+    if not (math.isfinite(gain) and gain >= 0):
+        raise DataError(f"{path}: WFDB header gives signal {signal!r} the gain {gain:g} ADC units per unit; a gain "
+                        "must be positive (a negative one would invert the lead)")
 
 
 def _read_wfdb(path: Path) -> tuple[np.ndarray, list[str], float]:
@@ -294,25 +314,37 @@ def _read_wfdb(path: Path) -> tuple[np.ndarray, list[str], float]:
     if fast is not None:
         return fast
     try:
+        head = wfdb.rdheader(str(base))
+    except Exception as exc:  # as for rdrecord below
+        raise DataError(f"{path}: cannot read WFDB header: {type(exc).__name__}: {exc}") from exc
+    n_sig = int(getattr(head, "n_sig", 0) or 0)
+    if getattr(head, "sig_len", None):
+        check_ecg_size(path, n_sig, int(head.sig_len), "WFDB header")
+    else:  # no length in the header: WFDB reads to the end of each signal file, at most one sample per byte
+        files = {base.with_name(name) for name in (getattr(head, "file_name", None) or []) if name}
+        sizes = [f.stat().st_size for f in files if f.is_file()]
+        check_ecg_size(path, n_sig, sum(sizes), "WFDB signal file size")
+    try:
         record = wfdb.rdrecord(str(base))
     except Exception as exc:  # wfdb raises many unrelated types (ValueError, IndexError, OSError...) on bad records
         raise DataError(f"{path}: cannot read WFDB record: {type(exc).__name__}: {exc}") from exc
     if record.p_signal is None or record.p_signal.ndim != 2 or record.p_signal.size == 0:
         raise DataError(f"{path}: WFDB record has no signal samples")
     labels = [str(name) for name in record.sig_name]
+    for gain, name in zip(record.adc_gain or [], labels):
+        _check_wfdb_gain(path, float(gain), name)
     scales = np.array([_unit_scale(path, unit, name) for unit, name in zip(record.units, labels)])
     signal = np.asarray(record.p_signal, dtype=np.float64).T * scales[:, None]
     return signal, labels, check_sampling_rate(path, record.fs, "WFDB header")
 
 
 def _read_dicom(path: Path, spec: ECGSpec) -> tuple[np.ndarray, list[str], float]:
-    import pydicom  # optional dependency, needed only for DICOM waveforms
-    from pydicom.errors import InvalidDicomError
+    with reading_errors(path, "DICOM ECG"):  # pydicom parses elements lazily, so a fault may surface late
+        return _dicom_waveform(path, spec)
 
-    try:
-        ds = pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise DataError(f"{path}: cannot read DICOM file: {exc}") from exc
+
+def _dicom_waveform(path: Path, spec: ECGSpec) -> tuple[np.ndarray, list[str], float]:
+    ds = read_dicom(path, "DICOM ECG")
     groups = ds.get("WaveformSequence")
     if not groups:
         raise DataError(f"{path}: DICOM file has no waveform (WaveformSequence)")
@@ -329,7 +361,12 @@ def _read_dicom(path: Path, spec: ECGSpec) -> tuple[np.ndarray, list[str], float
             continue
         rate = check_sampling_rate(path, group.get("SamplingFrequency"), f"DICOM waveform group {index} "
                                                                           "SamplingFrequency")
-        duration = float(group.NumberOfWaveformSamples) / rate
+        try:
+            duration = float(group.NumberOfWaveformSamples) / rate
+        except (AttributeError, TypeError, ValueError):
+            candidates.append((None, index, labels, f"{path}: DICOM waveform group {index} has no valid "
+                                                    "NumberOfWaveformSamples"))
+            continue
         candidates.append((duration, index, labels, ""))
     usable = [c for c in candidates if c[0] is not None]
     if not usable:
@@ -338,6 +375,11 @@ def _read_dicom(path: Path, spec: ECGSpec) -> tuple[np.ndarray, list[str], float
                         f"groups hold {[c[2] for c in candidates]}")
     _, index, labels, _ = max(usable, key=lambda c: c[0])
     group = groups[index]
+    try:
+        channels, samples = int(group.NumberOfWaveformChannels), int(group.NumberOfWaveformSamples)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DataError(f"{path}: DICOM waveform group {index} has no valid channel or sample count: {exc}") from exc
+    check_ecg_size(path, channels, samples, f"DICOM waveform group {index}")
     try:
         scaled = ds.waveform_array(index)  # applies channel sensitivity, correction factor and baseline
     except Exception as exc:  # pydicom raises ValueError/AttributeError/NotImplementedError on malformed groups
@@ -364,14 +406,9 @@ def _dicom_channel_label(channel) -> str:
 
 def _read_npy(path: Path, fs: float | None, lead_names: Sequence[str] | None) -> tuple[np.ndarray, list[str], float]:
     rate = _check_rate(path, fs)
-    try:
-        with path.open("rb") as fh:
-            check_npy_header(path, fh)
-            arr = np.load(fh, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{path}: cannot read ECG array: {exc}") from exc
+    with reading_errors(path, "ECG array"), path.open("rb") as fh:  # np.load raises SyntaxError, ... on bad headers
+        check_npy_header(path, fh)
+        arr = np.load(fh, allow_pickle=False)
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "iuf":
         kind = getattr(arr, "dtype", type(arr).__name__)
         raise DataError(f"{path}: ECG must be one array of real numbers, got {kind}")
@@ -384,6 +421,8 @@ def _read_npy(path: Path, fs: float | None, lead_names: Sequence[str] | None) ->
 
 def _read_csv(path: Path, fs: float | None) -> tuple[np.ndarray, list[str], float]:
     rate = _check_rate(path, fs)
+    # every value takes at least two characters (a digit and a separator or line end)
+    check_ecg_size(path, 1, path.stat().st_size // 2, "CSV file size")
     try:
         with path.open(newline="") as fh:
             header = next(csv.reader(fh), None)

@@ -16,9 +16,10 @@ from PIL import Image, UnidentifiedImageError
 
 from .dicom import load_dicom_image, rescale_to_uint8
 from .ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS, ECGSpec, read_ecg
-from .errors import DataError
+from .errors import DataError, reading_errors
 from .files import NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, TENSOR_SUFFIXES, check_file, is_dicom
-from .limits import check_npy_header, check_size, decode_limits
+from .limits import (BYTES_PER_PIXEL, BYTES_PER_SAMPLE, charge_decoded, check_aspect_ratio, check_npy_header, check_size,
+                     decode_limits)
 
 if TYPE_CHECKING:
     from .schema import ECGFormat
@@ -35,6 +36,7 @@ def _open_image(path: Path, what: str) -> Image.Image:
             with Image.open(path, formats=PILLOW_FORMATS) as img:
                 check_size(path, f"pixels ({img.width} x {img.height} {what})", img.width * img.height,
                            "max_image_pixels")  # from the header, before decoding
+                charge_decoded(path, img.width * img.height * BYTES_PER_PIXEL)
                 img.load()
                 return img.copy() if img.mode != "P" else img.convert("RGBA" if "transparency" in img.info else "RGB")
     except DataError:
@@ -45,10 +47,13 @@ def _open_image(path: Path, what: str) -> Image.Image:
         raise DataError(f"{path}: cannot read {what}: image too large ({exc})") from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot read {what}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise TypeError, KeyError, ... on malformed files
+        raise DataError(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc
 
 
 def load_image(path: str | Path) -> Image.Image:
-    """Load an image file (PNG, JPEG, TIFF, BMP, GIF, WebP, or DICOM) as an RGB ``PIL.Image``.
+    """Load an image file (PNG, JPEG, TIFF, BMP, GIF, WebP, or DICOM) as an RGB ``PIL.Image``; an image longer
+    than ``MAX_ASPECT_RATIO``:1 (which the model cannot take) is refused.
 
     Grayscale images with more than 8 bits per pixel are rescaled to 0..255 over their own range. DICOM files
     (``.dcm``/``.dicom`` suffix or the ``DICM`` magic) are read with :func:`load_dicom_image` and the file's own
@@ -56,10 +61,11 @@ def load_image(path: str | Path) -> Image.Image:
     """
     path = check_file(path, "image")
     if is_dicom(path):
-        return load_dicom_image(path)
+        img = load_dicom_image(path)
+        check_aspect_ratio(path, img.width, img.height)
+        return img
     img = _open_image(path, "image")
-    if img.width == 0 or img.height == 0:
-        raise DataError(f"{path}: image has zero size {img.size}")
+    check_aspect_ratio(path, img.width, img.height)
     if img.mode in _WIDE_MODES:
         arr = np.asarray(img, dtype=np.float64)
         if not np.isfinite(arr).all():
@@ -88,14 +94,9 @@ def load_ecg(path: str | Path, leads: int = len(ENCODER_LEADS), samples: int = E
         raise DataError(f"{path}: unsupported ECG file type {path.suffix!r}; expected .npy, .pt, .hea/.dat or .dcm "
                         "(a .csv needs its sampling rate)")
     else:
-        try:
-            with path.open("rb") as fh:
-                check_npy_header(path, fh)
-                arr = np.load(fh, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as exc:
-            if isinstance(exc, DataError):
-                raise
-            raise DataError(f"{path}: cannot read ECG array: {exc}") from exc
+        with reading_errors(path, "ECG array"), path.open("rb") as fh:  # np.load raises SyntaxError, ... on bad headers
+            check_npy_header(path, fh)
+            arr = np.load(fh, allow_pickle=False)
     if not isinstance(arr, np.ndarray):
         raise DataError(f"{path}: expected one array, got {type(arr).__name__}")
     if arr.dtype.kind not in "iuf":
@@ -137,6 +138,7 @@ def load_tensor(path: Path, what: str) -> np.ndarray:
         raise DataError(f"{path}: {what} tensor must be a dense floating-point tensor, got dtype {obj.dtype}, "
                         f"layout {obj.layout}")
     check_size(path, f"values (shape {tuple(obj.shape)})", obj.numel(), "max_array_values")
+    charge_decoded(path, obj.numel() * BYTES_PER_SAMPLE)
     return obj.detach().to(torch.float64).numpy()
 
 

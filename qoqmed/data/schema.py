@@ -53,7 +53,7 @@ from typing import Any
 from ..rewards.parsing import split_labels
 from .domains import DOMAIN_NAME_RULE, DOMAINS, canonical_domain
 from .ecg import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
-from .errors import DataError
+from .errors import DataError, printable
 from .files import TENSOR_SUFFIXES
 from .windows import WINDOWS
 
@@ -700,11 +700,25 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.source}:{self.line}" if self.line is not None else self.source
         middle = f"{self.field}: {self.file}" if self.file else self.field
-        return f"{where}: {middle}: {self.reason}"
+        return printable(f"{where}: {middle}: {self.reason}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "line": self.line, "id": self.record_id, "field": self.field,
-                "file": self.file, "reason": self.reason}
+        """The problem as JSON-ready values, every text made printable (file names and ids come from the rows)."""
+        text = {"source": self.source, "id": self.record_id, "field": self.field, "file": self.file,
+                "reason": self.reason}
+        out = {k: None if v is None else printable(v) for k, v in text.items()}
+        return {"source": out["source"], "line": self.line, **{k: out[k] for k in ("id", "field", "file", "reason")}}
+
+
+def parse_json_line(text: str) -> Any:
+    """One JSON value from a line of text: ``json.loads``, with a nesting too deep for the parser (which would
+    raise RecursionError) reported as a DataError, and malformed JSON as a DataError saying where."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"invalid JSON ({exc.msg} at column {exc.colno})") from exc
+    except RecursionError:
+        raise DataError("invalid JSON (nested too deeply to parse)") from None
 
 
 def read_jsonl_lines(path: Path) -> list[tuple[int, str]]:
@@ -735,9 +749,9 @@ def scan_records(path: str | Path, check_files: bool = True,
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            problems.append(Problem(src, line_no, "<json>", f"invalid JSON ({exc.msg} at column {exc.colno})"))
+            obj = parse_json_line(line)
+        except DataError as exc:
+            problems.append(Problem(src, line_no, "<json>", str(exc)))
             continue
         record, row_problems = _parse(obj, base_dir, line_no, allow_outside)
         rid = obj.get("id") if isinstance(obj, Mapping) and isinstance(obj.get("id"), str) else None

@@ -5,14 +5,14 @@ Apart from the row schema, which must not depend on the readers.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import DataError
+from .errors import DataError, printable
+from .limits import request_budget
 from .readers import load_ecg_file, load_image, load_mask
-from .schema import Problem, Record, read_jsonl_lines, row_files, scan_records
+from .schema import Problem, Record, parse_json_line, read_jsonl_lines, row_files, scan_records
 from .volumes import load_volume
 
 
@@ -54,7 +54,9 @@ def validate_records(
         cache: dict[tuple, tuple[Any, str | None]] = {}
         items = progress(records) if progress is not None else records
         for line_no, record in items:
-            for field_name, file, reason in check_record_files(record, cache):
+            with request_budget():  # one row's files add up as one request's inputs do
+                found = check_record_files(record, cache)
+            for field_name, file, reason in found:
                 problems.append(Problem(str(path), line_no, field_name, reason, file, record.id))
         # Rows that failed the schema: their files are read too, so every problem of a row shows in one pass.
         failed = {p.line for p in problems if p.line is not None} - {n for n, _ in records}
@@ -71,8 +73,8 @@ def validate_records(
 def _failed_row_files(path: Path, line_no: int, line: str, cache: dict, allow_outside: bool) -> list[Problem]:
     """Problems of the files of a row that failed the schema (read with the same readers as valid rows)."""
     try:
-        obj = json.loads(line)
-    except json.JSONDecodeError:
+        obj = parse_json_line(line)
+    except DataError:  # already reported as the row's schema problem
         return []
     rid = obj.get("id") if isinstance(obj, dict) and isinstance(obj.get("id"), str) else None
     out: list[Problem] = []
@@ -87,7 +89,8 @@ def _failed_row_files(path: Path, line_no: int, line: str, cache: dict, allow_ou
             read, key = (lambda f=full, o=options: load_ecg_file(f, o).shape), ("ecg", str(full), str(options))
         else:
             read, key = (lambda f=full: load_mask(f).shape), ("mask", str(full), None)
-        reason = _attempt(cache, key, full, read)[1]
+        with request_budget():
+            reason = _attempt(cache, key, full, read)[1]
         if reason is not None:
             out.append(Problem(str(path), line_no, field_name, reason, str(full), rid))
     return out
@@ -145,5 +148,5 @@ def check_record_files(record: Record, cache: dict | None = None) -> list[tuple[
 def _reason(exc: Exception, full: Path) -> str:
     """The reason part of a reader's ``<file>: <reason>`` message."""
     text = str(exc)
-    prefix = f"{full}: "
+    prefix = printable(f"{full}: ")  # as DataError wrote it
     return text[len(prefix):] if text.startswith(prefix) else text

@@ -33,10 +33,10 @@ import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .dicom import apply_window, dicom_pixels, gray_to_rgb, read_dicom, rescale_to_uint8
-from .errors import DataError
+from .errors import DataError, reading_errors
 from .files import (NIFTI_SUFFIXES, NOT_AN_ACCEPTED_FORMAT, PILLOW_FORMATS, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES,
                     is_dicom)
-from .limits import check_size
+from .limits import BYTES_PER_PIXEL, charge_decoded, check_aspect_ratio, check_size
 from .windows import WINDOWS
 
 __all__ = [
@@ -111,6 +111,7 @@ def volume_frames(
     """Slices of an already read ``Volume`` as RGB images (see :func:`load_volume`); ``selection`` as in
     :func:`pick_indices`."""
     data = _along(volume, axis)
+    check_aspect_ratio(volume.source, int(data.shape[2]), int(data.shape[1]), "slice")
     indices = pick_indices(data.shape[0], num_slices, volume.source, selection)
     if volume.color:
         if window is not None:
@@ -262,6 +263,7 @@ def _read_nifti(path: Path, timepoint: int | None) -> Volume:
     try:
         img = nib.load(str(path))
         check_size(path, f"voxels (shape {tuple(img.shape)})", math.prod(img.shape), "max_volume_voxels")
+        charge_decoded(path, math.prod(img.shape) * BYTES_PER_PIXEL)
         img = nib.as_closest_canonical(img)  # RAS+: array axes are x (L->R), y (P->A), z (I->S)
         data = np.asarray(img.dataobj, dtype=np.float32)
         zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
@@ -298,6 +300,11 @@ def _read_nifti(path: Path, timepoint: int | None) -> Volume:
 
 
 def _read_dicom_multiframe(path: Path) -> Volume:
+    with reading_errors(path, "DICOM volume"):  # pydicom parses elements lazily, so a fault may surface late
+        return _dicom_multiframe(path)
+
+
+def _dicom_multiframe(path: Path) -> Volume:
     ds = read_dicom(path, "DICOM volume")
     pixels = dicom_pixels(ds, path)
     frames = pixels.frames
@@ -335,6 +342,11 @@ def _series_files(folder: Path) -> list[Path]:
 
 def _read_dicom_series(folder: Path) -> Volume:
     """A folder of single-frame DICOM slices of one series -> (slices, rows, cols), sorted along the normal."""
+    with reading_errors(folder, "DICOM series"):  # pydicom parses elements lazily, so a fault may surface late
+        return _dicom_series(folder)
+
+
+def _dicom_series(folder: Path) -> Volume:
     slices = []
     for file in _series_files(folder):
         ds = read_dicom(file, "DICOM slice")
@@ -437,6 +449,7 @@ def _read_pillow_frames(path: Path) -> Volume:
                     check_size(path, "frames or more", len(frames) + 1, "max_frames")
                     check_size(path, "pixels or more over the frames", (len(frames) + 1) * frame.width * frame.height,
                                "max_volume_voxels")
+                    charge_decoded(path, frame.width * frame.height * BYTES_PER_PIXEL)
                     frames.append(np.asarray(frame.convert("RGB")))
     except DataError:
         raise
@@ -445,6 +458,8 @@ def _read_pillow_frames(path: Path) -> Volume:
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         raise DataError(f"{path}: cannot read frames: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise TypeError, KeyError, ... on malformed files
+        raise DataError(f"{path}: cannot read frames: {type(exc).__name__}: {exc}") from exc
     if not frames:
         raise DataError(f"{path}: no frames")
     if len({f.shape for f in frames}) > 1:
@@ -463,6 +478,11 @@ def _read_video(path: Path) -> Volume:
             if not container.streams.video:
                 raise DataError(f"{path}: file has no video stream")
             for frame in container.decode(video=0):
+                # each frame's size is known once decoded, before its RGB copy is kept
+                check_size(path, "frames or more", len(frames) + 1, "max_frames")
+                check_size(path, "pixels or more over the frames", (len(frames) + 1) * frame.width * frame.height,
+                           "max_volume_voxels")
+                charge_decoded(path, frame.width * frame.height * BYTES_PER_PIXEL)
                 frames.append(frame.to_ndarray(format="rgb24"))
     except DataError:
         raise

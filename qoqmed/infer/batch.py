@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.errors import DataError
+from ..data.schema import parse_json_line
 from .inputs import InputError
 from .overlay import save_overlay
 from .pipeline import Decoding, QoQMedPipeline, Query
@@ -31,6 +33,12 @@ class BatchSummary:
     predicted: int    # answered in this run
     failed: int       # rows whose inputs failed in this run
     output: Path
+    failed_before: int = 0  # skipped rows that had failed in an earlier run (redo them with retry_failed)
+
+    @property
+    def ok(self) -> bool:
+        """Whether every row of the output holds a prediction."""
+        return self.failed == 0 and self.failed_before == 0
 
 
 def _resolve(value: Any, base: Path) -> Any:
@@ -53,6 +61,11 @@ def _query(raw: Any, row: int, base: Path) -> Query:
     return Query(question=question, images=_resolve(raw.get("images"), base),
                  volumes=_resolve(raw.get("volumes"), base), ecg=_resolve(raw.get("ecg"), base),
                  ehr=raw.get("ehr"), id=str(raw.get("id", row)))
+
+
+def _failure(row: int, row_id: str, err: InputError) -> dict:
+    """The output row of a row whose inputs failed: which row, the input (``field``) and the reason."""
+    return {"row": row, "id": row_id, "ok": False, "error": f"row {row}: {err}", "field": err.field}
 
 
 def _read_done(path: Path, retry_failed: bool) -> dict[int, dict]:
@@ -90,7 +103,8 @@ def run_batch(pipe: QoQMedPipeline, rows_path: str | Path, out_dir: str | Path, 
     if not rows_path.is_file():
         raise FileNotFoundError(f"{rows_path}: batch file not found")
     base = rows_path.parent
-    lines = [ln for ln in rows_path.read_text().splitlines() if ln.strip()]
+    # Split on line ends only (str.splitlines would also split on U+2028 and other separators JSON strings may hold).
+    lines = [ln for ln in rows_path.read_bytes().splitlines() if ln.strip()]
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = out_dir / "predictions.jsonl"
     done = _read_done(out_path, retry_failed)
@@ -99,12 +113,13 @@ def run_batch(pipe: QoQMedPipeline, rows_path: str | Path, out_dir: str | Path, 
     results: dict[int, dict] = dict(done)
     failed_now = ok_now = 0
     for i, line in enumerate(lines):
+        raw, err = None, None
         try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raw, err = None, InputError("row", f"not valid JSON: {exc}")
-        else:
-            err = None
+            raw = parse_json_line(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            err = InputError("row", f"not UTF-8 text ({exc.reason} at byte {exc.start})")
+        except DataError as exc:
+            err = InputError("row", str(exc))
         row_id = str(raw.get("id", i)) if isinstance(raw, dict) else str(i)
         if i in done:
             if done[i].get("id") != row_id:
@@ -117,7 +132,7 @@ def run_batch(pipe: QoQMedPipeline, rows_path: str | Path, out_dir: str | Path, 
                 continue
             except InputError as exc:
                 err = exc
-        results[i] = {"row": i, "id": row_id, "ok": False, "error": str(err), "field": err.field}
+        results[i] = _failure(i, row_id, err)
         failed_now += 1
     # Rows that failed to parse are written at once, so a crash later does not lose them.
     _write_rows(out_path, results)
@@ -133,7 +148,7 @@ def run_batch(pipe: QoQMedPipeline, rows_path: str | Path, out_dir: str | Path, 
                                            max_new_tokens=max_new_tokens, decoding=decoding)
                 for i, pred in zip(chunk, preds):
                     if isinstance(pred, InputError):
-                        row = {"row": i, "id": queries[i].id, "ok": False, "error": str(pred), "field": pred.field}
+                        row = _failure(i, queries[i].id, pred)
                         failed_now += 1
                     else:
                         row = {"row": i, "ok": True, **pred.to_dict(), "id": queries[i].id}
@@ -148,4 +163,5 @@ def run_batch(pipe: QoQMedPipeline, rows_path: str | Path, out_dir: str | Path, 
                 f.flush()
                 bar.advance(task, len(chunk))
     _write_rows(out_path, results)  # final file in input order
-    return BatchSummary(rows=len(lines), skipped=len(done), predicted=ok_now, failed=failed_now, output=out_path)
+    return BatchSummary(rows=len(lines), skipped=len(done), predicted=ok_now, failed=failed_now, output=out_path,
+                        failed_before=sum(1 for row in done.values() if not row.get("ok")))

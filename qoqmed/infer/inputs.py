@@ -7,7 +7,8 @@ ever replaced by a blank image or a zero ECG.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from PIL import Image
 
 from ..data.dicom import rescale_to_uint8
 from ..data.ecg import ECG_SAMPLING_RATE, ECGSpec, read_ecg
-from ..data.errors import DataError
+from ..data.errors import DataError, printable
+from ..data.limits import check_aspect_ratio
 from ..data.readers import load_ecg, load_image
 from ..data.volumes import Volume, pick_indices, read_volume, volume_frames
 
@@ -26,9 +28,28 @@ class InputError(ValueError):
     """A user input that cannot be used; ``field`` names it (e.g. ``images[0]``), the message says why."""
 
     def __init__(self, field: str, reason: str):
+        field, reason = printable(field), printable(reason)
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+@contextmanager
+def reading(field: str) -> Iterator[None]:
+    """Every failure while reading or preparing the input ``field`` leaves as an InputError naming it.
+
+    The readers raise DataError for everything they anticipate; anything else a decoding library raises (or
+    MemoryError, RecursionError) is still a fault of this input, reported with its type, and never a traceback that
+    stops a server request or a batch.
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except DataError as exc:
+        raise InputError(field, str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        raise InputError(field, f"cannot read this input: {type(exc).__name__}: {exc}") from exc
 
 
 @dataclass
@@ -61,11 +82,14 @@ def load_image_input(item: Any, field: str) -> Image.Image:
         except DataError as exc:
             raise InputError(field, str(exc)) from exc
     if isinstance(item, Image.Image):
-        if item.width == 0 or item.height == 0:
-            raise InputError(field, f"image has zero size {item.size}")
+        with reading(field):
+            check_aspect_ratio("PIL image", item.width, item.height)
         return item.convert("RGB") if item.mode != "RGB" else item
     if isinstance(item, np.ndarray):
-        return Image.fromarray(_array_to_uint8(item, field, allow_channels=True))
+        image = Image.fromarray(_array_to_uint8(item, field, allow_channels=True))
+        with reading(field):
+            check_aspect_ratio("image array", image.width, image.height)
+        return image
     raise InputError(field, f"expected a file path, a PIL image or a numpy array, got {type(item).__name__}")
 
 
@@ -192,10 +216,13 @@ def _ecg_from_dict(item: dict, field: str, leads: int, samples: int) -> np.ndarr
     if "signal" not in item or "fs" not in item:
         raise InputError(field, "an ECG dict needs 'signal' (leads x samples, mV) and 'fs' (Hz); 'leads' optional")
     try:
-        signal = np.asarray(item["signal"], dtype=np.float64)
+        signal = np.asarray(item["signal"])
         fs = float(item["fs"])
     except (TypeError, ValueError) as exc:
         raise InputError(field, f"ECG dict has a non-numeric signal or fs: {exc}") from exc
+    if signal.dtype.kind not in "iuf":  # complex would lose its imaginary part, booleans would become 0/1
+        raise InputError(field, f"ECG signal must hold real numbers, got dtype {signal.dtype}")
+    signal = signal.astype(np.float64)
     if signal.ndim != 2:
         raise InputError(field, f"ECG signal must be 2D (leads, samples), got shape {signal.shape}")
     spec = _model_ecg_spec(field, leads, samples)

@@ -22,15 +22,15 @@ import torch
 from PIL import Image
 
 from ..data.boxes import from_model_box
+from ..data.limits import request_budget
 from ..data.prompt_styles import check_style, slice_selection, user_text
 from ..data.prompt_styles import system_prompt as style_system_prompt
 from ..data.prompts import STYLE_SYSTEM
 from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, place_inputs
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages
 from ..rewards.parsing import parse_response
-from .inputs import InputError, VisualInput, as_list, load_ecg_input, load_image_input, load_volume_input
-
-_TURN = "\x1e"  # record separator: splits the user turns of a conversation after their inputs are numbered
+from .inputs import (InputError, VisualInput, as_list, load_ecg_input, load_image_input, load_volume_input,
+                     reading)
 
 
 @dataclass
@@ -149,6 +149,9 @@ class QoQMedPipeline:
         tok = processor.tokenizer
         self._eos = tok.convert_tokens_to_ids("<|im_end|>")
         self._pad = tok.pad_token_id
+        # Control tokens of the chat format and the input placeholders: text holding one would end a turn early or
+        # claim an image or ECG that is not there (and fail the whole generate batch it shares).
+        self._reserved = tuple(sorted({t for t in tok.all_special_tokens if len(t) > 1}, key=len, reverse=True))
         self.max_positions = int(getattr(model.config.text_config, "max_position_embeddings", 0) or 0)
 
     @classmethod
@@ -180,17 +183,27 @@ class QoQMedPipeline:
             raise InputError("question", f"must be a string, got {type(question).__name__}")
         if ehr is not None and not isinstance(ehr, str):
             raise InputError("ehr", f"must be a string (clinical notes), got {type(ehr).__name__}")
+        history = self._check_history(history)
+        for name, text in [("question", question), ("ehr", ehr), ("system", system)] + [
+                (f"history[{i}]", t) for i, turn in enumerate(history) for t in turn]:
+            self._check_text(name, text)
         image_items, volume_items, ecg_items = as_list(images), as_list(volumes), as_list(ecg)
         if not question.strip() and not (image_items or volume_items or ecg_items or ehr):
             raise InputError("question", "empty question and no inputs")
-        loaded_images = [load_image_input(x, f"images[{i}]") for i, x in enumerate(image_items)]
-        loaded_volumes = [load_volume_input(x, f"volumes[{i}]", self.num_slices, window,
-                                            slice_selection(self.prompt_style))
-                          for i, x in enumerate(volume_items)]
         p = self.processor
-        ecgs = [load_ecg_input(x, f"ecg[{i}]", p.ecg_num_leads, p.ecg_num_samples) for i, x in enumerate(ecg_items)]
+        loaded_images, loaded_volumes, ecgs = [], [], []
+        with request_budget():  # the decoded sizes of all of this query's inputs add up against one limit
+            for i, x in enumerate(image_items):
+                with reading(f"images[{i}]"):
+                    loaded_images.append(load_image_input(x, f"images[{i}]"))
+            for i, x in enumerate(volume_items):
+                with reading(f"volumes[{i}]"):
+                    loaded_volumes.append(load_volume_input(x, f"volumes[{i}]", self.num_slices, window,
+                                                             slice_selection(self.prompt_style)))
+            for i, x in enumerate(ecg_items):
+                with reading(f"ecg[{i}]"):
+                    ecgs.append(load_ecg_input(x, f"ecg[{i}]", p.ecg_num_leads, p.ecg_num_samples))
 
-        history = self._check_history(history)
         earlier = {tag: sum(u.count(tag) for u, _ in history) for tag in PLACEHOLDER_ORDER}
         for tag, n, what in (("<image>", len(loaded_images), "images"), ("<volume>", len(loaded_volumes), "volumes"),
                              ("<ecg>", len(ecgs), "ecg")):
@@ -199,9 +212,7 @@ class QoQMedPipeline:
         problem = self._problem(question, len(loaded_images) - earlier["<image>"],
                                 len(loaded_volumes) - earlier["<volume>"], len(ecgs) - earlier["<ecg>"], ehr)
         # One pass over all user turns, so images and volume slices are numbered in conversation order.
-        visuals, joined = self._order_visuals(_TURN.join([u for u, _ in history] + [problem]), loaded_images,
-                                              loaded_volumes)
-        users = joined.split(_TURN)
+        visuals, users = self._order_visuals([u for u, _ in history] + [problem], loaded_images, loaded_volumes)
         users[-1] = user_text(users[-1], self.prompt_style)
         problem = users[-1]
         system = system or self.system_prompt
@@ -221,14 +232,23 @@ class QoQMedPipeline:
         return PreparedQuery(prompt=prompt, problem=problem, visuals=visuals, ecgs=ecgs, prompt_tokens=n_tokens,
                              prepare_s=time.perf_counter() - t0, id=id)
 
+    def _check_text(self, field: str, text: str | None) -> None:
+        """InputError when ``text`` holds one of the model's reserved tokens (chat-format and placeholder tokens)."""
+        if text is None:
+            return
+        if not isinstance(text, str):
+            raise InputError(field, f"must be a string, got {type(text).__name__}")
+        found = next((t for t in self._reserved if t in text), None)
+        if found is not None:
+            raise InputError(field, f"contains the model's reserved token {found!r}; write inputs as <image>, "
+                                    "<volume>, <ecg> placeholders")
+
     @staticmethod
     def _check_history(history: Sequence[tuple[str, str]] | None) -> list[tuple[str, str]]:
         out = []
         for i, turn in enumerate(history or []):
             if not (isinstance(turn, (tuple, list)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
                 raise InputError(f"history[{i}]", "must be a (user text, assistant answer) pair of strings")
-            if _TURN in turn[0]:
-                raise InputError(f"history[{i}]", "contains a reserved control character")
             out.append((turn[0], turn[1]))
         return out
 
@@ -245,30 +265,36 @@ class QoQMedPipeline:
         return body
 
     @staticmethod
-    def _order_visuals(problem: str, images: list[Image.Image], volumes: list[list[Image.Image]]
-                       ) -> tuple[list[VisualInput], str]:
-        """Visual inputs in prompt order; each <volume> becomes one <image> per slice."""
+    def _order_visuals(turns: Sequence[str], images: list[Image.Image], volumes: list[list[Image.Image]]
+                       ) -> tuple[list[VisualInput], list[str]]:
+        """Visual inputs in prompt order over the user turns, and each turn's text with every <volume> turned into
+        one <image> per slice. The turns stay separate strings, so no character of a turn can split or merge them."""
         out: list[VisualInput] = []
-        text, pos, i_img, i_vol = [], 0, 0, 0
-        while True:
-            hits = [(problem.find(t, pos), t) for t in ("<image>", "<volume>")]
-            hits = [(i, t) for i, t in hits if i >= 0]
-            if not hits:
-                text.append(problem[pos:])
-                break
-            at, tag = min(hits)
-            text.append(problem[pos:at])
-            if tag == "<image>":
-                out.append(VisualInput(images[i_img], f"images[{i_img}]"))
-                text.append("<image>")
-                i_img += 1
-            else:
-                slices = volumes[i_vol]
-                out.extend(VisualInput(s, f"volumes[{i_vol}] slice {k + 1}/{len(slices)}") for k, s in enumerate(slices))
-                text.append("<image>" * len(slices))
-                i_vol += 1
-            pos = at + len(tag)
-        return out, "".join(text)
+        texts: list[str] = []
+        i_img = i_vol = 0
+        for turn in turns:
+            text, pos = [], 0
+            while True:
+                hits = [(turn.find(t, pos), t) for t in ("<image>", "<volume>")]
+                hits = [(i, t) for i, t in hits if i >= 0]
+                if not hits:
+                    text.append(turn[pos:])
+                    break
+                at, tag = min(hits)
+                text.append(turn[pos:at])
+                if tag == "<image>":
+                    out.append(VisualInput(images[i_img], f"images[{i_img}]"))
+                    text.append("<image>")
+                    i_img += 1
+                else:
+                    slices = volumes[i_vol]
+                    out.extend(VisualInput(s, f"volumes[{i_vol}] slice {k + 1}/{len(slices)}")
+                               for k, s in enumerate(slices))
+                    text.append("<image>" * len(slices))
+                    i_vol += 1
+                pos = at + len(tag)
+            texts.append("".join(text))
+        return out, texts
 
     def _count_tokens(self, prompt: str, visuals: Sequence[VisualInput], n_ecgs: int) -> int:
         p = self.processor

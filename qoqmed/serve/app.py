@@ -37,7 +37,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from ..data.ecg import ECG_SAMPLING_RATE, ENCODER_LEADS
-from ..data.errors import DataError
 from ..data.files import has_dicom_magic
 from ..data.windows import parse_window
 from ..infer.inputs import InputError
@@ -46,16 +45,19 @@ from .batcher import Batcher, QueueFull
 from .chat import flatten_chat
 from .errors import APIError, error_response, install_error_handlers, logger
 from .payloads import Staged, decode_b64, scrub
-from .schemas import MAX_FILES, ChatRequest, ECGPart, FilePart, PredictRequest, SamplingOptions, VolumePart
+from .schemas import (MAX_EHR_CHARS, MAX_FILES, MAX_QUESTION_CHARS, ChatRequest, ECGPart, FilePart, PredictRequest,
+                      SamplingOptions, VolumePart)
 
 STATIC = Path(str(resources.files("qoqmed") / "serve" / "static"))
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for bodies over ``limit`` bytes, by Content-Length or while streaming a chunked body."""
+    """ASGI middleware: the request body is read here in full before the app sees it, with 413 for a body over
+    ``limit`` bytes (by Content-Length, or while a chunked body streams in) and 408 when the body has not arrived
+    ``timeout_s`` seconds after the request head (a stalled or trickling client). Both in the API's error shape."""
 
-    def __init__(self, app, limit: int):
-        self.app, self.limit = app, int(limit)
+    def __init__(self, app, limit: int, timeout_s: float = 60.0):
+        self.app, self.limit, self.timeout_s = app, int(limit), float(timeout_s)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -63,32 +65,40 @@ class BodyLimit:
         headers = dict(scope.get("headers") or [])
         declared = headers.get(b"content-length")
         too_big = error_response(413, f"request body is larger than the {self.limit} byte limit "
-                              "(start the server with a larger --max-body-mb)", code="body_too_large")
-        if declared is not None:
-            # The HTTP layer holds the client to its Content-Length, so the declared size is the size.
-            if not declared.isdigit() or int(declared) > self.limit:
-                return await too_big(scope, receive, send)
-            return await self.app(scope, receive, send)
-        # A chunked body of unknown size is read here, up to the limit, and handed on only if it fits (frameworks
-        # turn errors raised while they read a body into a generic 400).
+                                      "(start the server with a larger --max-body-mb)", code="body_too_large",
+                                 headers={"Connection": "close"})
+        # The HTTP layer holds the client to its Content-Length, so the declared size is the size.
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            return await too_big(scope, receive, send)
+        # Frameworks turn errors raised while they read a body into a generic 400, so the body is read here, up to
+        # the limit and the deadline, and handed on only when it is complete.
         chunks, seen = [], 0
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
         while True:
-            message = await receive()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), max(left, 0.0))
+            except TimeoutError:
+                late = error_response(408, f"the request body did not arrive within {self.timeout_s:g} s",
+                                      code="request_timeout", headers={"Connection": "close"})
+                return await late(scope, receive, send)
             if message["type"] != "http.request":
-                return
+                return  # the client went away
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 return await too_big(scope, receive, send)
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
                 break
+        body, chunks = b"".join(chunks), None
         replayed = False
 
         async def replay():
-            nonlocal replayed
+            nonlocal replayed, body
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                message, body = {"type": "http.request", "body": body, "more_body": False}, b""
+                return message
             return await receive()
 
         await self.app(scope, replay, send)
@@ -96,8 +106,10 @@ class BodyLimit:
 
 # ------------------------------------------------------------------------------------------------- app
 def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batch: int = 8,
-               batch_wait_ms: float = 5.0, max_new_tokens_limit: int = 1024, max_queue: int = 1024) -> FastAPI:
-    """The ASGI app serving ``pipe``. Run it with uvicorn (``qoqmed serve`` does)."""
+               batch_wait_ms: float = 5.0, max_new_tokens_limit: int = 1024, max_queue: int = 1024,
+               body_timeout_s: float = 60.0) -> FastAPI:
+    """The ASGI app serving ``pipe``. Run it with :func:`qoqmed.serve.server.run` (``qoqmed serve`` does), which
+    adds the connection timeouts."""
     batcher = Batcher(pipe, max_batch=max_batch, wait_ms=batch_wait_ms, max_queue=max_queue)
 
     @asynccontextmanager
@@ -111,7 +123,7 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
                               "diagnosis out.")
     app.state.batcher = batcher
     app.state.pipeline = pipe
-    app.add_middleware(BodyLimit, limit=max_body_bytes)
+    app.add_middleware(BodyLimit, limit=max_body_bytes, timeout_s=body_timeout_s)
 
     install_error_handlers(app)
 
@@ -171,8 +183,8 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
 
     @app.post("/v1/predict/form")
     async def predict_form(
-        question: Annotated[str, Form(max_length=20_000)] = "",
-        ehr: Annotated[str | None, Form(max_length=50_000)] = None,
+        question: Annotated[str, Form(max_length=MAX_QUESTION_CHARS)] = "",
+        ehr: Annotated[str | None, Form(max_length=MAX_EHR_CHARS)] = None,
         window: Annotated[str | None, Form()] = None,
         max_new_tokens: Annotated[int | None, Form(ge=1)] = None,
         return_previews: Annotated[bool, Form()] = False,
@@ -288,20 +300,8 @@ def _add_ecg(staged: Staged, ecg: ECGPart, where: str) -> None:
         raw = decode_b64(ecg.npy, f"{where}.npy")[0]
         if ecg.fs is None:
             staged.add_ecg_file(raw, None, f"{where}.npy")
-        else:
-            import numpy as np
-
-            from ..data.limits import check_npy_header
-
-            try:
-                buffer = io.BytesIO(raw)
-                check_npy_header("array", buffer)  # a header claiming 10^10 values is refused before allocating
-                arr = np.load(buffer, allow_pickle=False)
-            except DataError as exc:
-                raise InputError(f"{where}.npy", str(exc)) from exc
-            except (ValueError, OSError, EOFError) as exc:
-                raise InputError(f"{where}.npy", f"not a readable .npy array: {exc}") from exc
-            staged.ecg.append({"signal": arr, "fs": ecg.fs, "leads": ecg.leads})
+        else:  # read by the file route's reader, with the same checks (dtype, header size, rate)
+            staged.add_ecg_npy(raw, ecg.fs, ecg.leads, f"{where}.npy")
 
 
 def _add_ecg_files(staged: Staged, files: list[tuple[str | None, bytes]], fs: float | None = None) -> None:

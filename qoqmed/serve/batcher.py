@@ -93,33 +93,37 @@ class Batcher:
         return batch
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
-            # Requests asking for different answer lengths or decoding go in separate calls, so none gets more than
-            # it asked; a seeded one goes alone, so its answer does not depend on what it was batched with.
-            groups: dict[tuple, list] = {}
-            for item in batch:
-                max_new, fut, decoding = item[1], item[2], item[3]
-                groups.setdefault((max_new, decoding, id(fut) if decoding.seed is not None else None), []).append(item)
-            for (max_new, decoding, _), items in groups.items():
-                items = [it for it in items if not it[2].done()]  # the client may have gone away
-                if not items:
-                    continue
-                t0 = time.perf_counter()
-                try:
-                    preds = await loop.run_in_executor(self._executor, self.pipe.generate,
-                                                       [it[0] for it in items], max_new, decoding)
-                except Exception as exc:  # noqa: BLE001 - every waiting request must hear about the failure
-                    for it in items:
-                        if not it[2].done():
-                            it[2].set_exception(exc)
-                    continue
-                s = self.stats
-                s.busy_s += time.perf_counter() - t0
-                s.requests += len(items)
-                s.batches += 1
-                s.largest = max(s.largest, len(items))
-                for it, pred in zip(items, preds):
+            # The batch lives only in _serve's frame: nothing here holds its images, ECGs or answers while the next
+            # batch is awaited, so their memory is released as soon as each request has been answered.
+            await self._serve(await self._collect())
+
+    async def _serve(self, batch: list) -> None:
+        loop = asyncio.get_running_loop()
+        # Requests asking for different answer lengths or decoding go in separate calls, so none gets more than
+        # it asked; a seeded one goes alone, so its answer does not depend on what it was batched with.
+        groups: dict[tuple, list] = {}
+        for item in batch:
+            max_new, fut, decoding = item[1], item[2], item[3]
+            groups.setdefault((max_new, decoding, id(fut) if decoding.seed is not None else None), []).append(item)
+        for (max_new, decoding, _), items in groups.items():
+            items = [it for it in items if not it[2].done()]  # the client may have gone away
+            if not items:
+                continue
+            t0 = time.perf_counter()
+            try:
+                preds = await loop.run_in_executor(self._executor, self.pipe.generate,
+                                                   [it[0] for it in items], max_new, decoding)
+            except Exception as exc:  # noqa: BLE001 - every waiting request must hear about the failure
+                for it in items:
                     if not it[2].done():
-                        it[2].set_result(pred)
+                        it[2].set_exception(exc)
+                continue
+            s = self.stats
+            s.busy_s += time.perf_counter() - t0
+            s.requests += len(items)
+            s.batches += 1
+            s.largest = max(s.largest, len(items))
+            for it, pred in zip(items, preds):
+                if not it[2].done():
+                    it[2].set_result(pred)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import APIError
-from .schemas import ChatMessage, ECGContent, ECGPart, ImagePart, TextPart, VolumePart
+from .schemas import MAX_CHAT_CHARS, ChatMessage, ECGContent, ECGPart, ImagePart, TextPart, VolumePart
 
 
 @dataclass
@@ -25,8 +25,20 @@ class FlatChat:
 
 def flatten_chat(messages: Sequence[ChatMessage]) -> FlatChat:
     """Flatten ``messages``; APIError (400) when turns do not alternate user/assistant from a user turn to a user
-    turn, or an assistant turn holds anything but text."""
+    turn, a system or assistant turn holds anything but text, or the text of all turns passes MAX_CHAT_CHARS
+    (checked here, before any tokenization)."""
+    total = sum(len(m.content) if isinstance(m.content, str) else
+                sum(len(p.text) for p in m.content if isinstance(p, TextPart)) for m in messages)
+    if total > MAX_CHAT_CHARS:
+        raise APIError(400, f"the messages hold {total:,} characters of text; this server takes at most "
+                            f"{MAX_CHAT_CHARS:,} per request", "messages", code="too_long")
     system = [m for m in messages if m.role in ("system", "developer")]
+    for i, msg in enumerate(messages):
+        if msg.role in ("system", "developer") and not isinstance(msg.content, str):
+            for k, part in enumerate(msg.content):
+                if not isinstance(part, TextPart):
+                    raise APIError(400, f"a {msg.role} message may hold text only; send images, ECGs and volumes "
+                                        "in a user message", f"messages[{i}].content[{k}]")
     turns = [(i, m) for i, m in enumerate(messages) if m.role in ("user", "assistant")]
     roles = [m.role for _, m in turns]
     if roles != ["user", "assistant"] * (len(roles) // 2) + ["user"]:

@@ -9,6 +9,9 @@ import re
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from ..data.errors import printable
 
 logger = logging.getLogger("qoqmed.serve")
 
@@ -20,9 +23,17 @@ class APIError(Exception):
 
 
 def error_response(status: int, message: str, param: str | None = None, code: str = "invalid_input",
-           kind: str = "invalid_request_error", **extra) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": code, **extra}},
-                        status_code=status)
+                   kind: str = "invalid_request_error", headers: dict[str, str] | None = None, **extra) -> JSONResponse:
+    """The one shape of every error the API sends; the message and field are made printable (they may quote what
+    a client sent, lone surrogates included, which JSON as UTF-8 cannot carry)."""
+    body = {"message": printable(message), "type": kind, "param": None if param is None else printable(param),
+            "code": code, **extra}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+# Codes for the statuses the framework itself answers (unknown path, wrong method, unparsable body...).
+_HTTP_CODES = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+               413: "body_too_large", 415: "unsupported_media_type"}
 
 
 _MEMBER = re.compile(r"^(str|int|float|bool|[A-Z]\w*|.*\[.*|function-.*|constrained-.*|json-or-python.*)$")
@@ -61,10 +72,18 @@ def install_error_handlers(app: FastAPI) -> None:
         if first.get("type") == "json_invalid":
             return error_response(400, f"malformed JSON: {first.get('ctx', {}).get('error', first['msg'])}", "body",
                                   code="malformed_json")
-        details = [{"param": field_path(tuple(e["loc"])), "message": e["msg"]} for e in errors[:20]]
+        details = [{"param": printable(field_path(tuple(e["loc"]))), "message": printable(e["msg"])}
+                   for e in errors[:20]]
         param = details[0]["param"]
         return error_response(422, f"{param}: {first['msg']}", param, code=first.get("type", "invalid"),
                               details=details)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        # 404 for an unknown path, 405 for a wrong method, 400 for a body the framework cannot parse: same shape.
+        return error_response(exc.status_code, str(exc.detail), code=_HTTP_CODES.get(exc.status_code, "http_error"),
+                              kind="server_error" if exc.status_code >= 500 else "invalid_request_error",
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError):

@@ -114,6 +114,13 @@ class Staged:
         path = self.write(f"ecg_{len(self.ecg)}.csv", raw)
         self.ecg.append({"path": path, "fs": fs, "leads": leads})
 
+    def add_ecg_npy(self, raw: bytes, fs: float, leads: list[str] | None, field: str) -> None:
+        """A ``.npy`` ECG of any (leads, samples) at ``fs`` Hz; the ECG reader maps the leads and resamples."""
+        if raw[:6] != b"\x93NUMPY":
+            raise InputError(field, "not a .npy array (no NUMPY magic)")
+        path = self.write(f"ecg_{len(self.ecg)}.npy", raw)
+        self.ecg.append({"path": path, "fs": fs, "leads": leads})
+
     def add_ecg_file(self, raw: bytes, filename: str | None, field: str) -> None:
         i = len(self.ecg)
         if has_dicom_magic(raw):

@@ -10,6 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from ..infer.pipeline import Decoding
 
 MAX_FILES = 32
+# Text caps, checked when the request is parsed, before anything is tokenized.
+MAX_QUESTION_CHARS = 20_000  # a question, or one text part of a chat message
+MAX_EHR_CHARS = 50_000       # clinical notes
+MAX_CHAT_CHARS = 50_000      # all text of a chat request's messages together
+MAX_CHAT_MESSAGES = 64
+MAX_CHAT_PARTS = 64          # content parts of one message
 
 
 class _Strict(BaseModel):
@@ -83,11 +89,11 @@ class SamplingOptions(BaseModel):
 
 
 class PredictRequest(_Strict, SamplingOptions):
-    question: StrictStr = Field(max_length=20_000)
+    question: StrictStr = Field(max_length=MAX_QUESTION_CHARS)
     images: list[FilePart | StrictStr] = Field(default_factory=list, max_length=MAX_FILES)
     volumes: list[VolumePart] = Field(default_factory=list, max_length=8)
     ecg: list[ECGPart] = Field(default_factory=list, max_length=8)
-    ehr: StrictStr | None = Field(None, max_length=50_000)
+    ehr: StrictStr | None = Field(None, max_length=MAX_EHR_CHARS)
     window: StrictStr | None = None
     max_new_tokens: StrictInt | None = Field(None, ge=1)
     return_previews: StrictBool = False
@@ -95,7 +101,7 @@ class PredictRequest(_Strict, SamplingOptions):
 
 class TextPart(_Strict):
     type: Literal["text"]
-    text: StrictStr
+    text: StrictStr = Field(max_length=MAX_QUESTION_CHARS)
 
 
 class ImageURL(_Strict):
@@ -123,7 +129,8 @@ ContentPart = Annotated[Union[TextPart, ImagePart, ECGContent, VolumeContent], F
 
 class ChatMessage(_Strict):
     role: Literal["system", "user", "assistant", "developer"]
-    content: StrictStr | list[ContentPart]
+    content: Annotated[StrictStr, Field(max_length=MAX_QUESTION_CHARS)] | Annotated[
+        list[ContentPart], Field(max_length=MAX_CHAT_PARTS)]
 
 
 class ChatRequest(SamplingOptions):
@@ -131,7 +138,7 @@ class ChatRequest(SamplingOptions):
     # temperature of 1, an absent temperature means greedy decoding, as in evaluation.
     model_config = ConfigDict(extra="allow", strict=True)
     model: StrictStr | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_CHAT_MESSAGES)
     max_tokens: StrictInt | None = Field(None, ge=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)
     stream: StrictBool = False
