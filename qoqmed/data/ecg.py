@@ -25,7 +25,8 @@ from scipy.signal import firwin, resample_poly
 from .dicom import read_dicom
 from .errors import DataError, reading_errors
 from .files import check_file
-from .limits import BYTES_PER_SAMPLE, charge_decoded, check_npy_header, check_size
+from .limits import (BYTES_PER_SAMPLE, MAX_SAMPLING_RATE, MIN_SAMPLING_RATE, charge_decoded, check_npy_header,
+                     check_size)
 
 __all__ = [
     "ECGSpec", "ECGSignal", "read_ecg", "canonical_lead", "STANDARD_LEADS", "ENCODER_LEADS",
@@ -40,9 +41,6 @@ ECG_SAMPLING_RATE = 250
 ECG_SECONDS = 10.0
 ECG_SAMPLES = int(ECG_SAMPLING_RATE * ECG_SECONDS)
 MIN_SECONDS = 1.0
-# Sampling rates accepted from files, arguments and requests (Hz): below 50 Hz a record cannot carry a QRS complex,
-# above 10 kHz no clinical recorder writes; the bounds also bound the resampling ratio to 1/40..5.
-MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 50.0, 10_000.0
 # Largest up or down factor of the resampling ratio: the anti-aliasing filter has 20 taps per unit of it (at most
 # 20,001 taps, 160 kB), and every common rate (128, 257, 360, 500, 512, 1000 Hz...) still converts exactly.
 MAX_RESAMPLE_FACTOR = 1000

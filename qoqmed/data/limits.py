@@ -28,6 +28,10 @@ import numpy as np
 
 from .errors import DataError
 
+# ECG sampling rates accepted from files, arguments and requests (Hz): below 50 Hz a record cannot carry a QRS
+# complex, above 10 kHz no clinical recorder writes; the bounds also bound the resampling ratio to 1/40..5.
+MIN_SAMPLING_RATE, MAX_SAMPLING_RATE = 50.0, 10_000.0
+
 ENV_PREFIX = "QOQMED_"
 # Longest side over shortest side of an image the model can take: its vision processor (Qwen2-VL's smart_resize)
 # refuses anything longer. A property of the model, not a setting; the readers check it so that `data validate`, the

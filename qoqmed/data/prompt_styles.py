@@ -15,10 +15,17 @@ from __future__ import annotations
 
 from .schema import ECG_TOKEN
 
-__all__ = ["PROMPT_STYLES", "RELEASED_SYSTEM_PROMPT", "RELEASED_FORMAT_SUFFIX", "check_style", "system_prompt",
-           "user_text", "slice_selection", "frame_labels", "answer_layout"]
+__all__ = ["PROMPT_STYLES", "SYSTEM_PROMPT", "RELEASED_SYSTEM_PROMPT", "RELEASED_FORMAT_SUFFIX", "check_style",
+           "system_prompt", "user_text", "slice_selection", "frame_labels", "answer_layout"]
 
 PROMPT_STYLES = ("qoqmed", "released")
+
+# qoqmed's own: the boxes inside <think>, so the evidence is part of the reasoning it grounds.
+SYSTEM_PROMPT = (
+    "You are a clinical reasoning assistant. Inside <think> </think>, first list the regions of interest as JSON "
+    "boxes [{\"bbox_2d\": [x1, y1, x2, y2], \"label\": \"...\"}] in pixels of the image as you see it, then reason. "
+    "Give the final diagnosis inside \\boxed{}; join several labels with \", \"."
+)
 
 # Qwen2.5-VL-Instruct's chat template opens a conversation without a system turn with this; the released training
 # code sent none, so this is the system prompt the released weights saw.
@@ -43,11 +50,7 @@ def check_style(style: str) -> str:
 
 def system_prompt(style: str) -> str:
     """The system prompt of a style."""
-    if check_style(style) == "released":
-        return RELEASED_SYSTEM_PROMPT
-    from .prompts import SYSTEM_PROMPT
-
-    return SYSTEM_PROMPT
+    return RELEASED_SYSTEM_PROMPT if check_style(style) == "released" else SYSTEM_PROMPT
 
 
 def user_text(problem: str, style: str) -> str:

@@ -20,16 +20,10 @@ from PIL import Image
 
 from ..modeling.processing_qoqmed import QoQMedProcessor, chat_messages
 from .boxes import to_model_box
-from .prompt_styles import answer_layout, slice_selection, system_prompt, user_text
+from .prompt_styles import SYSTEM_PROMPT, answer_layout, slice_selection, system_prompt, user_text
 from .readers import load_ecg_file, load_image
 from .schema import IMAGE_TOKEN, MODALITY_NAMES, VOLUME_TOKEN, Record
 from .volumes import load_volume
-
-SYSTEM_PROMPT = (
-    "You are a clinical reasoning assistant. Inside <think> </think>, first list the regions of interest as JSON "
-    "boxes [{\"bbox_2d\": [x1, y1, x2, y2], \"label\": \"...\"}] in pixels of the image as you see it, then reason. "
-    "Give the final diagnosis inside \\boxed{}; join several labels with \", \"."
-)
 
 @dataclass
 class LoadedRecord:

@@ -52,9 +52,9 @@ from typing import Any
 
 from ..rewards.parsing import split_labels
 from .domains import DOMAIN_NAME_RULE, DOMAINS, canonical_domain
-from .ecg import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
 from .errors import DataError, printable
 from .files import TENSOR_SUFFIXES
+from .limits import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE
 from .windows import WINDOWS
 
 # How questions and rationales name each domain's pictures; one table, so converted rows and warm-start answers agree.
