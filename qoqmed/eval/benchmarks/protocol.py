@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from ...rewards.parsing import _unwrap_text, parse_response
 
 __all__ = ["KINDS", "PROTOCOLS", "Score", "check_protocol", "extract_answer", "normalize", "option_letter",
-           "recall", "score_answer", "yes_no"]
+           "recall", "score_answer", "summarize", "yes_no"]
 
 KINDS = ("closed", "open", "choice")
 PROTOCOLS = ("qoqmed", "medevalkit")
@@ -197,3 +197,32 @@ def score_answer(response: str, kind: str, reference: str, options: Mapping[str,
             exact = pred == normalize(reference)
         return Score(correct=exact, parsed=pred, unparseable=not pred, recall=recall(answer, reference, protocol))
     raise ValueError(f"question kind {kind!r}: expected one of {', '.join(KINDS)}")
+
+
+def _share(count: int, n: int) -> float | None:
+    return count / n if n else None
+
+
+def summarize(rows: Sequence[Mapping]) -> dict:
+    """Counts and rates of scored rows (each with ``kind``, ``correct``, ``unparseable`` and, open, ``recall``).
+
+    Per kind present: ``closed`` and ``choice``: n, correct, accuracy, unparseable, unparseable_rate; ``open``: n,
+    exact_match (share), recall (mean), unparseable (empty answers). Overall: ``accuracy`` = (closed and choice
+    correct + open exact matches) / n, and the unparseable count and rate over every question.
+    """
+    out: dict = {"n": len(rows)}
+    for kind in KINDS:
+        part = [r for r in rows if r["kind"] == kind]
+        if not part:
+            continue
+        n, correct, bad = len(part), sum(bool(r["correct"]) for r in part), sum(bool(r["unparseable"]) for r in part)
+        if kind == "open":
+            out[kind] = {"n": n, "exact_match": correct / n, "recall": sum(r["recall"] for r in part) / n,
+                         "unparseable": bad, "unparseable_rate": bad / n}
+        else:
+            out[kind] = {"n": n, "correct": correct, "accuracy": correct / n, "unparseable": bad,
+                         "unparseable_rate": bad / n}
+    out["accuracy"] = _share(sum(bool(r["correct"]) for r in rows), len(rows))
+    out["unparseable"] = sum(bool(r["unparseable"]) for r in rows)
+    out["unparseable_rate"] = _share(out["unparseable"], len(rows))
+    return out
