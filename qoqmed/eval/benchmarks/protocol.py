@@ -17,7 +17,7 @@ Protocols (``--protocol``), because harnesses differ in exactly these rules:
     else the text after the last "answer is"/"answer:", else the whole response. Normalisation: lower case,
     ``\\text{}`` unwrapped, every character that is not a letter or a digit becomes a space, the articles a/an/the
     are dropped, whitespace collapsed. Yes/no: the normalised words. Option letter, in order: the whole answer is
-    one letter (``B``, ``(b)``, ``B.``); the answer starts with an upper-case letter and a separator
+    one letter (``B``, ``(b)``, ``B.``); the answer starts with an upper-case letter and ``)``, ``.`` or ``:``
     (``B. Pneumonia``, ``(C) ...``); "answer is B"/"answer: (B)"/"option B"; the normalised answer equals the
     normalised text of exactly one option. A letter outside the question's options, or two different letters
     found by the same rule, is unparseable.
@@ -135,7 +135,7 @@ def recall(prediction: str, reference: str, protocol: str = "qoqmed") -> float:
 
 
 _WHOLE_LETTER = re.compile(r"^\(?([a-z])\)?[.:]?$", re.IGNORECASE)
-_LEADING_LETTER = re.compile(r"^\(?([A-Z])(?:\)|[.:](?=\s|$)|\s)")
+_LEADING_LETTER = re.compile(r"^\(?([A-Z])(?:\)|[.:](?=\s|$))")
 _MARKED_LETTER = re.compile(r"(?:answer\s*(?:is|:)|option)\s*\(?([a-z])\b\)?", re.IGNORECASE)
 
 
