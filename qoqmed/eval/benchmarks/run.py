@@ -29,7 +29,7 @@ from .protocol import check_protocol, score_answer, summarize
 
 __all__ = ["Settings", "evaluate_benchmark", "image_records", "score_items"]
 
-_UNSAFE = re.compile(r"[^0-9A-Za-z._-]+")
+_SUFFIX = re.compile(r"\.[a-z0-9]{1,5}")
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,15 @@ def image_records(items: Sequence[BenchItem], settings: Settings, out_dir: Path)
     and its prompt in the settings' style."""
     image_dir = out_dir / "images"
     records = []
-    for item in items:
+    for n, item in enumerate(items):
         paths = []
         for k, ref in enumerate(item.images[:settings.max_images]):
             if ref.path is not None:
                 paths.append(str(ref.path.resolve()))
                 continue
             suffix = Path(ref.name).suffix.lower() if ref.name else ""
-            rel = f"images/{_UNSAFE.sub('_', item.id)}-{k}{suffix if re.fullmatch(r'\.[a-z0-9]{1,5}', suffix) else '.bin'}"
+            suffix = suffix if _SUFFIX.fullmatch(suffix) else ".bin"
+            rel = f"images/{n:07d}-{k}{suffix}"  # by position: ids need not be file names
             image_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / rel).write_bytes(ref.data)
             paths.append(rel)
