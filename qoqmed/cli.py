@@ -188,11 +188,14 @@ def sft(
 @app.command("eval")
 def evaluate_cmd(
     model: Annotated[Path, typer.Option(help="Folder with a saved QoQ-Med model and processor.")],
-    data: Annotated[Path, typer.Option(help="jsonl records to evaluate on.")],
-    out: Annotated[Path, typer.Option(help="Folder for metrics.json, predictions.jsonl, report.md, plots.")],
+    data: Annotated[Path, typer.Option(help="jsonl records to evaluate on; with --benchmark, the folder of "
+                                           "the benchmark's published release.")],
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json (with --benchmark: results.json), "
+                                           "predictions.jsonl, report.md, plots.")],
     batch_size: Annotated[int, typer.Option(help="Records per generate() call (with --samples K: answers, "
                                                  "so batch-size // K records).")] = 16,
-    max_new_tokens: Annotated[int, typer.Option(help="Answer length limit in tokens.")] = 128,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Answer length limit in tokens [default: 128; "
+                                                                "1024 with --benchmark].")] = None,
     preset: Annotated[str, typer.Option(help="Reward scorer: paper, or reference (the released scorer, "
                                              "exactly, for comparing with old runs).")] = "paper",
     iou_reduce: Annotated[Optional[str], typer.Option(help="IoU over predicted boxes: max (paper default) or "
@@ -216,6 +219,15 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the --samples draws: the same seed gives the same "
                                            "samples.")] = 0,
     allow_outside_paths: AllowOutsidePaths = False,
+    benchmark: Annotated[Optional[str], typer.Option(
+        help="A public benchmark read from --data in its published layout: vqa-rad, slake, pathvqa, pmc-vqa, "
+             "omnimedvqa, mmmu-med or medxpertqa-mm (greedy, seed 42, at most --max-images images; "
+             "--prompt-style may also be plain). See the README for the layouts.")] = None,
+    protocol: Annotated[str, typer.Option(help="With --benchmark: answer extraction and scoring, qoqmed or "
+                                               "medevalkit.")] = "qoqmed",
+    split: Annotated[Optional[str], typer.Option(help="With --benchmark: the split [default: the one "
+                                                      "published numbers use].")] = None,
+    max_images: Annotated[int, typer.Option(help="With --benchmark: images shown per question.")] = 6,
 ) -> None:
     """Generate answers with greedy decoding and report per-label, per-dataset, per-domain metrics.
 
@@ -231,6 +243,11 @@ def evaluate_cmd(
 
     from .data.errors import DataError
     from .data.schema import load_records
+
+    if benchmark is not None:
+        return _eval_benchmark(model, data, out, benchmark, split, protocol, prompt_style,
+                               1024 if max_new_tokens is None else max_new_tokens, batch_size, max_images)
+    max_new_tokens = 128 if max_new_tokens is None else max_new_tokens
     from .eval.evaluate import evaluate
     from .eval.report import print_summary, write_report
     from .modeling import QoQMedForConditionalGeneration, QoQMedProcessor
@@ -286,16 +303,59 @@ def evaluate_cmd(
     print_summary(metrics)
 
 
+def _eval_benchmark(model: Path, data: Path, out: Path, benchmark: str, split: Optional[str], protocol: str,
+                    prompt_style: str, max_new_tokens: int, batch_size: int, max_images: int) -> None:
+    from .data.errors import DataError
+    from .eval.benchmarks.run import Settings, evaluate_benchmark
+    from .eval.benchmarks import get_benchmark
+    from .modeling import QoQMedForConditionalGeneration, QoQMedProcessor
+
+    try:
+        bench = get_benchmark(benchmark)
+        Settings(benchmark, split or bench.splits[0], protocol, prompt_style, max_new_tokens, max_images,
+                 batch_size=batch_size)
+    except ValueError as exc:
+        _fail(str(exc))
+    if not (model / "config.json").exists():
+        _fail(f"{model}: no config.json; pass a folder written by save_pretrained (e.g. a run's rl/model)")
+    proc = QoQMedProcessor.from_pretrained(model)
+    net = QoQMedForConditionalGeneration.from_pretrained(model)
+    try:
+        results = evaluate_benchmark(net, proc, benchmark, data, out, split=split, protocol=protocol,
+                                     prompt_style=prompt_style, max_new_tokens=max_new_tokens,
+                                     batch_size=batch_size, max_images=max_images, model_name=model.name)
+    except DataError as exc:
+        _fail(str(exc))
+    o = results["overall"]
+    console.print(f"{results['title']} ({results['settings']['split']}, {results['questions']} questions): "
+                  f"accuracy {100 * o['accuracy']:.1f}%, unparseable {100 * o['unparseable_rate']:.1f}%; "
+                  f"wrote {out / 'report.md'}", markup=False)
+
+
 @app.command()
 def compare(
     runs: Annotated[list[Path], typer.Argument(help="Run folders (or metrics.json files); the first is the baseline.")],
     out: Annotated[Path, typer.Option(help="Folder for compare.md and compare.png.")] = Path("compare_out"),
     names: Annotated[Optional[str], typer.Option(help="Comma-separated display names, one per run.")] = None,
 ) -> None:
-    """Side-by-side per-domain macro-F1 and paper balanced accuracy of runs, with change vs the first run."""
+    """Side-by-side per-domain macro-F1 and paper balanced accuracy of runs, with change vs the first run.
+
+    Benchmark runs (eval --benchmark) are compared by their headline numbers and the settings that differ."""
+    from .eval.benchmarks.report import compare_benchmark_runs, format_benchmark_comparison, is_benchmark_run
     from .eval.compare import compare_runs, format_compare_table
 
     labels = names.split(",") if names else None
+    kinds = {is_benchmark_run(r) for r in runs}
+    if kinds == {True}:
+        try:
+            result = compare_benchmark_runs(runs, names=labels, out_dir=out)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+        console.print(format_benchmark_comparison(result), markup=False)
+        console.print(f"wrote {out / 'compare.md'} and {out / 'compare.json'}")
+        return
+    if len(kinds) > 1:
+        _fail("cannot compare benchmark runs (results.json) with recipe runs (metrics.json)")
     try:
         result = compare_runs(runs, names=labels, out_dir=out)
     except (FileNotFoundError, ValueError) as exc:
