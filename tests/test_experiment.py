@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from qoqmed.cli import app, bundled_config
 from qoqmed.experiment import load_experiment_config, report_compare_estimators
-from qoqmed.data.synthetic import generate_climb_mini
+from qoqmed.data.climb_mini import generate_climb_mini
 from qoqmed.data.schema import load_records
 from qoqmed.experiment.aggregate import aggregate, probe_summary
 from qoqmed.experiment.units import WARM, split_warm_rl

@@ -14,7 +14,7 @@ import numpy as np
 from rich.console import Console
 
 from ..data.schema import Record, load_records
-from ..data.synthetic import generate_climb_mini
+from ..data.climb_mini import generate_climb_mini
 from ..train.recipe import RecipeConfig, build_model, evaluate_records, label_sets_of, load_trained
 from ..train.settings import ModelSettings, RLSettings, SFTSettings
 from .config import ExperimentConfig
