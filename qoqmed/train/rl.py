@@ -125,7 +125,8 @@ def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou
 # internals)
 
 class QoQMedRLTrainer(GRPOTrainerAdapter):
-    """GRPOTrainer + ECG inputs + pluggable advantage estimator computed on the gathered global batch."""
+    """RL with any estimator: ECG records per row, advantages from ``qoqmed.algos`` on the batch gathered from every
+    process, per-domain logs, and the DRPO state in every checkpoint."""
 
     def __init__(self, *args, settings: RLSettings, facts: dict[str, _RowFacts],
                  domain_counts: dict[str, int] | None = None, metrics_csv: str | Path | None = None, **kwargs):
