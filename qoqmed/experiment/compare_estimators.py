@@ -17,6 +17,7 @@ Layout of DIR::
     seed<k>/warm_start_eval.json    its val/test metrics (warm_start.log: what the trainer printed)
     seed<k>/<variant>/rl/           RL logs (rl_logs.json) and the final model
     seed<k>/<variant>/result.json   settings, timings, val/test metrics (train.log: what the trainer printed)
+    seed<k>/ecg-<mode>/...          the same for each ECG token mode (a warm start and one arm, ECG rows only)
     report.md, results.json, *.png
 
 Re-reporting an existing DIR (:func:`report_compare_estimators`) re-aggregates its unit files and rewrites
