@@ -19,7 +19,7 @@ import torch
 
 from qoqmed.data.prompts import encode_batch, load_record
 from qoqmed.data.schema import load_records
-from qoqmed.data.synthetic import generate_climb_mini
+from qoqmed.data.climb_mini import generate_climb_mini
 from qoqmed.modeling.tiny import build_tiny
 from qoqmed.train.rl import train_rl
 from qoqmed.train.settings import RLSettings

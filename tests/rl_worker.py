@@ -38,8 +38,8 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / f"advantages_rank{os.environ.get('RANK', '0')}.jsonl"
 
-    compute = rl.QoQMedGRPOTrainer._generate_and_score_completions
-    advantages = rl.QoQMedGRPOTrainer._advantages
+    compute = rl.QoQMedRLTrainer._generate_and_score_completions
+    advantages = rl.QoQMedRLTrainer.estimate_advantages
 
     def record_global(self, rewards, groups, domains, kl=None):
         adv = advantages(self, rewards, groups, domains, kl)
@@ -63,8 +63,8 @@ def main() -> None:
         return [len(c[0]["content"]) / 64 for c in completions]
 
     rl.make_reward_function = lambda facts, *args, **kwargs: length_reward
-    rl.QoQMedGRPOTrainer._advantages = record_global
-    rl.QoQMedGRPOTrainer._generate_and_score_completions = record_local
+    rl.QoQMedRLTrainer.estimate_advantages = record_global
+    rl.QoQMedRLTrainer._generate_and_score_completions = record_local
 
     class KillAfterCheckpoint(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):

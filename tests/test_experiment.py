@@ -9,10 +9,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from qoqmed.cli import app, bundled_config
-from qoqmed.experiment import load_experiment_config
-from qoqmed.data.synthetic import generate_climb_mini
+from qoqmed.experiment import load_experiment_config, report_compare_estimators
+from qoqmed.data.climb_mini import generate_climb_mini
 from qoqmed.data.schema import load_records
-from qoqmed.experiment.compare_estimators import WARM, aggregate, probe_summary, split_warm_rl
+from qoqmed.experiment.aggregate import aggregate, probe_summary
+from qoqmed.experiment.units import WARM, split_warm_rl
 
 runner = CliRunner()
 
@@ -228,6 +229,33 @@ def test_report_files_and_structure(toy_run):
             assert [e["step"] for e in unit["probe"]] == [0, 2]
     drpo_curves = json.loads((out / "seed0" / "drpo-paper" / "result.json").read_text())["curves"]
     assert any(k.startswith("mean_abs_scale/") for c in drpo_curves for k in c)
+
+
+def test_report_step_on_an_existing_folder_reproduces_report_and_results(toy_run):
+    """Re-reporting a finished study from its folder (config.yaml, the units' files, and from results.json only the
+    run's own facts: timings, machine, train shares) gives the same report.md and results.json byte for byte; a
+    changed unit result shows up in the new report."""
+    _, _, out = toy_run
+    before = {name: (out / name).read_bytes() for name in ("report.md", "results.json")}
+    facts = {k: v for k, v in json.loads(before["results.json"]).items() if k in ("context", "train_share")}
+    (out / "results.json").write_text(json.dumps(facts))
+    (out / "report.md").write_text("stale")
+    (out / "f1_by_domain.png").unlink()
+    report_compare_estimators(out)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert (out / "f1_by_domain.png").is_file()
+    unit = out / "seed1" / "grpo" / "result.json"
+    original = unit.read_text()
+    changed = json.loads(original)
+    changed["metrics"]["test"]["overall"]["macro_f1"] = 0.987654
+    try:
+        unit.write_text(json.dumps(changed))
+        res = report_compare_estimators(out)
+        assert res["splits"]["test"]["grpo"]["macro_f1"]["overall"]["values"][1] == 0.987654
+    finally:
+        unit.write_text(original)
+        report_compare_estimators(out)
+    assert {name: (out / name).read_bytes() for name in before} == before
 
 
 def test_rerun_reuses_finished_units(toy_run):

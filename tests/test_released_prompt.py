@@ -7,8 +7,13 @@ import pytest
 from PIL import Image
 
 from qoqmed.data import parse_record
-from qoqmed.data.prompt_styles import RELEASED_FORMAT_SUFFIX, system_prompt, user_text
-from qoqmed.data.prompts import SYSTEM_PROMPT, encode_batch, load_record, messages_for, target_text
+from qoqmed.data.prompt_styles import (
+    RELEASED_FORMAT_SUFFIX,
+    SYSTEM_PROMPT,
+    system_prompt,
+    user_text,
+)
+from qoqmed.data.prompts import encode_batch, load_record, messages_for, target_text
 from qoqmed.data.volumes import end_inclusive_indices, pick_indices, sample_indices
 from qoqmed.rewards import parse_response
 

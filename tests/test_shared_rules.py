@@ -54,7 +54,7 @@ def test_place_inputs_reports_miscounted_placeholders():
 
 def test_ecg_layout_has_one_definition():
     from qoqmed.data.ecg import ECG_SAMPLES, ECG_SAMPLING_RATE, ENCODER_LEADS, ECGSpec
-    from qoqmed.data.synthetic import simulate_ecg
+    from qoqmed.data.climb_mini import simulate_ecg
 
     spec = ECGSpec()
     assert (spec.sampling_rate, spec.samples, spec.leads) == (ECG_SAMPLING_RATE, ECG_SAMPLES, ENCODER_LEADS)

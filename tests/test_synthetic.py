@@ -11,7 +11,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from qoqmed.data import DOMAINS, SPLITS, load_ecg, load_image, load_mask, load_records, split_labels
-from qoqmed.data.synthetic import (
+from qoqmed.data.climb_mini import (
     DEFAULT_TRAIN_WEIGHTS,
     DOMAIN_SPECS,
     LABELS,

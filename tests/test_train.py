@@ -8,6 +8,7 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
+from qoqmed.algos import group_advantages
 from qoqmed.data.errors import DataError
 from qoqmed.data.prompts import encode_batch, load_record, target_text
 from qoqmed.data.schema import load_records
@@ -15,8 +16,9 @@ from qoqmed.modeling import QoQMedForConditionalGeneration
 from qoqmed.modeling.tiny import TinySpec, build_tiny
 from qoqmed.rewards.scores import score
 from qoqmed.train.drpo_state import read_drpo_state
-from qoqmed.train.rl import QoQMedGRPOTrainer, build_rl_dataset, make_reward_function, train_rl
+from qoqmed.train.rl import QoQMedRLTrainer, build_rl_dataset, make_reward_function, train_rl
 from qoqmed.train.settings import RLSettings
+from qoqmed.train.trl_adapter import GRPOTrainerAdapter, ScoredRollouts, advantages_of_scorable
 from qoqmed.train.sft import SFTSettings, warm_start
 
 SPEC = TinySpec(hidden_size=64, intermediate_size=128, vision_depth=1, vision_hidden=32)
@@ -44,6 +46,40 @@ def test_trl_private_hooks_keep_their_signatures():
         assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
     logps = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
     assert logps[:6] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size"]
+
+
+def test_only_the_adapter_overrides_trl_internals():
+    """QoQMedRLTrainer fills in the adapter's hooks; every private GRPOTrainer method it changes is the adapter's."""
+    trl_private = {name for klass in GRPOTrainer.__mro__ for name in vars(klass) if name.startswith("_")
+                   and not name.startswith("__")}
+    assert "_calculate_rewards" in trl_private
+    assert not trl_private & set(vars(QoQMedRLTrainer)), sorted(trl_private & set(vars(QoQMedRLTrainer)))
+    assert {"_calculate_rewards", "_generate_and_score_completions", "_save_checkpoint"} <= set(vars(GRPOTrainerAdapter))
+
+
+def _scored(rewards: list[float], generations: int = 2) -> ScoredRollouts:
+    n = len(rewards)
+    return ScoredRollouts(torch.tensor(rewards), [f"q{i // generations}" for i in range(n)], ["ct"] * n,
+                          [None] * n, ["ct"] * n, generations)
+
+
+def test_unscored_rollouts_get_no_advantage_and_leave_the_estimate():
+    """As in TRL, a rollout without a reward (NaN) gets advantage 0; its question is left out of the estimate."""
+    seen = []
+
+    def estimate(scored, kl):
+        seen.append((scored.rewards.tolist(), scored.question_ids(), None if kl is None else kl.tolist()))
+        return group_advantages(scored.rewards, scored.question_ids())
+
+    full = _scored([1.0, 0.0, 0.5, 0.0, 1.0, 1.0])
+    assert torch.equal(advantages_of_scorable(full, None, estimate), group_advantages(full.rewards,
+                                                                                       full.question_ids()))
+    partial = _scored([1.0, 0.0, float("nan"), 0.0, 1.0, 0.0])
+    out = advantages_of_scorable(partial, torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6]), estimate)
+    assert seen[-1] == ([1.0, 0.0, 1.0, 0.0], ["q0@0", "q0@0", "q2@1", "q2@1"], pytest.approx([0.1, 0.2, 0.5, 0.6]))
+    assert out[2:4].tolist() == [0.0, 0.0] and torch.isfinite(out).all()
+    assert torch.allclose(out[[0, 1, 4, 5]], group_advantages(torch.tensor([1.0, 0.0, 1.0, 0.0]), [0, 0, 1, 1]))
+    assert torch.equal(advantages_of_scorable(_scored([float("nan")] * 4), None, estimate), torch.zeros(4))
 
 
 def test_target_text_is_a_perfect_answer(records, tiny):
@@ -137,7 +173,7 @@ def test_ecg_reaches_every_trl_forward_and_rl_trains_the_encoder(records, tiny, 
                       num_generations=2, max_completion_length=8, report_to=[], save_strategy="no",
                       use_cpu=True, beta=0.1, gradient_checkpointing=False, logging_steps=1,
                       learning_rate=1e-2, temperature=2.0)
-    trainer = QoQMedGRPOTrainer(model=loaded, reward_funcs=_length_reward, args=args,
+    trainer = QoQMedRLTrainer(model=loaded, reward_funcs=_length_reward, args=args,
                                 train_dataset=dataset, processing_class=processor,
                                 settings=RLSettings(num_generations=2, batch_size=4), facts=facts)
     ref_seen = []

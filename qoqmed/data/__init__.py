@@ -17,7 +17,7 @@ from .schema import (
     split_labels,
     write_records,
 )
-from .synthetic import LABELS, ClimbMiniConfig, generate_climb_mini, simulate_ecg
+from .climb_mini import LABELS, ClimbMiniConfig, generate_climb_mini, simulate_ecg
 from .volumes import Volume, load_volume, read_volume
 from .windows import WINDOWS
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from ..modeling.processing_qoqmed import QoQMedProcessor, chat_messages
 from .boxes import to_model_box
-from .prompt_styles import SYSTEM_PROMPT, answer_layout, slice_selection, system_prompt, user_text
+from .prompt_styles import answer_layout, slice_selection, system_prompt, user_text
 from .readers import load_ecg_file, load_image
 from .schema import IMAGE_TOKEN, MODALITY_NAMES, VOLUME_TOKEN, Record
 from .volumes import load_volume

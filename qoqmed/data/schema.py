@@ -533,8 +533,26 @@ def from_llava(obj: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[str, 
     return row, problems
 
 
+@dataclass
+class _RowInputs:
+    """The files a row lists, under the keys it used (``volumes`` or ``videos``, ``ecg`` or ``time-series``)."""
+
+    images: list[str]
+    volumes: list[VolumeRef]
+    volume_key: str
+    ecg: list[str]
+    ecg_key: str
+    ecg_formats: dict[int, ECGFormat]  # entries given with their own rate and leads, by position
+
+    def named_paths(self) -> list[tuple[str, str]]:
+        return ([(f"images[{i}]", x) for i, x in enumerate(self.images)]
+                + [(f"{self.volume_key}[{i}]", v.path) for i, v in enumerate(self.volumes)]
+                + [(f"{self.ecg_key}[{i}]", x) for i, x in enumerate(self.ecg)])
+
+
 def _parse(obj: Any, base_dir: Path, line_no: int | None,
            allow_outside: bool = False) -> tuple[Record | None, list[tuple[str, str]]]:
+    """A row as a Record, or every problem found in it as (field, reason) pairs, in field order."""
     probs = _Problems()
     if not isinstance(obj, Mapping):
         probs.add("<row>", f"must be a JSON object, got {type(obj).__name__}")
@@ -550,7 +568,33 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None,
     answer = _string(obj, "answer", probs)
     if answer is not None and not split_labels(answer):
         probs.add("answer", f"{answer!r} holds no label")
+    inputs = _row_inputs(obj, probs)
+    domain = _row_domain(obj, inputs, probs)
+    dataset = _row_dataset(obj, inputs, probs)
+    split = _choice(obj, "split", SPLITS, probs)
+    difficulty = _choice(obj, "difficulty", DIFFICULTIES, probs)
+    boxes = _row_boxes(obj, inputs, answer, probs)
+    seg = _row_mask(obj, inputs, probs)
+    if problem is not None:
+        problem = _placed_problem(problem, inputs, probs)
+    if not allow_outside:
+        for field_name, rel in inputs.named_paths() + ([("segmentation_path", seg)] if seg else []):
+            if leaves_folder(rel):
+                probs.add(field_name, f"{rel!r} leaves the dataset folder; paths must stay inside the jsonl's folder "
+                                      "(allow it explicitly with allow_outside=True, CLI --allow-outside-paths)")
 
+    if probs.items:
+        return None, probs.items
+    extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
+    record = Record(
+        id=rid, domain=domain, dataset=dataset, problem=problem, answer=answer, images=inputs.images, ecg=inputs.ecg,
+        boxes=boxes, split=split, segmentation_path=seg, difficulty=difficulty, extra=extra, base_dir=Path(base_dir),
+        volumes=inputs.volumes, ecg_formats=inputs.ecg_formats,
+    )
+    return record, []
+
+
+def _row_inputs(obj: Mapping, probs: _Problems) -> _RowInputs:
     images = _path_list(obj.get("images"), "images", probs)
     if "volumes" in obj and "videos" in obj:
         probs.add("videos", "given together with `volumes`; use one of them")
@@ -560,14 +604,18 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None,
         probs.add("time-series", "given together with `ecg`; use one of them")
     ecg_key = "ecg" if "ecg" in obj else "time-series"
     ecg, ecg_formats = _ecg_list(obj.get(ecg_key), ecg_key, probs)
+    return _RowInputs(images, volumes, volume_key, ecg, ecg_key, ecg_formats)
 
+
+def _row_domain(obj: Mapping, inputs: _RowInputs, probs: _Problems) -> str | None:
+    """The row's domain, or where it has none, the one its first input's path or its ECG implies."""
     domain = _string(obj, "domain", probs, required=False)
     source = ""
     if domain is None and obj.get("domain") is None:
-        domain, source = _infer_domain(images), " (from images[0])"
-        if domain is None and volumes:
-            domain, source = _infer_domain([volumes[0].path]), f" (from {volume_key}[0])"
-        if domain is None and ecg:
+        domain, source = _infer_domain(inputs.images), " (from images[0])"
+        if domain is None and inputs.volumes:
+            domain, source = _infer_domain([inputs.volumes[0].path]), f" (from {inputs.volume_key}[0])"
+        if domain is None and inputs.ecg:
             domain, source = "ecg", ""
         if domain is None:
             probs.add("domain", "missing and cannot be derived (no images, volumes or ECG)")
@@ -575,25 +623,34 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None,
         named, domain = domain, canonical_domain(domain)
         if domain is None:
             probs.add("domain", f"{named!r}{source} is not a domain name: {DOMAIN_NAME_RULE}")
+    return domain
 
+
+def _row_dataset(obj: Mapping, inputs: _RowInputs, probs: _Problems) -> str | None:
+    """The row's dataset, or where it has none, ``<domain>/<dataset>`` from its first input's path."""
     dataset = _string(obj, "dataset", probs, required=False)
     if dataset is None and obj.get("dataset") is None:
-        first = images[0] if images else volumes[0].path if volumes else ""
+        first = inputs.images[0] if inputs.images else inputs.volumes[0].path if inputs.volumes else ""
         parts = first.split("/") if first else []
         if len(parts) >= 3:
             dataset = f"{parts[0]}/{parts[1]}"
         else:
             probs.add("dataset", "missing and cannot be derived from images[0] (needs <domain>/<dataset>/...)")
+    return dataset
 
-    split = _choice(obj, "split", SPLITS, probs)
-    difficulty = _choice(obj, "difficulty", DIFFICULTIES, probs)
 
+def _row_boxes(obj: Mapping, inputs: _RowInputs, answer: str | None, probs: _Problems) -> list[Box]:
+    """``boxes``, or the reference format's single ``bbox``."""
     if "boxes" in obj and obj.get("bbox"):
         probs.add("bbox", "given together with `boxes`; use one of them")
+    images = inputs.images
     boxes = _boxes(obj.get("boxes"), len(images), probs) if "boxes" in obj else _reference_box(obj, answer, probs)
     if boxes and not images and "boxes" not in obj:
         probs.add("bbox", "a box needs an image, but `images` is empty")
+    return boxes
 
+
+def _row_mask(obj: Mapping, inputs: _RowInputs, probs: _Problems) -> str | None:
     seg = obj.get("segmentation_path")
     if seg is not None:
         if not isinstance(seg, str) or not seg.strip():
@@ -602,39 +659,23 @@ def _parse(obj: Any, base_dir: Path, line_no: int | None,
         elif _is_absolute(seg):
             probs.add("segmentation_path", f"{seg!r} is absolute; paths must be relative to the jsonl's folder")
             seg = None
-        elif not images:
+        elif not inputs.images:
             probs.add("segmentation_path", "a mask needs an image, but `images` is empty")
+    return seg
 
-    if problem is not None:
-        if volume_key == "videos":
-            problem = problem.replace(VIDEO_TOKEN, VOLUME_TOKEN)
-        elif VIDEO_TOKEN in problem:
-            probs.add("problem", f"has {VIDEO_TOKEN} placeholder(s); rows with `volumes` use {VOLUME_TOKEN}")
-        keys = {IMAGE_TOKEN: "images", VOLUME_TOKEN: volume_key, ECG_TOKEN: ecg_key}
-        problem, mismatches = place_inputs(problem, {IMAGE_TOKEN: len(images), VOLUME_TOKEN: len(volumes),
-                                                     ECG_TOKEN: len(ecg)})
-        for token, found, expected in mismatches:
-            probs.add("problem", f"has {found} {token} placeholder(s) but {keys[token]} lists {expected} file(s)")
 
-    if not allow_outside:
-        named = ([(f"images[{i}]", x) for i, x in enumerate(images)]
-                 + [(f"{volume_key}[{i}]", v.path) for i, v in enumerate(volumes)]
-                 + [(f"{ecg_key}[{i}]", x) for i, x in enumerate(ecg)]
-                 + ([("segmentation_path", seg)] if seg else []))
-        for field_name, rel in named:
-            if leaves_folder(rel):
-                probs.add(field_name, f"{rel!r} leaves the dataset folder; paths must stay inside the jsonl's folder "
-                                      "(allow it explicitly with allow_outside=True, CLI --allow-outside-paths)")
-
-    if probs.items:
-        return None, probs.items
-    extra = {k: v for k, v in obj.items() if k not in _KNOWN_KEYS}
-    record = Record(
-        id=rid, domain=domain, dataset=dataset, problem=problem, answer=answer, images=images, ecg=ecg,
-        boxes=boxes, split=split, segmentation_path=seg, difficulty=difficulty, extra=extra, base_dir=Path(base_dir),
-        volumes=volumes, ecg_formats=ecg_formats,
-    )
-    return record, []
+def _placed_problem(problem: str, inputs: _RowInputs, probs: _Problems) -> str:
+    """The question with one placeholder per input file, missing ones added where the pipeline puts them."""
+    if inputs.volume_key == "videos":
+        problem = problem.replace(VIDEO_TOKEN, VOLUME_TOKEN)
+    elif VIDEO_TOKEN in problem:
+        probs.add("problem", f"has {VIDEO_TOKEN} placeholder(s); rows with `volumes` use {VOLUME_TOKEN}")
+    keys = {IMAGE_TOKEN: "images", VOLUME_TOKEN: inputs.volume_key, ECG_TOKEN: inputs.ecg_key}
+    problem, mismatches = place_inputs(problem, {IMAGE_TOKEN: len(inputs.images), VOLUME_TOKEN: len(inputs.volumes),
+                                                 ECG_TOKEN: len(inputs.ecg)})
+    for token, found, expected in mismatches:
+        probs.add("problem", f"has {found} {token} placeholder(s) but {keys[token]} lists {expected} file(s)")
+    return problem
 
 
 def _entries(value: Any) -> list:

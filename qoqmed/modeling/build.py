@@ -135,23 +135,8 @@ def build_from_base(
     ``qoqmed_build.json`` provenance record are saved there.
     """
     base = resolve_base(base)
-    if ecg_token_mode not in TOKEN_MODES:
-        raise BuildError(f"ecg_token_mode={ecg_token_mode!r}; choose one of {TOKEN_MODES}")
-    if attn_implementation not in ATTENTION:
-        raise BuildError(f"attn_implementation={attn_implementation!r}; choose one of {ATTENTION}")
-    torch_dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if not isinstance(torch_dtype, torch.dtype):
-        raise BuildError(f"dtype={dtype!r}; choose one of {sorted(DTYPES)}")
-    if ecg_encoder is not None and not Path(ecg_encoder).is_file():
-        raise BuildError(f"{ecg_encoder}: ECG encoder checkpoint not found")
-
-    base_config = AutoConfig.from_pretrained(base)
-    if base_config.model_type == QoQMedConfig.model_type:
-        raise BuildError(f"{base}: already a QoQ-Med model; load it with from_pretrained (and "
-                         "model.load_ecg_encoder(path) to swap the ECG weights)")
-    if base_config.model_type not in BASE_MODEL_TYPES:
-        raise BuildError(f"{base}/config.json: model_type {base_config.model_type!r} is not a Qwen2.5-VL "
-                         f"architecture ({', '.join(BASE_MODEL_TYPES)})")
+    torch_dtype = _check_build_arguments(ecg_encoder, ecg_token_mode, dtype, attn_implementation)
+    base_config = _base_config(base)
 
     tokenizer = AutoTokenizer.from_pretrained(base)
     tokenizer.padding_side = "left"  # generation batches are left-padded
@@ -159,28 +144,13 @@ def build_from_base(
     config = qoqmed_config_from_base(base_config, token_ids, ecg_token_mode=ecg_token_mode,
                                      ecg_projector=ecg_projector, ecg_config=ecg_config, ecg_normalize=ecg_normalize)
     torch.manual_seed(seed)  # the new ECG encoder/projector weights
-    # transformers prints a load report listing the (expected) missing ECG weights; _check_loading judges instead.
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        model, info = QoQMedForConditionalGeneration.from_pretrained(
-            base, config=config, dtype=torch_dtype, attn_implementation=attn_implementation,
-            output_loading_info=True, device_map=device_map)
-    finally:
-        hf_logging.set_verbosity(verbosity)
-    _check_loading(base, info)
+    model = _load_base_weights(base, config, torch_dtype, attn_implementation, device_map)
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         # New rows start at the mean embedding; they are placeholders whose embedding the ECG features replace.
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if ecg_encoder is not None:
         model.load_ecg_encoder(ecg_encoder, trust_pickle=trust_ecg_checkpoint)
-
-    gen = model.generation_config
-    gen.suppress_tokens = sorted(set(gen.suppress_tokens or []) | set(model.placeholder_token_ids()))
-    if gen.eos_token_id is None:
-        gen.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
-        gen.pad_token_id = tokenizer.pad_token_id
+    _set_generation_tokens(model, tokenizer)
     freeze(model, vision=freeze_vision, ecg=freeze_ecg, llm=freeze_llm)
 
     enc = config.ecg_encoder_config
@@ -202,6 +172,59 @@ def build_from_base(
                   "ecg_token_ids": token_ids, "vocab_size": len(tokenizer), "default_system_prompt": default_system}
         (out / "qoqmed_build.json").write_text(json.dumps(record, indent=2) + "\n")
     return processor, model
+
+
+def _check_build_arguments(ecg_encoder: str | Path | None, ecg_token_mode: str, dtype: str | torch.dtype,
+                           attn_implementation: str) -> torch.dtype:
+    """Refuse bad arguments before any weights are read; returns the dtype as a torch dtype."""
+    if ecg_token_mode not in TOKEN_MODES:
+        raise BuildError(f"ecg_token_mode={ecg_token_mode!r}; choose one of {TOKEN_MODES}")
+    if attn_implementation not in ATTENTION:
+        raise BuildError(f"attn_implementation={attn_implementation!r}; choose one of {ATTENTION}")
+    torch_dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(torch_dtype, torch.dtype):
+        raise BuildError(f"dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+    if ecg_encoder is not None and not Path(ecg_encoder).is_file():
+        raise BuildError(f"{ecg_encoder}: ECG encoder checkpoint not found")
+    return torch_dtype
+
+
+def _base_config(base: Path):
+    """The base's config, which must be a Qwen2.5-VL architecture and not a QoQ-Med model already."""
+    base_config = AutoConfig.from_pretrained(base)
+    if base_config.model_type == QoQMedConfig.model_type:
+        raise BuildError(f"{base}: already a QoQ-Med model; load it with from_pretrained (and "
+                         "model.load_ecg_encoder(path) to swap the ECG weights)")
+    if base_config.model_type not in BASE_MODEL_TYPES:
+        raise BuildError(f"{base}/config.json: model_type {base_config.model_type!r} is not a Qwen2.5-VL "
+                         f"architecture ({', '.join(BASE_MODEL_TYPES)})")
+    return base_config
+
+
+def _load_base_weights(base: Path, config: QoQMedConfig, torch_dtype: torch.dtype, attn_implementation: str,
+                       device_map) -> QoQMedForConditionalGeneration:
+    """QoQ-Med with the base's weights; only the new ECG modules may be left at their start values."""
+    # transformers prints a load report listing the (expected) missing ECG weights; _check_loading judges instead.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = QoQMedForConditionalGeneration.from_pretrained(
+            base, config=config, dtype=torch_dtype, attn_implementation=attn_implementation,
+            output_loading_info=True, device_map=device_map)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    _check_loading(base, info)
+    return model
+
+
+def _set_generation_tokens(model: QoQMedForConditionalGeneration, tokenizer) -> None:
+    """Generation never emits the input placeholders and stops at the end of the assistant turn."""
+    gen = model.generation_config
+    gen.suppress_tokens = sorted(set(gen.suppress_tokens or []) | set(model.placeholder_token_ids()))
+    if gen.eos_token_id is None:
+        gen.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
 
 
 def _check_loading(base: Path, info: dict) -> None:

@@ -17,15 +17,21 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from rich.console import Console
 
 from ..data.schema import DOMAINS, Record, load_records
-from ..data.synthetic import generate_climb_mini
+from ..data.climb_mini import generate_climb_mini
+from ..eval.curves import plot_probe_curves, plot_rl_curves
+from ..eval.evaluate import evaluate
+from ..eval.report import print_summary, write_report
+from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 from ..modeling.tiny import build_tiny
 from .settings import DataSection, EvalSection, ModelSettings, RLSettings, SFTSettings, section
 
@@ -160,28 +166,95 @@ def _prepare_run_folder(cfg: RecipeConfig, run: Path, overwrite: bool, remove: b
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Stages a recipe runs in order; the estimator study (qoqmed.experiment) builds its units from the same ones.
+
+def build_model(settings: ModelSettings, train: Sequence[Record], seed: int):
+    """(processor, model) a run starts from: a fresh tiny model whose tokenizer is fitted on the training text, or
+    the model saved in ``settings.init``."""
+    if settings.init == "tiny":
+        torch.manual_seed(seed)
+        corpus = [r.problem for r in train] + [r.answer for r in train]
+        return build_tiny(corpus, settings.tiny, seed=seed)
+    dtype = settings.dtype
+    processor = QoQMedProcessor.from_pretrained(settings.init)
+    model = QoQMedForConditionalGeneration.from_pretrained(settings.init,
+                                                           dtype=getattr(torch, dtype) if dtype else None)
+    return processor, model
+
+
+def load_trained(model_dir: str | Path):
+    """(model, processor) saved by a training stage."""
+    return QoQMedForConditionalGeneration.from_pretrained(model_dir), QoQMedProcessor.from_pretrained(model_dir)
+
+
+def label_sets_of(records: Sequence[Record], data_info: dict | None) -> dict | None:
+    """Each dataset's label set, when the data come from the benchmark generator (``data_info``); with it, a
+    predicted label outside a dataset's set is an error, not a new label."""
+    if not data_info or "labels" not in data_info:
+        return None
+    return {r.dataset: data_info["labels"][r.domain] for r in records}
+
+
+def evaluate_records(model, processor, records: Sequence[Record], out_dir: Path, ev: EvalSection,
+                     label_sets: dict | None, show_progress: bool = True) -> tuple[dict, list[dict]]:
+    """Greedy evaluation with the recipe's ``eval`` settings; every domain present in ``records`` is reported."""
+    present = {r.domain for r in records}
+    expected = [d for d in DOMAINS if d in present] + sorted(present - set(DOMAINS))  # user domains after
+    return evaluate(model, processor, records, out_dir, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens,
+                    preset=ev.reward_preset, iou_reduce=ev.iou_reduce, expected_domains=expected,
+                    label_sets=label_sets, show_progress=show_progress, prompt_style=ev.prompt_style)
+
+
+def _start_run(cfg: RecipeConfig, run: Path, overwrite: bool, main: bool) -> None:
+    _prepare_run_folder(cfg, run, overwrite, remove=main)
+    _state().wait_for_everyone()
+    run.mkdir(parents=True, exist_ok=True)
+    if main:
+        (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+
+
+def _warm_start_stage(cfg: RecipeConfig, run: Path, processor, model, train: list[Record],
+                      val: list[Record] | None, main: bool) -> tuple[list[dict], Path]:
+    """The supervised warm start (when enabled); returns its history and the folder RL starts from."""
+    from .sft import warm_start  # the trainer (and TRL) only when a recipe runs, not when it is loaded
+
+    sft_history: list[dict] = []
+    if cfg.sft.enabled:
+        console.rule("supervised warm start")
+        sft_eval = val if cfg.sft.eval_steps else None
+        sft_history = warm_start(model, processor, train, run / "sft", cfg.sft, eval_records=sft_eval)
+    # RL starts from the warm-started model; without a warm start, a model on disk is used as it is
+    init = cfg.model_settings.init
+    rl_start = Path(init) if not cfg.sft.enabled and init != "tiny" else run / "sft_model"
+    if main and rl_start == run / "sft_model":
+        model.save_pretrained(rl_start)
+        processor.save_pretrained(rl_start)
+    _state().wait_for_everyone()
+    return sft_history, rl_start
+
+
+def _rl_stage(cfg: RecipeConfig, run: Path, rl_start: Path, train: list[Record],
+              val: list[Record] | None) -> tuple[RLSettings, dict]:
+    from .rl import train_rl
+
+    console.rule("RL")
+    rl_settings = cfg.rl_settings()
+    rl_logs = train_rl(rl_start, train, run / "rl", rl_settings, resume_from="latest" if cfg.resume else None,
+                       eval_records=val if rl_settings.eval_steps else None)
+    return rl_settings, rl_logs
+
+
 def run_recipe(cfg: RecipeConfig, run_dir: str | Path, overwrite: bool = False) -> dict:
     """Run every stage; return the metrics dict that is also written to ``run_dir/metrics.json``.
 
     A ``run_dir`` holding an earlier run is an error, unless ``overwrite`` (its outputs are removed first) or
     ``cfg.resume`` (RL continues from its newest checkpoint; the generated data is reused).
     """
-    import torch
-
-    from ..eval.evaluate import evaluate
-    from ..eval.report import print_summary, write_report
-    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
-    from .rl import train_rl  # the trainer (and TRL) only when a recipe runs, not when it is loaded
-    from .sft import warm_start
-
     t_start = time.perf_counter()
     run = Path(run_dir)
     main = _state().is_main_process
-    _prepare_run_folder(cfg, run, overwrite, remove=main)
-    _state().wait_for_everyone()
-    run.mkdir(parents=True, exist_ok=True)
-    if main:
-        (run / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    _start_run(cfg, run, overwrite, main)
     timings: dict[str, float] = {}
 
     t = time.perf_counter()
@@ -190,53 +263,23 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, overwrite: bool = False) 
     console.print(f"[bold]data[/] {len(train)} train / {len(test)} test records")
 
     t = time.perf_counter()
-    model_settings = cfg.model_settings
-    init = model_settings.init
-    if init == "tiny":
-        torch.manual_seed(cfg.seed)
-        corpus = [r.problem for r in train] + [r.answer for r in train]
-        processor, model = build_tiny(corpus, model_settings.tiny, seed=cfg.seed)
-    else:
-        dtype = model_settings.dtype
-        processor = QoQMedProcessor.from_pretrained(init)
-        model = QoQMedForConditionalGeneration.from_pretrained(init, dtype=getattr(torch, dtype) if dtype else None)
+    processor, model = build_model(cfg.model_settings, train, cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    console.print(f"[bold]model[/] {init}: {n_params / 1e6:.2f}M parameters")
-
+    console.print(f"[bold]model[/] {cfg.model_settings.init}: {n_params / 1e6:.2f}M parameters")
     val = _val_records(cfg, run)
-    sft_history: list[dict] = []
-    if cfg.sft.enabled:
-        console.rule("supervised warm start")
-        sft_eval = val if cfg.sft.eval_steps else None
-        sft_history = warm_start(model, processor, train, run / "sft", cfg.sft, eval_records=sft_eval)
-    # RL starts from the warm-started model; without a warm start, a model on disk is used as it is
-    rl_start = Path(init) if not cfg.sft.enabled and init != "tiny" else run / "sft_model"
-    if main and rl_start == run / "sft_model":
-        model.save_pretrained(rl_start)
-        processor.save_pretrained(rl_start)
-    _state().wait_for_everyone()
+    sft_history, rl_start = _warm_start_stage(cfg, run, processor, model, train, val, main)
     timings["warm_start"] = time.perf_counter() - t
 
-    ev = cfg.eval
-    expected = [d for d in DOMAINS if any(r.domain == d for r in test)]
-    # With the benchmark's label sets, a predicted label outside a dataset's set is an error, not a new label.
-    label_sets = ({r.dataset: data_info["labels"][r.domain] for r in test}
-                  if data_info and "labels" in data_info else None)
-    eval_kwargs = dict(batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, preset=ev.reward_preset,
-                       iou_reduce=ev.iou_reduce, expected_domains=expected, label_sets=label_sets,
-                       prompt_style=ev.prompt_style)
+    label_sets = label_sets_of(test, data_info)
     sft_metrics = None
-    if ev.evaluate_warm_start and main:
+    if cfg.eval.evaluate_warm_start and main:
         console.rule("evaluating the warm-started model")
         t = time.perf_counter()
-        sft_metrics, _ = evaluate(model, processor, test, run / "eval_sft", **eval_kwargs)
+        sft_metrics, _ = evaluate_records(model, processor, test, run / "eval_sft", cfg.eval, label_sets)
         timings["eval_warm_start"] = time.perf_counter() - t
 
-    console.rule("RL")
     t = time.perf_counter()
-    rl_settings = cfg.rl_settings()
-    rl_logs = train_rl(rl_start, train, run / "rl", rl_settings, resume_from="latest" if cfg.resume else None,
-                       eval_records=val if rl_settings.eval_steps else None)
+    rl_settings, rl_logs = _rl_stage(cfg, run, rl_start, train, val)
     timings["rl"] = time.perf_counter() - t
     end_distributed()  # training was the only multi-process stage
     if not main:  # evaluation and the report run on the main process only
@@ -245,12 +288,24 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, overwrite: bool = False) 
     console.rule("evaluating the final model")
     t = time.perf_counter()
     final_dir = run / "rl" / "model"
-    model = QoQMedForConditionalGeneration.from_pretrained(final_dir)
-    processor = QoQMedProcessor.from_pretrained(final_dir)
-    metrics, rows = evaluate(model, processor, test, run / "eval", **eval_kwargs)
+    model, processor = load_trained(final_dir)
+    metrics, rows = evaluate_records(model, processor, test, run / "eval", cfg.eval, label_sets)
     timings["eval"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
+    _add_run_facts(metrics, timings, rl_settings, sft_metrics, final_dir, data_info)
+    context = _report_context(cfg, metrics, n_params, len(train), len(test), rl_settings, sft_history,
+                              sft_metrics, timings)
+    report = _write_recipe_report(run, metrics, rows, context, sft_metrics, rl_logs)
+    (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    print_summary(metrics)
+    console.print(f"[bold green]done[/] in {timings['total']:.0f} s: {report}")
+    return metrics
+
+
+def _add_run_facts(metrics: dict, timings: dict[str, float], rl_settings: RLSettings, sft_metrics: dict | None,
+                   final_dir: Path, data_info: dict | None) -> None:
+    """Timings, the estimator, the warm start's numbers and the data's description, beside the final metrics."""
     metrics["wall_time_seconds"] = round(timings["total"], 1)
     metrics["stage_seconds"] = {k: round(v, 1) for k, v in timings.items()}
     metrics["estimator"] = rl_settings.estimator if rl_settings.estimator != "drpo" else (
@@ -263,9 +318,15 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, overwrite: bool = False) 
     metrics["final_model"] = str(final_dir)
     if data_info is not None:
         metrics["data"] = data_info
+
+
+def _report_context(cfg: RecipeConfig, metrics: dict, n_params: int, n_train: int, n_test: int,
+                    rl_settings: RLSettings, sft_history: list[dict], sft_metrics: dict | None,
+                    timings: dict[str, float]) -> dict:
+    """The report's "what was run" lines."""
     context = {
-        "model": f"{init} ({n_params / 1e6:.2f}M parameters)", "train records": len(train),
-        "test records": len(test), "estimator": metrics["estimator"], "RL steps": rl_settings.max_steps,
+        "model": f"{cfg.model_settings.init} ({n_params / 1e6:.2f}M parameters)", "train records": n_train,
+        "test records": n_test, "estimator": metrics["estimator"], "RL steps": rl_settings.max_steps,
         "rollouts per question": rl_settings.num_generations,
         "warm start": f"{cfg.sft.epochs} epochs, final loss {sft_history[-1]['loss']:.3f}" if sft_history else "-",
         "wall time": f"{timings['total']:.0f} s ("
@@ -274,18 +335,19 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, overwrite: bool = False) 
     if sft_metrics is not None:
         context["warm start → final macro-F1"] = (
             f"{_fmt(sft_metrics['overall'].get('macro_f1'))} → {_fmt(metrics['overall'].get('macro_f1'))}")
+    return context
+
+
+def _write_recipe_report(run: Path, metrics: dict, rows: list[dict], context: dict, sft_metrics: dict | None,
+                         rl_logs: dict) -> Path:
+    """report.md with its plots, and the section on what RL changed; returns the report's path."""
     paths = write_report(metrics, run, title="qoqmed quickstart: CLIMB-mini, tiny model, warm start + RL",
                          context=context, rows=rows)
-    from ..eval.curves import plot_probe_curves, plot_rl_curves
-
     curve = plot_rl_curves(rl_logs, run / "rl_reward_by_domain.png")
     probe = plot_probe_curves(rl_logs, run / "rl_probe_reward.png")
-    _append_training_section(paths.get("report", run / "report.md"), sft_metrics, metrics, curve, probe,
-                             rl_logs.get("probe_domains", []))
-    (run / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
-    print_summary(metrics)
-    console.print(f"[bold green]done[/] in {timings['total']:.0f} s: {paths.get('report', run / 'report.md')}")
-    return metrics
+    report = paths.get("report", run / "report.md")
+    _append_training_section(report, sft_metrics, metrics, curve, probe, rl_logs.get("probe_domains", []))
+    return report
 
 
 def _append_training_section(report: Path, before: dict | None, after: dict, curve: Path | None,

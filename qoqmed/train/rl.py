@@ -2,7 +2,8 @@
 
 The supervised warm start is in ``qoqmed.train.sft``; the settings are in ``qoqmed.train.settings``.
 
-What the RL trainer adds to the stock one:
+What the RL trainer adds to the stock one (the TRL side of each point, every override of GRPOTrainer's private
+methods, is in ``qoqmed.train.trl_adapter``; :class:`QoQMedRLTrainer` fills in its hooks):
 
 1. ECG records ride along with each row. TRL's generation and log-prob passes only forward the keyword arguments
    it knows, so a forward pre-hook on the backbone hands ``ecg_values`` to any call whose ``input_ids`` hold ECG
@@ -33,11 +34,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig
 
 from ..algos.grpo import disco_advantages, group_advantages, rloo_advantages
 from ..data.prompts import STYLE_SYSTEM, Grounding, grounding, load_record, messages_for
@@ -47,6 +47,7 @@ from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, freeze
 from ..rewards.scores import score_batch
 from .drpo_state import DRPO_STATE_FILE, LEGACY_DRPO_STATE_FILE, read_drpo_state, write_drpo_state
 from .settings import LOSS_TYPES, RLSettings, make_estimator
+from .trl_adapter import GRPOTrainerAdapter, ScoredRollouts
 
 METRICS_CSV = "rl_metrics.csv"
 
@@ -124,61 +125,26 @@ def make_reward_function(facts: dict[str, _RowFacts], preset: str = "paper", iou
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Trainer
+# Trainer: what qoqmed adds to the stock one, on the hooks of GRPOTrainerAdapter (the only code that knows TRL's
+# internals)
 
-@dataclass
-class ScoredRollouts:
-    """One reward pass over the rollouts of every process: the reward and the facts each advantage estimator and
-    the per-domain logs need, in TRL's row order."""
-
-    rewards: torch.Tensor          # (rollouts,) float32 on the CPU
-    ids: list[str]                 # record id per rollout
-    domains: list[str]             # domain per rollout (logging)
-    accuracy: list[float | None]   # accuracy component per rollout (logging)
-    groups: list[str]              # what DRPO / DISCO group by (settings.domain_key)
-
-
-class QoQMedGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer + ECG inputs + pluggable advantage estimator computed on the gathered global batch."""
+class QoQMedRLTrainer(GRPOTrainerAdapter):
+    """RL with any estimator: ECG records per row, advantages from ``qoqmed.algos`` on the batch gathered from every
+    process, per-domain logs, and the DRPO state in every checkpoint."""
 
     def __init__(self, *args, settings: RLSettings, facts: dict[str, _RowFacts],
                  domain_counts: dict[str, int] | None = None, metrics_csv: str | Path | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        if len(self.reward_funcs) != 1:
-            raise ValueError(f"the trainer takes one reward function (the QoQ-Med reward weighs its components "
-                             f"itself), got {len(self.reward_funcs)}")
         self.settings = settings
         self.facts = facts
         self.domain_counts = domain_counts  # DISCO's domain prevalence (training set); None: batch counts
         self.estimator = make_estimator(settings)
         self.metrics_csv = Path(metrics_csv) if metrics_csv else None
-        self._active_ecg: torch.Tensor | None = None
-        self._scored: ScoredRollouts | None = None  # set by each reward pass, taken once by the step that asked
         self.domain_history: list[dict] = []
         self.eval_history: list[dict] = []
-        self._eval_split = "eval"
         self._eval_buffer: dict[str, list] = {"rewards": [], "domains": [], "accuracy": []}
-        # TRL left-pads prompt ids itself but takes mm_token_type_ids from the processor: both must pad left, or
-        # every shorter image row is scored with shifted image flags and rotary positions (see _check_alignment)
-        self.processing_class.padding_side = "left"
-        self.processing_class.tokenizer.padding_side = "left"
-        for model in (self.model, self.ref_model):
-            if model is not None:
-                backbone = self.accelerator.unwrap_model(model).model
-                backbone.register_forward_pre_hook(self._inject_ecg, with_kwargs=True)
 
-    # -- ECG side channel ----------------------------------------------------------------------------------
-    def _inject_ecg(self, module, args, kwargs):
-        ids = kwargs.get("input_ids")
-        if self._active_ecg is None or kwargs.get("ecg_values") is not None or ids is None:
-            return None
-        if not (ids == module.config.ecg_token_id).any():
-            return None
-        kwargs["ecg_values"] = self._active_ecg.to(ids.device)
-        return args, kwargs
-
-    def _ecg_rows(self, inputs) -> list[torch.Tensor]:
-        """Per row, its ECG records stacked (n_i, leads, samples); rows without ECG get an empty (0, ...) tensor."""
+    def rollout_ecg(self, inputs) -> list[torch.Tensor]:
         shape = (self.processing_class.ecg_num_leads, self.processing_class.ecg_num_samples)
         out = []
         for x in inputs:
@@ -188,141 +154,61 @@ class QoQMedGRPOTrainer(GRPOTrainer):
                        if fact.ecg_paths else torch.empty(0, *shape))
         return out
 
-    @staticmethod
-    def _concat(rows: list[torch.Tensor]) -> torch.Tensor | None:
-        rows = [r for r in rows if r.shape[0]]
-        return torch.cat(rows) if rows else None
+    # -- advantages ------------------------------------------------------------------------------------------
+    def wants_rollout_kl(self) -> bool:
+        # DRPO's KL damping; without a reference model (beta = 0) TRL has no KL and DRPO runs undamped
+        return self.estimator is not None and self.estimator.kl_quantile is not None
 
-    def _check_alignment(self, input_ids: torch.Tensor, mm_token_type_ids: torch.Tensor | None) -> None:
-        """Image-token flags must sit exactly on the image placeholders of the ids they come with."""
-        if mm_token_type_ids is None:
-            return
-        flags = mm_token_type_ids[:, : input_ids.shape[1]] == 1
-        if not torch.equal(flags, input_ids == self.processing_class.image_token_id):
-            raise RuntimeError("mm_token_type_ids do not line up with the image tokens of input_ids: the processor "
-                               "and the trainer pad on different sides; the loss would score other inputs than the "
-                               "rollouts were sampled with")
+    def rollout_advantages(self, scored: ScoredRollouts, kl: torch.Tensor | None) -> torch.Tensor:
+        return self.estimate_advantages(scored.rewards, scored.question_ids(), scored.groups, kl)
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
-                                           batch_size=None, **kwargs):
-        self._check_alignment(input_ids, kwargs.get("mm_token_type_ids"))
-        if self._active_ecg is not None:
-            batch_size = None  # keep every row in one call so ECG records line up with their placeholders
-        return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
-                                                          batch_size=batch_size, **kwargs)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self._active_ecg = self._concat(inputs["ecg_rows"])
-        try:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        finally:
-            self._active_ecg = None
-
-    # -- rewards and advantages ----------------------------------------------------------------------------
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        """TRL's reward pass (gathered from every process), recorded with each rollout's id, domain, accuracy and
-        group as a :class:`ScoredRollouts` for :meth:`_generate_and_score_completions` to take."""
-        rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        parts = getattr(self.reward_funcs[0], "last_components", None) or [{}] * len(inputs)
-        if len(parts) != len(inputs):
-            parts = [{}] * len(inputs)
-        local = [(x["id"], x["domain"], p.get("accuracy"), x["group"]) for x, p in zip(inputs, parts)]
-        ids, domains, accuracy, groups = (list(column) for column in zip(*gather_object(local)))
-        # One reward function that already weighs its components: its column is the reward.
-        self._scored = ScoredRollouts(rewards_per_func[:, 0].cpu(), ids, domains, accuracy, groups)
-        return rewards_per_func
-
-    def _take_scored(self) -> ScoredRollouts:
-        scored, self._scored = self._scored, None
-        if scored is None:
-            raise RuntimeError("TRL generated completions without calling _calculate_rewards; this TRL version "
-                               "does not match the trainer")
-        return scored
-
-    def _generate_and_score_completions(self, inputs):
-        mode = "train" if self.model.training else "eval"
-        ecg_rows = self._ecg_rows(inputs)
-        self._active_ecg = self._concat(ecg_rows)
-        try:
-            out = super()._generate_and_score_completions(inputs)
-            kl = self._rollout_kl(out) if mode == "train" else None
-        finally:
-            self._active_ecg = None
-        out["ecg_rows"] = ecg_rows  # a per-row list, shuffled and split with the batch
-        scored = self._take_scored()
-        rewards, domains, accuracy = scored.rewards, scored.domains, scored.accuracy
-        # TRL lays rollouts of one prompt out as consecutive blocks of num_generations rows
-        groups = [f"{i}@{n // self.num_generations}" for n, i in enumerate(scored.ids)]
-        advantages = None
-        if mode == "train":
-            advantages = self._advantages(rewards, groups, scored.groups, kl)
-            n = len(inputs)
-            local = advantages[self.accelerator.process_index * n:(self.accelerator.process_index + 1) * n]
-            out["advantages"] = local.to(out["advantages"].device, out["advantages"].dtype)
-        self._log_domains(mode, rewards, domains, accuracy, advantages)
-        return out
-
-    def _rollout_kl(self, out: dict) -> torch.Tensor | None:
-        """Per-rollout k3 KL(policy at sampling time || reference), mean over completion tokens, all processes.
-
-        DRPO's KL damping (paper Eqs. 4-5) needs it. TRL computes the sampling-time log-probs only when a
-        generation batch is reused, so they are computed here otherwise (one more no-grad forward per batch).
-        Without a reference model (``beta = 0``) there is no KL and DRPO runs undamped.
-        """
-        if self.estimator is None or self.estimator.kl_quantile is None:
-            return None
-        ref = out.get("ref_per_token_logps")
-        if ref is None:
-            return None
-        old = out.get("old_per_token_logps")
-        if old is None:
-            old = self._sampling_logps(out)
-        mask = out["completion_mask"].float()
-        k3 = torch.exp(ref - old) - (ref - old) - 1
-        kl = (k3 * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return self.accelerator.gather(kl.detach()).cpu()
-
-    @torch.no_grad()
-    def _sampling_logps(self, out: dict) -> torch.Tensor:
-        """Per-token log-probs of the sampled completions under the current (sampling) policy."""
-        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
-        mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
-        extra = {k: out[k] for k in ("pixel_values", "image_grid_thw", "mm_token_type_ids", "num_images") if k in out}
-        logps, _, _ = self._get_per_token_logps_and_entropies(self.model, ids, mask, out["completion_ids"].size(1),
-                                                              **extra)
-        return logps
-
-    def _advantages(self, rewards: torch.Tensor, groups: list[str], domains: list[str],
-                    kl: torch.Tensor | None = None) -> torch.Tensor:
+    def estimate_advantages(self, rewards: torch.Tensor, questions: list[str], domains: list[str],
+                            kl: torch.Tensor | None = None) -> torch.Tensor:
         """One advantage per rollout of the gathered batch, from the configured estimator."""
         est = self.settings.estimator
         if est == "grpo":
-            return group_advantages(rewards, groups, scale=True)
+            return group_advantages(rewards, questions, scale=True)
         if est == "drgrpo":
-            return group_advantages(rewards, groups, scale=False)
+            return group_advantages(rewards, questions, scale=False)
         if est == "rloo":
-            return rloo_advantages(rewards, groups)
+            return rloo_advantages(rewards, questions)
         if est == "disco":
-            return disco_advantages(rewards, groups, domains, domain_counts=self.domain_counts,
+            return disco_advantages(rewards, questions, domains, domain_counts=self.domain_counts,
                                     tau=self.settings.disco_tau)
-        return self.estimator(rewards, groups, domains, kl=kl)
+        return self.estimator(rewards, questions, domains, kl=kl)
 
-    def _log_domains(self, mode: str, rewards: torch.Tensor, domains: list[str], accuracy: list,
-                     advantages: torch.Tensor | None) -> None:
+    # -- per-domain logs -------------------------------------------------------------------------------------
+    def record_rollouts(self, mode: str, scored: ScoredRollouts, advantages: torch.Tensor | None) -> None:
         """Per-domain metrics of one batch. A training step is logged at once; an evaluation (the probe set, or
-        eval records) is gathered over its batches and logged once by :meth:`evaluate`."""
-        entry = self._domain_entry(rewards.tolist(), domains, accuracy, advantages, mode == "train")
-        for key, value in entry.items():  # TRL averages these over logging_steps and hands them to report_to
-            self._metrics[mode][f"domain/{key}"].append(value)
+        eval records) is gathered over its batches and logged once by :meth:`evaluation_finished`."""
+        rewards, domains, accuracy = scored.rewards.tolist(), scored.domains, scored.accuracy
+        entry = self._domain_entry(rewards, domains, accuracy, advantages, mode == "train")
+        for key, value in entry.items():
+            self.log_metric(mode, f"domain/{key}", value)
         if mode == "train":
             entry = {"step": self.state.global_step, **entry}
             self.domain_history.append(entry)
             self._append_csv("train", entry)
         else:
             buf = self._eval_buffer
-            buf["rewards"] += rewards.tolist()
+            buf["rewards"] += rewards
             buf["domains"] += list(domains)
             buf["accuracy"] += list(accuracy)
+
+    def evaluation_started(self, split: str) -> None:
+        self._eval_buffer = {"rewards": [], "domains": [], "accuracy": []}
+
+    def evaluation_finished(self, split: str) -> None:
+        buf = self._eval_buffer
+        if buf["rewards"]:
+            entry = {"step": self.state.global_step, "split": split,
+                     **self._domain_entry(buf["rewards"], buf["domains"], buf["accuracy"], None, train=False)}
+            self.eval_history.append(entry)
+            self._append_csv(split, entry)
+
+    def evaluation_seed(self) -> int:
+        # each evaluation of the probe set draws the same numbers, so its curve moves with the model alone
+        return self.settings.seed + 7919
 
     def _domain_entry(self, r: list[float], domains: list[str], accuracy: list, advantages: torch.Tensor | None,
                       train: bool) -> dict:
@@ -333,7 +219,9 @@ class QoQMedGRPOTrainer(GRPOTrainer):
         entry: dict = {}
         stats_all = self.estimator.last_stats if self.estimator is not None and train else {}
         for d, rows in sorted(by_domain.items()):
-            entry[f"reward/{d}"] = float(np.mean([r[i] for i in rows]))
+            scored = [r[i] for i in rows if not np.isnan(r[i])]  # as TRL, unscored rollouts stay out of the mean
+            if scored:
+                entry[f"reward/{d}"] = float(np.mean(scored))
             acc = [accuracy[i] for i in rows if accuracy[i] is not None]
             if acc:
                 entry[f"accuracy/{d}"] = float(np.mean(acc))
@@ -368,57 +256,17 @@ class QoQMedGRPOTrainer(GRPOTrainer):
                     metric, domain = key.split("/", 1)
                     w.writerow([entry["step"], mode, domain, metric, value])
 
-    # -- evaluation and the probe set -----------------------------------------------------------------------
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-        """TRL's evaluation (sampled like RL), with fixed draws that leave the training RNG untouched.
-
-        Each evaluation of the probe set draws the same random numbers, so the curve moves with the model and not
-        with the dice, and a run with probes trains exactly like one without.
-        """
-        if eval_dataset is None and isinstance(self.eval_dataset, dict):
-            # several eval sets (eval records and the probe set): the base class calls back here once per set,
-            # and only those calls log, so no set is logged twice
-            return super().evaluate(None, ignore_keys, metric_key_prefix)
-        self._eval_split = metric_key_prefix.removeprefix("eval_") if metric_key_prefix != "eval" else "eval"
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        self._eval_buffer = {"rewards": [], "domains": [], "accuracy": []}
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.settings.seed + 7919)
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        buf = self._eval_buffer
-        if buf["rewards"]:
-            entry = {"step": self.state.global_step, "split": self._eval_split,
-                     **self._domain_entry(buf["rewards"], buf["domains"], buf["accuracy"], None, train=False)}
-            self.eval_history.append(entry)
-            self._append_csv(self._eval_split, entry)
-        return metrics
-
-    # -- checkpoints carry the estimator state ------------------------------------------------------------
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        if self.estimator is not None and self.args.should_save:
-            folder = Path(self._get_output_dir(trial)) / f"checkpoint-{self.state.global_step}"
+    # -- checkpoints carry the estimator state -----------------------------------------------------------------
+    def save_extra_state(self, folder: Path) -> None:
+        if self.estimator is not None:
             write_drpo_state(self.estimator.state_dict(), folder / DRPO_STATE_FILE)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        # save_pretrained writes Qwen2.5-VL's original key names (transformers' checkpoint conversion) and only
-        # from_pretrained maps them back; the stock loader would leave most weights at their start values.
-        # DeepSpeed and FSDP checkpoints are sharded engine states, which the stock loader handles.
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return super()._load_from_checkpoint(resume_from_checkpoint, model)
-        target = self.accelerator.unwrap_model(model if model is not None else self.model)
-        dtype = next(target.parameters()).dtype
-        loaded = type(target).from_pretrained(resume_from_checkpoint, dtype=dtype)
-        target.load_state_dict(loaded.state_dict(), strict=True)
-        del loaded
-
-    def _load_rng_state(self, checkpoint):
-        super()._load_rng_state(checkpoint)
-        if self.estimator is None or not checkpoint:
+    def load_extra_state(self, folder: Path) -> None:
+        if self.estimator is None:
             return
-        path = Path(checkpoint) / DRPO_STATE_FILE
-        if not path.exists() and (Path(checkpoint) / LEGACY_DRPO_STATE_FILE).exists():
-            path = Path(checkpoint) / LEGACY_DRPO_STATE_FILE  # written by an earlier version; read without pickle
+        path = folder / DRPO_STATE_FILE
+        if not path.exists() and (folder / LEGACY_DRPO_STATE_FILE).exists():
+            path = folder / LEGACY_DRPO_STATE_FILE  # written by an earlier version; read without pickle
         if not path.exists():
             raise FileNotFoundError(f"{path}: the checkpoint has no DRPO state; resuming without it would "
                                     "change the advantages (was it written by another estimator?)")
@@ -485,7 +333,7 @@ def probe_records(records: Sequence[Record], per_domain: int) -> list[Record]:
 
 def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: str | Path,
                      settings: RLSettings | None = None, eval_records: Sequence[Record] | None = None,
-                     callbacks: list[TrainerCallback] | None = None) -> QoQMedGRPOTrainer:
+                     callbacks: list[TrainerCallback] | None = None) -> QoQMedRLTrainer:
     """The RL trainer for the model saved in ``model_dir`` on ``records`` (what :func:`train_rl` runs)."""
     s = settings or RLSettings()
     out_dir = Path(out_dir)
@@ -512,7 +360,7 @@ def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: 
     for rec in records:
         domain_counts[group_of(rec, s.domain_key)] += 1
     eval_dataset = (eval_sets.get("eval") if list(eval_sets) == ["eval"] else eval_sets) or None
-    return QoQMedGRPOTrainer(
+    return QoQMedRLTrainer(
         model=model, args=args,
         reward_funcs=make_reward_function(facts, s.reward_preset, s.iou_reduce, s.boxes_required),
         train_dataset=dataset, eval_dataset=eval_dataset, processing_class=processor, settings=s, facts=facts,

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..algos.drpo import DRPO, MODES
-from ..data.synthetic import ClimbMiniConfig
+from ..data.climb_mini import ClimbMiniConfig
 from ..modeling.configuration_qoqmed import FREEZABLE
 from ..modeling.tiny import TinySpec
 from ..rewards.scores import make_scorer
