@@ -258,6 +258,28 @@ def test_report_step_on_an_existing_folder_reproduces_report_and_results(toy_run
     assert {name: (out / name).read_bytes() for name in before} == before
 
 
+def test_report_command_rewrites_an_existing_folder(toy_run):
+    """`qoqmed experiment report DIR` re-writes report.md, results.json and the plots from the units."""
+    _, _, out = toy_run
+    before = {name: (out / name).read_bytes() for name in ("report.md", "results.json")}
+    (out / "report.md").write_text("stale")
+    (out / "f1_by_domain.png").unlink()
+    result = runner.invoke(app, ["experiment", "report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "report.md" in result.output
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert (out / "f1_by_domain.png").is_file()
+
+
+def test_report_command_refuses_a_folder_without_a_study(tmp_path):
+    missing = runner.invoke(app, ["experiment", "report", str(tmp_path / "nope")])
+    assert missing.exit_code == 2 and "nope" in missing.output and "no such folder" in missing.output
+    assert len(missing.output.strip().splitlines()) == 1
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    no_results = runner.invoke(app, ["experiment", "report", str(tmp_path)])
+    assert no_results.exit_code == 2 and "no results.json" in no_results.output
+
+
 def test_rerun_reuses_finished_units(toy_run):
     _, cfg, out = toy_run
     unit = out / "seed1" / "grpo" / "result.json"
