@@ -20,6 +20,7 @@ from qoqmed.data.readers import load_ecg
 from qoqmed.infer import QoQMedPipeline
 from qoqmed.modeling.tiny import build_tiny
 from qoqmed.serve import create_app
+from qoqmed.serve.server import server_config
 
 CT = get_testdata_file("CT_small.dcm")
 ECG_DCM = get_testdata_file("waveform_ecg.dcm")
@@ -28,6 +29,7 @@ BODY_LIMIT = 2 << 20
 
 def _nifti() -> str:
     import os
+
     from nibabel.testing import data_path
 
     return os.path.join(data_path, "anatomical.nii")
@@ -73,10 +75,11 @@ def ct_series(n: int) -> list[bytes]:
 
 
 class ServerThread:
-    """uvicorn in a background thread on a free loopback port."""
+    """The project's uvicorn configuration (protocol and timeouts; ``kwargs`` as in ``server_config``) in a
+    background thread on a free loopback port."""
 
-    def __init__(self, app):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    def __init__(self, app, **kwargs):
+        self.server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning", **kwargs))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -86,8 +89,8 @@ class ServerThread:
             if time.monotonic() > deadline or not self.thread.is_alive():
                 raise RuntimeError("uvicorn did not start")
             time.sleep(0.05)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
         return self
 
     def __exit__(self, *exc):
@@ -127,7 +130,8 @@ def test_healthz_and_page(client):
 
 def test_predict_dicom_image_and_every_ecg_form(client, tmp_path):
     import wfdb
-    from qoqmed.data.ecg import ECGSpec, STANDARD_LEADS, read_ecg
+
+    from qoqmed.data.ecg import STANDARD_LEADS, ECGSpec, read_ecg
 
     sig = read_ecg(ECG_DCM, ECGSpec(sampling_rate=500, seconds=10.0, leads=STANDARD_LEADS))
     wfdb.wrsamp("ecg01", fs=500, units=["mV"] * 12, sig_name=list(STANDARD_LEADS), p_signal=sig.data.T.astype(float),
@@ -158,6 +162,7 @@ def test_predict_dicom_image_and_every_ecg_form(client, tmp_path):
 
 def test_predict_volumes_nifti_and_dicom_series(client):
     import os
+
     from nibabel.testing import data_path
 
     nii = open(os.path.join(data_path, "anatomical.nii"), "rb").read()
@@ -353,7 +358,8 @@ def test_oversized_bodies_get_413(client, server):
 
 def test_multipart_form(client, tmp_path):
     import wfdb
-    from qoqmed.data.ecg import ECGSpec, STANDARD_LEADS, read_ecg
+
+    from qoqmed.data.ecg import STANDARD_LEADS, ECGSpec, read_ecg
 
     sig = read_ecg(ECG_DCM, ECGSpec(sampling_rate=500, seconds=10.0, leads=STANDARD_LEADS))
     wfdb.wrsamp("r1", fs=500, units=["mV"] * 12, sig_name=list(STANDARD_LEADS), p_signal=sig.data.T.astype(float),

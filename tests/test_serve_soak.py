@@ -8,7 +8,6 @@ import ctypes
 import gc
 import io
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,37 +15,14 @@ import httpx
 import numpy as np
 import psutil
 import pytest
-import uvicorn
 from PIL import Image
+from test_serve import ServerThread
 
 from qoqmed.infer import QoQMedPipeline
 from qoqmed.modeling.tiny import build_tiny
 from qoqmed.serve import create_app
-from qoqmed.serve.server import server_config
 
 BODY_LIMIT = 1 << 20
-
-
-class Server:
-    """A real uvicorn (with the project's protocol and timeouts) in a thread on a free loopback port."""
-
-    def __init__(self, app, **kwargs):
-        self.server = uvicorn.Server(server_config(app, host="127.0.0.1", port=0, log_level="warning", **kwargs))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.05)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +31,7 @@ def server():
     pipe = QoQMedPipeline(model, processor, max_new_tokens=4, name="tiny")
     app = create_app(pipe, max_body_bytes=BODY_LIMIT, max_batch=8, batch_wait_ms=5, max_new_tokens_limit=16,
                      body_timeout_s=1.0)
-    with Server(app, head_timeout_s=1.0, keep_alive_s=5) as srv:
+    with ServerThread(app, head_timeout_s=1.0, keep_alive_s=5) as srv:
         srv.app = app
         yield srv
 
