@@ -26,12 +26,12 @@ import tempfile
 import time
 import uuid
 from contextlib import asynccontextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -123,33 +123,46 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
                               "diagnosis out.")
     app.state.batcher = batcher
     app.state.pipeline = pipe
+    app.state.service = Service(pipe, batcher, max_new_tokens_limit, max_body_bytes)
     app.add_middleware(BodyLimit, limit=max_body_bytes, timeout_s=body_timeout_s)
-
     install_error_handlers(app)
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
 
-    def _max_new(requested: int | None) -> int:
-        n = requested or pipe.max_new_tokens
-        if n > max_new_tokens_limit:
-            raise APIError(400, f"max tokens {n} exceeds this server's limit of {max_new_tokens_limit}",
+
+@dataclass
+class Service:
+    """What every route shares: the pipeline, the batcher and this server's limits."""
+
+    pipe: QoQMedPipeline
+    batcher: Batcher
+    max_new_tokens_limit: int
+    max_body_bytes: int
+
+    def max_new(self, requested: int | None) -> int:
+        n = requested or self.pipe.max_new_tokens
+        if n > self.max_new_tokens_limit:
+            raise APIError(400, f"max tokens {n} exceeds this server's limit of {self.max_new_tokens_limit}",
                            "max_tokens", code="too_many_tokens")
         return n
 
-    async def _predict(question: str, fill, ehr: str | None, window: str | None, max_new: int,
-                       system: str | None = None, decoding: Decoding = GREEDY, n: int = 1,
-                       history: list[tuple[str, str]] | None = None) -> list[Prediction]:
+    async def predict(self, question: str, fill, ehr: str | None, window: str | None, max_new: int,
+                      system: str | None = None, decoding: Decoding = GREEDY, n: int = 1,
+                      history: list[tuple[str, str]] | None = None) -> list[Prediction]:
         """Stage the inputs in a private temp folder, read them (threadpool), then queue for batched generation;
         ``n`` sampled answers to the same prompt (seeds ``seed``, ``seed + 1``, ... when seeded)."""
         with tempfile.TemporaryDirectory(prefix="qoqmed-req-") as tmp:
             staged = Staged(Path(tmp))
             try:
                 await run_in_threadpool(fill, staged)
-                prepared = await run_in_threadpool(pipe.prepare, question, staged.images, staged.volumes,
+                prepared = await run_in_threadpool(self.pipe.prepare, question, staged.images, staged.volumes,
                                                    staged.ecg, ehr, None, _window(window), system, history)
             except InputError as exc:
                 raise APIError(400, scrub(str(exc), Path(tmp)), exc.field) from exc
         draws = [decoding if decoding.seed is None else replace(decoding, seed=decoding.seed + i) for i in range(n)]
         try:
-            return list(await asyncio.gather(*(batcher.submit(prepared, max_new, d) for d in draws)))
+            return list(await asyncio.gather(*(self.batcher.submit(prepared, max_new, d) for d in draws)))
         except QueueFull as exc:
             raise APIError(503, f"server busy: {exc}", code="overloaded") from exc
         except Exception as exc:  # noqa: BLE001
@@ -158,108 +171,125 @@ def create_app(pipe: QoQMedPipeline, *, max_body_bytes: int = 32 << 20, max_batc
             raise APIError(500, f"generation failed ({type(exc).__name__}); see the server log",
                            code="internal_error") from exc
 
-    @app.get("/healthz")
-    async def healthz():
-        return {"status": "ok", "model": pipe.name, "queue": batcher.pending, "batching": batcher.stats.as_dict(),
-                "max_batch": batcher.max_batch, "max_body_bytes": max_body_bytes}
 
-    @app.post("/v1/predict")
-    async def predict(req: PredictRequest):
-        """Structured prediction: labels, boxes (original pixels), reasoning, raw text, timing."""
-        max_new = _max_new(req.max_new_tokens)
+def _service(request: Request) -> Service:
+    return request.app.state.service
 
-        def fill(staged: Staged):
-            for i, item in enumerate(req.images):
-                part = item if isinstance(item, FilePart) else FilePart(data=item)
-                raw, mime = decode_b64(part.data, f"images[{i}]" + (".data" if isinstance(item, FilePart) else ""))
-                staged.add_image(raw, part.filename, mime)
-            for i, vol in enumerate(req.volumes):
-                _add_volume(staged, vol, f"volumes[{i}]")
-            for i, ecg in enumerate(req.ecg):
-                _add_ecg(staged, ecg, f"ecg[{i}]")
 
-        pred = (await _predict(req.question, fill, req.ehr, req.window, max_new, decoding=_decoding(req)))[0]
-        return _prediction_body(pred, req.return_previews)
+ServiceDep = Annotated[Service, Depends(_service)]
+router = APIRouter()
 
-    @app.post("/v1/predict/form")
-    async def predict_form(
-        question: Annotated[str, Form(max_length=MAX_QUESTION_CHARS)] = "",
-        ehr: Annotated[str | None, Form(max_length=MAX_EHR_CHARS)] = None,
-        window: Annotated[str | None, Form()] = None,
-        max_new_tokens: Annotated[int | None, Form(ge=1)] = None,
-        return_previews: Annotated[bool, Form()] = False,
-        images: Annotated[list[UploadFile], File()] = [],  # noqa: B006 - FastAPI copies defaults
-        volumes: Annotated[list[UploadFile], File()] = [],  # noqa: B006
-        ecg: Annotated[list[UploadFile], File()] = [],  # noqa: B006
-        ecg_fs: Annotated[float | None, Form(gt=0)] = None,
-    ):
-        """The same as /v1/predict from a multipart form: files under ``images``, ``volumes`` (one NIfTI/DICOM file
-        each, or several DICOM slices that form one series) and ``ecg`` (.npy, DICOM, a WFDB .hea + .dat, or a .csv
-        with a header row naming the leads, whose rate ``ecg_fs`` gives)."""
-        max_new = _max_new(max_new_tokens)
-        if len(images) + len(volumes) + len(ecg) > 4 * MAX_FILES:
-            raise APIError(400, f"too many files (limit {4 * MAX_FILES})", "files")
-        blobs = {name: [(f.filename, await f.read()) for f in files if f.filename or f.size]
-                 for name, files in (("images", images), ("volumes", volumes), ("ecg", ecg))}
 
-        def fill(staged: Staged):
-            for i, (name, raw) in enumerate(blobs["images"]):
-                if not raw:
-                    raise InputError(f"images[{i}]", f"{name}: file is empty (0 bytes)")
-                staged.add_image(raw, name)
-            vols = blobs["volumes"]
-            if len(vols) > 1 and all(has_dicom_magic(raw) for _, raw in vols):
-                staged.add_series([raw for _, raw in vols], "volumes")
-            else:
-                for i, (name, raw) in enumerate(vols):
-                    staged.add_volume(raw, name, f"volumes[{i}]")
-            _add_ecg_files(staged, blobs["ecg"], ecg_fs)
+@router.get("/healthz")
+async def healthz(service: ServiceDep):
+    batcher = service.batcher
+    return {"status": "ok", "model": service.pipe.name, "queue": batcher.pending, "batching": batcher.stats.as_dict(),
+            "max_batch": batcher.max_batch, "max_body_bytes": service.max_body_bytes}
 
-        pred = (await _predict(question, fill, ehr or None, window or None, max_new))[0]
-        return _prediction_body(pred, return_previews)
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest):
-        """OpenAI-compatible chat completion: a conversation of user and assistant turns, inputs in any user turn.
-        Greedy unless ``temperature > 0``; ``n`` samples up to 8 answers. The parsed answer is under ``qoqmed`` (per choice, and the first at the top level)."""
-        if req.stream:
-            raise APIError(400, "streaming is not supported; send stream=false", "stream", code="unsupported")
-        decoding = _decoding(req)
-        if req.n > 1 and decoding.greedy:
-            raise APIError(400, "n > 1 needs temperature > 0: greedy answers to one prompt are all the same", "n")
-        max_new = _max_new(req.max_completion_tokens or req.max_tokens)
-        chat = flatten_chat(req.messages)
+@router.post("/v1/predict")
+async def predict(req: PredictRequest, service: ServiceDep):
+    """Structured prediction: labels, boxes (original pixels), reasoning, raw text, timing."""
+    max_new = service.max_new(req.max_new_tokens)
 
-        def fill(staged: Staged):
-            for url, where in chat.images:
-                raw, mime = decode_b64(url, where)
-                staged.add_image(raw, None, mime)
-            for vol, where in chat.volumes:
-                _add_volume(staged, vol, where)
-            for ecg, where in chat.ecgs:
-                _add_ecg(staged, ecg, where)
+    def fill(staged: Staged):
+        for i, item in enumerate(req.images):
+            part = item if isinstance(item, FilePart) else FilePart(data=item)
+            raw, mime = decode_b64(part.data, f"images[{i}]" + (".data" if isinstance(item, FilePart) else ""))
+            staged.add_image(raw, part.filename, mime)
+        for i, vol in enumerate(req.volumes):
+            _add_volume(staged, vol, f"volumes[{i}]")
+        for i, ecg in enumerate(req.ecg):
+            _add_ecg(staged, ecg, f"ecg[{i}]")
 
-        # A client's system prompt replaces the default for this request only.
-        preds = await _predict(chat.question, fill, None, None, max_new, system=chat.system, decoding=decoding,
-                               n=req.n, history=chat.history)
-        completion = sum(p.completion_tokens for p in preds)
-        return {
-            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-            "model": req.model or pipe.name,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": p.text},
-                         "finish_reason": p.finish_reason, "logprobs": None, "qoqmed": p.to_dict()}
-                        for i, p in enumerate(preds)],
-            "usage": {"prompt_tokens": preds[0].prompt_tokens, "completion_tokens": completion,
-                      "total_tokens": preds[0].prompt_tokens + completion},
-            "qoqmed": preds[0].to_dict(),  # the first choice's parsed answer
-        }
+    pred = (await service.predict(req.question, fill, req.ehr, req.window, max_new, decoding=_decoding(req)))[0]
+    return _prediction_body(pred, req.return_previews)
 
-    @app.get("/", include_in_schema=False)
-    async def index():
-        return FileResponse(STATIC / "index.html")
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
+@router.post("/v1/predict/form")
+async def predict_form(
+    service: ServiceDep,
+    question: Annotated[str, Form(max_length=MAX_QUESTION_CHARS)] = "",
+    ehr: Annotated[str | None, Form(max_length=MAX_EHR_CHARS)] = None,
+    window: Annotated[str | None, Form()] = None,
+    max_new_tokens: Annotated[int | None, Form(ge=1)] = None,
+    return_previews: Annotated[bool, Form()] = False,
+    images: Annotated[list[UploadFile], File()] = [],  # noqa: B006 - FastAPI copies defaults
+    volumes: Annotated[list[UploadFile], File()] = [],  # noqa: B006
+    ecg: Annotated[list[UploadFile], File()] = [],  # noqa: B006
+    ecg_fs: Annotated[float | None, Form(gt=0)] = None,
+):
+    """The same as /v1/predict from a multipart form: files under ``images``, ``volumes`` (one NIfTI/DICOM file
+    each, or several DICOM slices that form one series) and ``ecg`` (.npy, DICOM, a WFDB .hea + .dat, or a .csv
+    with a header row naming the leads, whose rate ``ecg_fs`` gives)."""
+    max_new = service.max_new(max_new_tokens)
+    if len(images) + len(volumes) + len(ecg) > 4 * MAX_FILES:
+        raise APIError(400, f"too many files (limit {4 * MAX_FILES})", "files")
+    blobs = {name: [(f.filename, await f.read()) for f in files if f.filename or f.size]
+             for name, files in (("images", images), ("volumes", volumes), ("ecg", ecg))}
+
+    def fill(staged: Staged):
+        for i, (name, raw) in enumerate(blobs["images"]):
+            if not raw:
+                raise InputError(f"images[{i}]", f"{name}: file is empty (0 bytes)")
+            staged.add_image(raw, name)
+        vols = blobs["volumes"]
+        if len(vols) > 1 and all(has_dicom_magic(raw) for _, raw in vols):
+            staged.add_series([raw for _, raw in vols], "volumes")
+        else:
+            for i, (name, raw) in enumerate(vols):
+                staged.add_volume(raw, name, f"volumes[{i}]")
+        _add_ecg_files(staged, blobs["ecg"], ecg_fs)
+
+    pred = (await service.predict(question, fill, ehr or None, window or None, max_new))[0]
+    return _prediction_body(pred, return_previews)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(req: ChatRequest, service: ServiceDep):
+    """OpenAI-compatible chat completion: a conversation of user and assistant turns, inputs in any user turn.
+    Greedy unless ``temperature > 0``; ``n`` samples up to 8 answers. The parsed answer is under ``qoqmed`` (per
+    choice, and the first at the top level)."""
+    if req.stream:
+        raise APIError(400, "streaming is not supported; send stream=false", "stream", code="unsupported")
+    decoding = _decoding(req)
+    if req.n > 1 and decoding.greedy:
+        raise APIError(400, "n > 1 needs temperature > 0: greedy answers to one prompt are all the same", "n")
+    max_new = service.max_new(req.max_completion_tokens or req.max_tokens)
+    chat = flatten_chat(req.messages)
+
+    def fill(staged: Staged):
+        for url, where in chat.images:
+            raw, mime = decode_b64(url, where)
+            staged.add_image(raw, None, mime)
+        for vol, where in chat.volumes:
+            _add_volume(staged, vol, where)
+        for ecg, where in chat.ecgs:
+            _add_ecg(staged, ecg, where)
+
+    # A client's system prompt replaces the default for this request only.
+    preds = await service.predict(chat.question, fill, None, None, max_new, system=chat.system, decoding=decoding,
+                                  n=req.n, history=chat.history)
+    return _completion_body(preds, req.model or service.pipe.name)
+
+
+@router.get("/", include_in_schema=False)
+async def index():
+    return FileResponse(STATIC / "index.html")
+
+
+def _completion_body(preds: list[Prediction], model: str) -> dict:
+    completion = sum(p.completion_tokens for p in preds)
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": i, "message": {"role": "assistant", "content": p.text},
+                     "finish_reason": p.finish_reason, "logprobs": None, "qoqmed": p.to_dict()}
+                    for i, p in enumerate(preds)],
+        "usage": {"prompt_tokens": preds[0].prompt_tokens, "completion_tokens": completion,
+                  "total_tokens": preds[0].prompt_tokens + completion},
+        "qoqmed": preds[0].to_dict(),  # the first choice's parsed answer
+    }
 
 
 def _decoding(req: SamplingOptions) -> Decoding:
