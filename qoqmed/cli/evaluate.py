@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -64,8 +65,6 @@ def evaluate_cmd(
 
     They go to sampled_predictions.jsonl and to a 'sampled' section of metrics.json and report.md.
     """
-    import math
-
     from ..data.schema import load_records
 
     if benchmark is not None:
@@ -77,25 +76,11 @@ def evaluate_cmd(
     from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
     from ..rewards.scores import make_scorer
 
-    if samples < 0:
-        fail(f"--samples must be >= 0 (0 turns sampling off), got {samples}")
-    if samples and not (math.isfinite(temperature) and temperature > 0):
-        fail(f"--temperature must be > 0 with --samples (greedy answers are the default pass), got {temperature}")
-    if samples and not 0 < top_p <= 1:
-        fail(f"--top-p must be in (0, 1] with --samples, got {top_p}")
-    if samples and not 0 <= seed < 2**63:
-        fail(f"--seed must be in [0, 2**63), got {seed}")
+    _check_sampling(samples, temperature, top_p, seed)
     records = load_records(data, allow_outside=allow_outside_paths)
     if not (model / "config.json").exists():
         fail(f"{model}: no config.json; pass a folder written by save_pretrained (e.g. a run's rl/model)")
-    table = None
-    if synonyms is not None:
-        try:
-            table = json.loads(synonyms.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            fail(f"{synonyms}: cannot read synonyms: {exc}")
-        if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
-            fail(f"{synonyms}: synonyms must be a JSON object of alias -> label strings")
+    table = _read_synonyms(synonyms)
     make_scorer(preset, iou_reduce=iou_reduce, synonyms=table)
     if label_parser not in ("qoqmed", "reference"):
         fail(f"--label-parser must be qoqmed or reference, got {label_parser!r}")
@@ -121,10 +106,35 @@ def evaluate_cmd(
     print_summary(metrics)
 
 
+def _check_sampling(samples: int, temperature: float, top_p: float, seed: int) -> None:
+    """The --samples options, each refused in one line when out of range."""
+    if samples < 0:
+        fail(f"--samples must be >= 0 (0 turns sampling off), got {samples}")
+    if samples and not (math.isfinite(temperature) and temperature > 0):
+        fail(f"--temperature must be > 0 with --samples (greedy answers are the default pass), got {temperature}")
+    if samples and not 0 < top_p <= 1:
+        fail(f"--top-p must be in (0, 1] with --samples, got {top_p}")
+    if samples and not 0 <= seed < 2**63:
+        fail(f"--seed must be in [0, 2**63), got {seed}")
+
+
+def _read_synonyms(path: Path | None) -> dict[str, str] | None:
+    """The --synonyms table (alias -> label), or None without the option."""
+    if path is None:
+        return None
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        fail(f"{path}: cannot read synonyms: {exc}")
+    if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
+        fail(f"{path}: synonyms must be a JSON object of alias -> label strings")
+    return table
+
+
 def _eval_benchmark(model: Path, data: Path, out: Path, benchmark: str, split: Optional[str], protocol: str,
                     prompt_style: str, max_new_tokens: int, batch_size: int, max_images: int) -> None:
-    from ..eval.benchmarks.run import Settings, evaluate_benchmark
     from ..eval.benchmarks import get_benchmark
+    from ..eval.benchmarks.run import Settings, evaluate_benchmark
     from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 
     bench = get_benchmark(benchmark)
@@ -151,7 +161,11 @@ def compare(
     """Side-by-side per-domain macro-F1 and paper balanced accuracy of runs, with change vs the first run.
 
     Benchmark runs (eval --benchmark) are compared by their headline numbers and the settings that differ."""
-    from ..eval.benchmarks.report import compare_benchmark_runs, format_benchmark_comparison, is_benchmark_run
+    from ..eval.benchmarks.report import (
+        compare_benchmark_runs,
+        format_benchmark_comparison,
+        is_benchmark_run,
+    )
     from ..eval.compare import compare_runs, format_compare_table
 
     labels = names.split(",") if names else None
