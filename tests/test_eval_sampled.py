@@ -227,3 +227,51 @@ def test_cli_eval_temperature_zero_is_fine_without_samples(saved_model, mini_rec
     result = runner.invoke(app, ["eval", "--model", str(saved_model), "--data", str(mini_records_path),
                                  "--out", str(tmp_path / "g"), "--max-new-tokens", "4", "--temperature", "0"])
     assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def test_sampled_eval_prompts_in_the_given_style(setup, monkeypatch):
+    import qoqmed.eval.evaluate as evaluation
+    from qoqmed.data.prompt_styles import (
+        RELEASED_FORMAT_SUFFIX,
+        RELEASED_SYSTEM_PROMPT,
+        SYSTEM_PROMPT,
+    )
+
+    records, processor, model = setup
+    seen = []
+    load = evaluation.load_record
+
+    def recording(rec, *style):
+        loaded = load(rec, *style)
+        seen.append((style, loaded))
+        return loaded
+
+    monkeypatch.setattr(evaluation, "load_record", recording)
+    metrics, rows = evaluate_sampled(model, processor, records[:2], k=2, temperature=1.0, seed=3, max_new_tokens=4,
+                                     show_progress=False, prompt_style="released")
+    generated = [(style, loaded) for style, loaded in seen if style]
+    assert len(generated) == 2 and all(style == ("released",) for style, _ in generated)
+    assert all(loaded.problem.endswith(RELEASED_FORMAT_SUFFIX) or RELEASED_FORMAT_SUFFIX + "<ecg>" in loaded.problem
+               for _, loaded in generated)
+    assert metrics["prompt_style"] == "released" and len(rows) == 4
+    from qoqmed.data.prompts import messages_for
+
+    assert messages_for(generated[0][1])[0]["content"][0]["text"] == RELEASED_SYSTEM_PROMPT
+    seen.clear()
+    metrics, _ = evaluate_sampled(model, processor, records[:2], k=2, temperature=1.0, seed=3, max_new_tokens=4,
+                                  show_progress=False)
+    assert metrics["prompt_style"] == "qoqmed"
+    assert all(RELEASED_FORMAT_SUFFIX not in loaded.problem for _, loaded in seen)
+    assert messages_for(seen[0][1])[0]["content"][0]["text"] == SYSTEM_PROMPT
+    with pytest.raises(ValueError, match="choose one of qoqmed, released"):
+        evaluate_sampled(model, processor, records, k=2, prompt_style="official")
+
+
+def test_cli_eval_samples_in_the_prompt_style(saved_model, mini_records_path, tmp_path):
+    result = runner.invoke(app, ["eval", "--model", str(saved_model), "--data", str(mini_records_path),
+                                 "--out", str(tmp_path / "r"), "--max-new-tokens", "4", "--samples", "2",
+                                 "--prompt-style", "released"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["sampled"]["prompt_style"] == "released"
+    assert "- **prompt style**: released" in (tmp_path / "r" / "report.md").read_text()

@@ -337,3 +337,41 @@ def test_cli_predict_batch_subprocess(model_dir, tmp_path):
     res = CliRunner().invoke(app, cmd[1:] + ["--json"])
     assert res.exit_code == 1 and json.loads(res.stdout)["skipped"] == 5
     assert json.loads(res.stdout)["failed_before"] == 2
+
+
+def test_cli_predict_prompt_style_reaches_the_pipeline(model_dir, tmp_path, monkeypatch):
+    from qoqmed.data.prompt_styles import (
+        RELEASED_FORMAT_SUFFIX,
+        RELEASED_SYSTEM_PROMPT,
+        SYSTEM_PROMPT,
+    )
+
+    prompts = []
+    prepare = QoQMedPipeline.prepare
+
+    def recording(self, *args, **kwargs):
+        prepared = prepare(self, *args, **kwargs)
+        prompts.append((self.prompt_style, prepared.prompt))
+        return prepared
+
+    monkeypatch.setattr(QoQMedPipeline, "prepare", recording)
+    runner = CliRunner()
+    base = ["predict", "--model", str(model_dir), "--image", CT, "--max-new-tokens", "4", "--json", "--no-overlay"]
+    res = runner.invoke(app, [*base, "--prompt-style", "released", "Findings?"])
+    assert res.exit_code == 0, res.output
+    (style, prompt), = prompts
+    assert style == "released"
+    assert f"<|im_start|>system\n{RELEASED_SYSTEM_PROMPT}<|im_end|>" in prompt and SYSTEM_PROMPT not in prompt
+    assert "Findings?" + RELEASED_FORMAT_SUFFIX in prompt
+    res = runner.invoke(app, [*base, "Findings?"])  # the default stays qoqmed's own
+    assert res.exit_code == 0, res.output
+    assert prompts[1][0] == "qoqmed" and SYSTEM_PROMPT in prompts[1][1] and RELEASED_FORMAT_SUFFIX not in prompts[1][1]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"id": "a", "question": "Findings?", "images": [CT]}) + "\n")
+    res = runner.invoke(app, ["predict", "--model", str(model_dir), "--batch", str(rows), "--out", str(tmp_path / "o"),
+                              "--max-new-tokens", "4", "--no-overlay", "--json", "--prompt-style", "released"])
+    assert res.exit_code == 0, res.output
+    assert prompts[2][0] == "released" and RELEASED_FORMAT_SUFFIX in prompts[2][1]
+    res = runner.invoke(app, [*base, "--prompt-style", "official", "Findings?"])
+    assert res.exit_code == 2 and "--prompt-style must be one of qoqmed, released, got 'official'" in res.output
+    assert len(prompts) == 3  # refused before any model was loaded

@@ -432,3 +432,51 @@ def test_model_failure_is_a_500_and_the_server_recovers(client, server, monkeypa
     assert r.status_code == 500 and error_of(r)["code"] == "internal_error" and "RuntimeError" in r.text
     monkeypatch.undo()
     assert client.post("/v1/predict", json={"question": "q", "max_new_tokens": 2}).status_code == 200
+
+
+def test_serve_prompt_style_is_reported_and_used(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import qoqmed.serve.server as server_module
+    from qoqmed.cli import app as cli
+    from qoqmed.data.prompt_styles import RELEASED_FORMAT_SUFFIX, RELEASED_SYSTEM_PROMPT
+
+    processor, model = build_tiny(seed=0)
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    started = []
+    monkeypatch.setattr(server_module, "run", lambda application, **kwargs: started.append(application))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["serve", "--model", str(tmp_path / "m"), "--device", "cpu", "--max-new-tokens", "4",
+                              "--prompt-style", "released"])
+    assert res.exit_code == 0, res.output
+    assert "released prompt style" in res.output
+    (application,) = started
+    pipe = application.state.pipeline
+    assert pipe.prompt_style == "released" and pipe.system_prompt == RELEASED_SYSTEM_PROMPT
+    prompts = []
+    prepare = pipe.prepare
+
+    def recording(*args, **kwargs):
+        prepared = prepare(*args, **kwargs)
+        prompts.append(prepared.prompt)
+        return prepared
+
+    monkeypatch.setattr(pipe, "prepare", recording)
+    with ServerThread(application) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        assert c.get("/healthz").json()["prompt_style"] == "released"
+        r = c.post("/v1/predict", json={"question": "Which findings?", "images": [b64(png_bytes())]})
+        assert r.status_code == 200, r.text
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Rhythm?"}],
+                                                 "max_tokens": 4})
+        assert r.status_code == 200, r.text
+    assert len(prompts) == 2
+    assert all(f"<|im_start|>system\n{RELEASED_SYSTEM_PROMPT}<|im_end|>" in p for p in prompts)
+    assert "Which findings?" + RELEASED_FORMAT_SUFFIX in prompts[0] and "Rhythm?" + RELEASED_FORMAT_SUFFIX in prompts[1]
+    res = runner.invoke(cli, ["serve", "--model", str(tmp_path / "m"), "--prompt-style", "plain"])
+    assert res.exit_code == 2 and "--prompt-style must be one of qoqmed, released, got 'plain'" in res.output
+    assert len(started) == 1
+
+
+def test_healthz_reports_the_default_prompt_style(client):
+    assert client.get("/healthz").json()["prompt_style"] == "qoqmed"

@@ -92,14 +92,16 @@ def evaluate_cmd(
                              preset=preset, iou_reduce=iou_reduce, synonyms=table, label_parser=label_parser,
                              prompt_style=prompt_style)
     context = {"model": str(model), "data": str(data), "records": len(records), "reward preset": preset,
-               "label parser": label_parser, "decoding": f"greedy, {max_new_tokens} new tokens"}
+               "label parser": label_parser, "prompt style": prompt_style,
+               "decoding": f"greedy, {max_new_tokens} new tokens"}
     if samples:
         from ..eval.evaluate import evaluate_sampled
 
         metrics["sampled"], _ = evaluate_sampled(net, proc, records, k=samples, temperature=temperature,
                                                  top_p=top_p, seed=seed, out_dir=out, batch_size=batch_size,
                                                  max_new_tokens=max_new_tokens, preset=preset,
-                                                 iou_reduce=iou_reduce, synonyms=table)
+                                                 iou_reduce=iou_reduce, synonyms=table,
+                                                 prompt_style=prompt_style)
         context["sampled decoding"] = (f"{samples} samples per record, temperature {temperature:g}, top_p "
                                        f"{top_p:g}, seed {seed}, {max_new_tokens} new tokens")
     write_report(metrics, out, title=f"qoqmed evaluation of {model.name}", context=context, rows=rows)

@@ -10,18 +10,34 @@ import typer
 
 from .common import console, err, fail
 
+PromptStyle = Annotated[str, typer.Option(help="Prompt: qoqmed, or released (the system prompt, format suffix and "
+                                                "slice selection the released weights were trained with, so they "
+                                                "answer in their own format).")]
 
-def load_pipeline(model: Path, device: Optional[str], max_new_tokens: int, num_slices: int = 4):
-    """The inference pipeline of the model folder ``model``; a folder that cannot be loaded ends the command."""
+
+def check_prompt_style(style: str) -> str:
+    """``style`` when it is a prompt style; otherwise the command ends naming the option and the choices."""
+    from ..data.prompt_styles import PROMPT_STYLES
+
+    if style not in PROMPT_STYLES:
+        fail(f"--prompt-style must be one of {', '.join(PROMPT_STYLES)}, got {style!r}")
+    return style
+
+
+def load_pipeline(model: Path, device: Optional[str], max_new_tokens: int, num_slices: int = 4,
+                  prompt_style: str = "qoqmed"):
+    """The inference pipeline of the model folder ``model``, prompting in ``prompt_style``; a folder that cannot be
+    loaded ends the command."""
     from transformers.utils import logging as hf_logging
 
     from ..infer import QoQMedPipeline
 
+    check_prompt_style(prompt_style)
     hf_logging.disable_progress_bar()  # the spinner below says what is happening; no weight-loading bar
     try:
         with err.status(f"loading {model}"):
             return QoQMedPipeline.from_pretrained(model, device=device, max_new_tokens=max_new_tokens,
-                                                  num_slices=num_slices)
+                                                  num_slices=num_slices, prompt_style=prompt_style)
     except OSError as exc:  # FileNotFoundError and ValueError end the command as every input error does
         fail(str(exc))
 
@@ -162,6 +178,7 @@ def predict(
                                               "whose probability reaches this.")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="With --temperature > 0: makes the sampled answer "
                                                      "reproducible.")] = None,
+    prompt_style: PromptStyle = "qoqmed",
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")]
     = None,
 ) -> None:
@@ -174,11 +191,12 @@ def predict(
     Boxes are reported in pixels of the original image and drawn on it in the overlay PNG.
     """
     decoding = _parse_decoding(temperature, top_p, seed)
+    check_prompt_style(prompt_style)
     if batch is not None:
         from ..infer.batch import run_batch
 
         _check_batch_options(out, question, image, volume, ecg, ecg_fs, ehr)
-        pipe = load_pipeline(model, device, max_new_tokens)
+        pipe = load_pipeline(model, device, max_new_tokens, prompt_style=prompt_style)
         summary = run_batch(pipe, batch, out, batch_size=batch_size, overlays=not no_overlay,
                             retry_failed=retry_failed, show_progress=not as_json, decoding=decoding)
         _print_batch_summary(summary, as_json)
@@ -186,6 +204,6 @@ def predict(
             raise typer.Exit(code=1)
         return
     inputs = _parse_inputs(question, image, volume, ecg, ecg_fs, ehr, window)
-    pipe = load_pipeline(model, device, max_new_tokens)
+    pipe = load_pipeline(model, device, max_new_tokens, prompt_style=prompt_style)
     pred = pipe(question, **inputs, temperature=decoding.temperature, top_p=decoding.top_p, seed=decoding.seed)
     _show_prediction(pred, (image or volume or [None])[0], overlay, no_overlay, as_json)

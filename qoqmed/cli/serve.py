@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import console, err
-from .predict import load_pipeline
+from .predict import PromptStyle, load_pipeline
 
 
 def serve(
@@ -30,6 +30,7 @@ def serve(
     = 1000,
     max_new_tokens: Annotated[int, typer.Option(help="Default answer length limit in tokens.")] = 256,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
+    prompt_style: PromptStyle = "qoqmed",
     device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
@@ -40,10 +41,10 @@ def serve(
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this port can use the model")
-    pipe = load_pipeline(model, device, max_new_tokens)
+    pipe = load_pipeline(model, device, max_new_tokens, prompt_style=prompt_style)
     application = create_app(pipe, max_body_bytes=int(max_body_mb * (1 << 20)), max_batch=max_batch,
                              batch_wait_ms=batch_wait_ms, max_new_tokens_limit=max_tokens_limit,
                              body_timeout_s=body_timeout_s)
-    console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs)")
+    console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs), {prompt_style} prompt style")
     run(application, host=host, port=port, log_level=log_level, head_timeout_s=head_timeout_s,
         max_connections=max_connections)

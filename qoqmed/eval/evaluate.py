@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ..data.prompt_styles import check_style
 from ..data.prompts import encode_batch, grounding, load_record
 from ..data.readers import load_mask_cached
 from ..data.schema import Record
@@ -123,7 +124,7 @@ def evaluate_sampled(model: QoQMedForConditionalGeneration, processor: QoQMedPro
                      k: int = 4, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                      out_dir: str | Path | None = None, batch_size: int = 16, max_new_tokens: int = 128,
                      preset: str = "paper", iou_reduce: str | None = None, synonyms: dict | None = None,
-                     show_progress: bool = True) -> tuple[dict, list[dict]]:
+                     show_progress: bool = True, prompt_style: str = "qoqmed") -> tuple[dict, list[dict]]:
     """What RL optimises: k answers per record sampled at the RL temperature, scored like rollouts.
 
     Every sample is scored by :func:`score_records` (reward ``overall``, accuracy, IoU, format) and aggregated by
@@ -134,6 +135,7 @@ def evaluate_sampled(model: QoQMedForConditionalGeneration, processor: QoQMedPro
     group-relative RL). The draws are fixed by ``seed`` (for the same model, records, ``batch_size`` and device)
     and leave the caller's random state as it was. ``batch_size`` counts answers per ``generate()`` call
     (``batch_size // k`` records). With ``out_dir``, writes ``sampled_predictions.jsonl`` (one row per sample).
+    ``prompt_style``: the prompts the answers are sampled from, as in :func:`evaluate`.
 
     Returns (metrics, one row per sample: record order, then sample order, with a ``sample`` index).
     """
@@ -145,6 +147,7 @@ def evaluate_sampled(model: QoQMedForConditionalGeneration, processor: QoQMedPro
         raise ValueError(f"top_p={top_p!r} must be in (0, 1]")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed={seed!r} must be an integer in [0, 2**63)")
+    check_style(prompt_style)
     if not records:
         raise ValueError("evaluate_sampled needs at least one record")
     t0 = time.perf_counter()
@@ -152,14 +155,15 @@ def evaluate_sampled(model: QoQMedForConditionalGeneration, processor: QoQMedPro
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         samples = generate_responses(model, processor, records, batch_size, max_new_tokens, show_progress,
-                                     samples=k, temperature=float(temperature), top_p=float(top_p))
+                                     samples=k, temperature=float(temperature), top_p=float(top_p),
+                                     prompt_style=prompt_style)
     flat_records = [rec for rec in records for _ in range(k)]
     scored = score_records(flat_records, [t for texts in samples for t in texts], processor, preset, iou_reduce,
                            synonyms)
     rows = [{**row, "sample": n % k} for n, row in enumerate(scored)]
     metrics = compute_sampled_metrics([rows[q * k:(q + 1) * k] for q in range(len(records))])
     metrics = {"k": k, "temperature": float(temperature), "top_p": float(top_p), "seed": seed,
-               "max_new_tokens": max_new_tokens, "preset": preset, **metrics,
+               "max_new_tokens": max_new_tokens, "preset": preset, "prompt_style": prompt_style, **metrics,
                "eval_seconds": round(time.perf_counter() - t0, 2)}
     if out_dir is not None:
         out = Path(out_dir)

@@ -184,7 +184,8 @@ router = APIRouter()
 async def healthz(service: ServiceDep):
     batcher = service.batcher
     return {"status": "ok", "model": service.pipe.name, "queue": batcher.pending, "batching": batcher.stats.as_dict(),
-            "max_batch": batcher.max_batch, "max_body_bytes": service.max_body_bytes}
+            "max_batch": batcher.max_batch, "max_body_bytes": service.max_body_bytes,
+            "prompt_style": service.pipe.prompt_style}
 
 
 @router.post("/v1/predict")
