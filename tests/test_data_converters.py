@@ -132,6 +132,51 @@ def test_convert_ptbxl(tmp_path):
     assert ecg.shape == (8, 2500) and np.abs(ecg).max() > 0.1
 
 
+def test_convert_ptbxl_labels_other_diagnoses_other(tmp_path):
+    root = _ptbxl(tmp_path)
+    # two more rows in PTB-XL's layout, on record 1's files: a diagnosis of a superclass outside the mapped ones,
+    # and one beside a rhythm statement
+    with (root / "ptbxl_database.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerows([["7", "p", "{'XDX': 100.0, 'SR': 0.0}", "1", "", "records500/00000/00001_hr"],
+                                  ["8", "p", "{'XDX': 20.0}", "10", "", "records500/00000/00001_hr"]])
+    with (root / "scp_statements.csv").open("a", newline="") as fh:
+        csv.writer(fh).writerow(["XDX", "a diagnosis of another class", "1", "XCLASS", ""])
+    conv = convert_ptbxl(root / "ptbxl_database.csv", statements=root / "scp_statements.csv")
+    answers = {r.id: (split, r.answer) for split, rs in conv.splits.items() for r in rs}
+    assert answers == {"ptbxl-1": ("train", "Normal"), "ptbxl-2": ("val", "Myocardial Infarction"),
+                       "ptbxl-3": ("test", "A. Fib/Aflutter, ST/T change"), "ptbxl-6": ("train", "Hypertrophy"),
+                       "ptbxl-7": ("train", "Other"), "ptbxl-8": ("test", "Other")}
+    # a row with only a rhythm statement holds no diagnosis: still skipped, saying why
+    assert any("ptbxl_database.csv:5" in s and "no code maps" in s and "'Other'" in s for s in conv.skipped)
+    problem = conv.splits["train"][0].problem
+    options = problem.split("Options: ")[1].rstrip(".").split(", ")
+    assert set(options) == {"Normal", "Myocardial Infarction", "ST/T change", "Conduction Delay", "Hypertrophy",
+                            "A. Fib/Aflutter", "Other"} and options[-1] == "Other"
+    # below the likelihood threshold the diagnosis does not count
+    high = convert_ptbxl(root / "ptbxl_database.csv", statements=root / "scp_statements.csv", min_likelihood=60)
+    high_answers = {r.id: r.answer for rs in high.splits.values() for r in rs}
+    assert high_answers["ptbxl-7"] == "Other" and "ptbxl-8" not in high_answers
+    # off: the rows are skipped as before, and Other is not offered
+    off = convert_ptbxl(root / "ptbxl_database.csv", statements=root / "scp_statements.csv", other=False)
+    assert {r.id for rs in off.splits.values() for r in rs} == {"ptbxl-1", "ptbxl-2", "ptbxl-3", "ptbxl-6"}
+    assert "Other" not in off.splits["train"][0].problem
+    # a custom label map labels Other only when asked, then for every unmapped superclass
+    custom = convert_ptbxl(root / "ptbxl_database.csv", statements=root / "scp_statements.csv",
+                           label_map={"NORM": "Normal", "IMI": "Myocardial Infarction"})
+    assert {r.answer for rs in custom.splits.values() for r in rs} == {"Normal", "Myocardial Infarction"}
+    custom = convert_ptbxl(root / "ptbxl_database.csv", statements=root / "scp_statements.csv",
+                           label_map={"NORM": "Normal", "IMI": "Myocardial Infarction"}, other=True)
+    assert {r.id: r.answer for rs in custom.splits.values() for r in rs} == {
+        "ptbxl-1": "Normal", "ptbxl-2": "Myocardial Infarction", "ptbxl-3": "Other", "ptbxl-6": "Other",
+        "ptbxl-7": "Other", "ptbxl-8": "Other"}
+    result = runner.invoke(app, ["data", "convert", "ptbxl", str(root / "ptbxl_database.csv"), "--out",
+                                 str(tmp_path / "o"), "--statements", str(root / "scp_statements.csv"), "--no-other"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for name in ("train", "val", "test")
+            for line in (tmp_path / "o" / f"{name}.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(row["answer"] != "Other" for row in rows)
+
+
 def test_convert_ptbxl_cli(tmp_path):
     root = _ptbxl(tmp_path)
     result = runner.invoke(app, ["data", "convert", "ptbxl", str(root / "ptbxl_database.csv"), "--out",

@@ -222,6 +222,9 @@ def convert_ptbxl_cmd(
     val_folds: Annotated[str, typer.Option(help="Comma-separated folds for val.")] = "9",
     test_folds: Annotated[str, typer.Option(help="Comma-separated folds for test.")] = "10",
     min_likelihood: Annotated[float, typer.Option(help="Ignore codes with a lower likelihood.")] = 0.0,
+    other: Annotated[bool, typer.Option(help="Label records diagnosed only with superclasses outside the mapped "
+                                             "ones (per --statements) 'Other', as CLIMB does; --no-other skips "
+                                             "them.")] = True,
     dataset: Annotated[str, typer.Option(help="Dataset key of the records.")] = "ptbxl",
     seed: Annotated[int, typer.Option(help="Seed of the split when there is no fold column.")] = 0,
 ) -> None:
@@ -232,7 +235,8 @@ def convert_ptbxl_cmd(
     conversion = convert_ptbxl(
         table, records_root=records_root, statements=statements, path_column=path_column,
         label_column=label_column, fold_column=fold_column or None, id_column=id_column or None,
-        val_folds=folds[0], test_folds=folds[1], min_likelihood=min_likelihood, dataset=dataset, seed=seed,
+        val_folds=folds[0], test_folds=folds[1], min_likelihood=min_likelihood, other=other, dataset=dataset,
+        seed=seed,
         progress=_convert_progress("converting"))
     _finish_conversion(conversion, out)
 

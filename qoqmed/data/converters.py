@@ -34,7 +34,7 @@ from .schema import (
 
 __all__ = [
     "Conversion", "convert_climb", "convert_ptbxl", "convert_folder", "write_splits", "DOMAIN_ALIASES",
-    "PTBXL_CLASSES", "PTBXL_RHYTHMS", "IMAGE_SUFFIXES", "climb_row", "read_scp_statements",
+    "PTBXL_CLASSES", "PTBXL_RHYTHMS", "PTBXL_OTHER", "IMAGE_SUFFIXES", "climb_row", "read_scp_statements",
 ]
 
 Progress = Callable[[Iterable[Any]], Iterable[Any]]
@@ -46,6 +46,8 @@ PTBXL_CLASSES: Mapping[str, str] = {
 }
 # Rhythm statements that CLIMB groups as their own class.
 PTBXL_RHYTHMS: Mapping[str, str] = {"AFIB": "A. Fib/Aflutter", "AFLT": "A. Fib/Aflutter"}
+# CLIMB's ECG label set ends with this: a record diagnosed with a superclass outside the mapped ones.
+PTBXL_OTHER = "Other"
 _SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "dev": "val", "test": "test", "testing": "test"}
 _ECG_QUESTION = ("This is a 12-lead ECG. What is the diagnosis? Options: {options}.")
@@ -283,6 +285,7 @@ def convert_ptbxl(
     test_folds: Sequence[int] = (10,),
     min_likelihood: float = 0.0,
     label_map: Mapping[str, str] | None = None,
+    other: bool | None = None,
     dataset: str = "ptbxl",
     seed: int = 0,
     val: float = 0.1,
@@ -293,7 +296,11 @@ def convert_ptbxl(
 
     Labels: every code of ``label_column`` with likelihood >= ``min_likelihood`` is mapped through
     ``label_map`` (default: PTB-XL superclasses via ``statements`` to CLIMB's names, plus AFIB/AFLT); a row with
-    no mapped code is skipped, never labelled by default. Split: folds in ``val_folds``/``test_folds`` (PTB-XL's
+    no mapped code is skipped, never labelled by default, except under ``other``: a row with a diagnostic
+    statement (a code whose ``diagnostic_class`` the ``statements`` give) at >= ``min_likelihood`` but no mapped
+    code is labelled ``"Other"`` (:data:`PTBXL_OTHER`), as CLIMB's ECG label set has it. ``other`` defaults to on
+    with the default label map and off with a custom ``label_map``; rows with only rhythm or form statements stay
+    skipped (they hold no diagnosis). Split: folds in ``val_folds``/``test_folds`` (PTB-XL's
     recommendation: 9 and 10), others train; without a fold column, a seeded split with ``val``/``test``.
     """
     table = Path(table)
@@ -305,7 +312,8 @@ def convert_ptbxl(
         **{code: PTBXL_CLASSES[cls] for code, cls in classes.items() if cls in PTBXL_CLASSES},
         **{code: name for code, name in PTBXL_CLASSES.items()}, **PTBXL_RHYTHMS,
     }
-    options = list(dict.fromkeys(mapping.values()))
+    other = label_map is None if other is None else other
+    options = list(dict.fromkeys([*mapping.values(), *([PTBXL_OTHER] if other else [])]))
     problem = "<ecg>\n" + _ECG_QUESTION.format(options=", ".join(options))
     with table.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
@@ -324,9 +332,13 @@ def convert_ptbxl(
         except DataError as exc:
             out.skipped.append(str(exc))
             continue
-        labels = list(dict.fromkeys(mapping[c] for c, p in codes.items() if c in mapping and p >= min_likelihood))
+        kept = [c for c, p in codes.items() if p >= min_likelihood]
+        labels = list(dict.fromkeys(mapping[c] for c in kept if c in mapping))
+        if not labels and other and any(c in classes for c in kept):
+            labels = [PTBXL_OTHER]  # diagnosed, with superclasses (classes[c]) outside the mapped ones
         if not labels:
-            out.skipped.append(f"{where}: no code maps to a label ({', '.join(codes) or 'no codes'})")
+            out.skipped.append(f"{where}: no code maps to a label ({', '.join(codes) or 'no codes'})"
+                               + ("" if not other else "; no diagnostic statement for 'Other' either"))
             continue
         rel = row[path_column].strip()
         header = root / (rel if rel.endswith(".hea") else rel + ".hea")
