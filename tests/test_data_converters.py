@@ -233,3 +233,39 @@ def test_convert_folder_layouts(tmp_path):
     (tmp_path / "one" / "A").mkdir(parents=True)
     with pytest.raises(DataError, match="need at least 2"):
         convert_folder(tmp_path / "one", domain="dermoscopy")
+
+
+def test_convert_folder_reads_dicom_ecg_waveforms_as_ecgs(tmp_path):
+    waveform = get_testdata_file("waveform_ecg.dcm")  # a real 12-lead DICOM waveform
+    root = tmp_path / "ecgs"
+    for cls in ("Normal", "Atrial fibrillation"):
+        for i in range(3):  # side by side in one folder: separate recordings, not a series
+            (root / "train" / cls).mkdir(parents=True, exist_ok=True)
+            shutil.copy(waveform, root / "train" / cls / f"{i}.dcm")
+        (root / "test" / cls).mkdir(parents=True, exist_ok=True)
+        shutil.copy(waveform, root / "test" / cls / "t.dcm")
+    conv = convert_folder(root, domain="ecg")
+    assert conv.counts == {"train": 6, "test": 2} and not conv.skipped
+    rec = conv.splits["train"][0]
+    assert rec.domain == "ecg" and not rec.images and not rec.volumes and len(rec.ecg) == 1
+    assert rec.problem.startswith("<ecg>\nThis is a 12-lead ECG.")
+    assert "Options: Atrial fibrillation, Normal." in rec.problem
+    ecg = load_record(rec).ecgs[0]
+    assert ecg.shape == (8, 2500) and np.abs(ecg).max() > 0.1
+    result = runner.invoke(app, ["data", "convert", "folder", str(root), "--domain", "ecg", "--out",
+                                 str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "o" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(len(row["ecg"]) == 1 and not row.get("images") for row in rows)
+    checked = runner.invoke(app, ["data", "validate", str(tmp_path / "o" / "train.jsonl"), "--allow-outside-paths"])
+    assert checked.exit_code == 0, checked.output
+    # a DICOM waveform among images of another domain is skipped, naming the file and the fix
+    derm = tmp_path / "derm"
+    for cls in ("A", "B"):
+        (derm / cls).mkdir(parents=True)
+        for i, crop in enumerate(_crops(skdata.retina(), 5)):
+            crop.save(derm / cls / f"{i}.png")
+    shutil.copy(waveform, derm / "A" / "wave.dcm")
+    conv = convert_folder(derm, domain="dermoscopy")
+    assert sum(conv.counts.values()) == 10
+    assert any("wave.dcm" in s and "DICOM waveform" in s and "--domain ecg" in s for s in conv.skipped)

@@ -253,7 +253,8 @@ def convert_folder_cmd(
     num_slices: Annotated[int, typer.Option(help="Slices sampled from each volume or video.")] = 4,
     window: Annotated[Optional[str], typer.Option(help="Window preset for volumes (lung, brain, bone, ...).")] = None,
 ) -> None:
-    """One folder per class -> records whose answer is the folder name; volumes and videos become `volumes`."""
+    """One folder per class -> records whose answer is the folder name; volumes and videos become `volumes`, DICOM
+    ECG waveforms (with --domain ecg) `ecg`."""
     from ..data.converters import convert_folder
 
     conversion = convert_folder(root, domain=domain, dataset=dataset, seed=seed, val=val, test=test,

@@ -27,7 +27,8 @@ from typing import Any
 
 from .domains import DOMAIN_ALIASES, DOMAIN_NAME_RULE, canonical_domain
 from .errors import DataError
-from .files import IMAGE_SUFFIXES, NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES
+from .dicom import read_dicom
+from .files import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, PILLOW_SEQUENCE_SUFFIXES, VIDEO_SUFFIXES
 from .schema import (
     IMAGE_TOKEN, MODALITY_NAMES, SPLITS, VOLUME_TOKEN, Record, from_llava, parse_record, write_records,
 )
@@ -377,18 +378,29 @@ def _is_volume_file(path: Path) -> bool:
     return name.endswith(NIFTI_SUFFIXES) or path.suffix.lower() in VIDEO_SUFFIXES + PILLOW_SEQUENCE_SUFFIXES
 
 
-def _class_items(class_dir: Path) -> list[Path]:
-    """Files (images, volumes, videos) and DICOM series folders of one class folder, sorted."""
+def _is_dicom_waveform(path: Path) -> bool:
+    """Whether a DICOM file holds a waveform (a 12-lead ECG) rather than pixels; an unreadable file is not one (the
+    image path then reports it)."""
+    if path.suffix.lower() not in DICOM_SUFFIXES:
+        return False
+    try:
+        return "WaveformSequence" in read_dicom(path, stop_before_pixels=True)
+    except DataError:
+        return False
+
+
+def _class_items(class_dir: Path, series: bool = True) -> list[Path]:
+    """Files (images, volumes, videos) and, with ``series``, DICOM series folders of one class folder, sorted."""
     items = []
     for p in sorted(class_dir.rglob("*")):
         if p.name.startswith("."):
             continue
         if p.is_file() and (p.suffix.lower() in IMAGE_SUFFIXES or _is_volume_file(p)):
-            if p.suffix.lower() in (".dcm", ".dicom") and any(q.suffix.lower() in (".dcm", ".dicom") and q != p
+            if series and p.suffix.lower() in (".dcm", ".dicom") and any(q.suffix.lower() in (".dcm", ".dicom") and q != p
                                                               for q in p.parent.iterdir()) and p.parent != class_dir:
                 continue  # a slice of a series folder, taken as a whole below
             items.append(p)
-        elif p.is_dir() and p != class_dir and sum(1 for q in p.iterdir() if q.suffix.lower() in (".dcm", ".dicom")) > 1:
+        elif series and p.is_dir() and p != class_dir and sum(1 for q in p.iterdir() if q.suffix.lower() in (".dcm", ".dicom")) > 1:
             items.append(p)
     return items
 
@@ -409,7 +421,9 @@ def convert_folder(
 
     2D images (PNG/JPEG/TIFF/BMP/DICOM) become ``images``; NIfTI files, videos, GIF/TIFF stacks and folders of
     DICOM slices inside a class folder become ``volumes`` sampled to ``num_slices`` slices with ``window``.
-    The question lists every class name as an option; the answer is the folder name.
+    With ``domain="ecg"``, DICOM waveform files (12-lead ECGs) become ``ecg`` entries, each file a record; a
+    DICOM waveform under another domain is skipped, naming the file. The question lists every class name as an
+    option; the answer is the folder name.
     """
     root = Path(root)
     if not root.is_dir():
@@ -433,10 +447,11 @@ def convert_folder(
     if len(classes) < 2:
         raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least 2")
     question = _IMAGE_QUESTION.format(modality=MODALITY_NAMES.get(domain, f"{domain} image"), options=", ".join(classes))
+    ecg_question = _ECG_QUESTION.format(options=", ".join(classes))
     out = Conversion()
     by_class: dict[str, list[tuple[str | None, Path]]] = defaultdict(list)
     for split, class_dir in groups:
-        items = _class_items(class_dir)
+        items = _class_items(class_dir, series=domain != "ecg")  # ECG DICOMs side by side are records, not a series
         if not items:
             out.skipped.append(f"{class_dir}: no image, volume or video files")
         by_class[class_dir.name] += [(split, p) for p in items]
@@ -448,12 +463,20 @@ def convert_folder(
     all_items = [(name, s, p) for name in classes for s, p in by_class[name]]
     for name, split, item in progress(all_items):
         rel = item.relative_to(root).as_posix()
-        volume = item.is_dir() or _is_volume_file(item)
-        ref: Any = rel if num_slices == 4 and window is None else {"path": rel, "slices": num_slices,
-                                                                    **({"window": window} if window else {})}
-        row = {"id": f"{dataset}/{rel}", "domain": domain, "dataset": dataset, "split": split or assign[item],
-               "problem": (VOLUME_TOKEN if volume else IMAGE_TOKEN) + "\n" + question, "answer": name,
-               "images": [] if volume else [rel], **({"volumes": [ref]} if volume else {})}
+        if _is_dicom_waveform(item):
+            if domain != "ecg":
+                out.skipped.append(f"{item}: a DICOM waveform (ECG) in a {domain} folder; convert ECGs with "
+                                   "--domain ecg")
+                continue
+            row = {"id": f"{dataset}/{rel}", "domain": domain, "dataset": dataset, "split": split or assign[item],
+                   "problem": "<ecg>\n" + ecg_question, "answer": name, "ecg": [rel]}
+        else:
+            volume = item.is_dir() or _is_volume_file(item)
+            ref: Any = rel if num_slices == 4 and window is None else {"path": rel, "slices": num_slices,
+                                                                        **({"window": window} if window else {})}
+            row = {"id": f"{dataset}/{rel}", "domain": domain, "dataset": dataset, "split": split or assign[item],
+                   "problem": (VOLUME_TOKEN if volume else IMAGE_TOKEN) + "\n" + question, "answer": name,
+                   "images": [] if volume else [rel], **({"volumes": [ref]} if volume else {})}
         try:
             out.add(row["split"], parse_record(row, root))
         except DataError as exc:
