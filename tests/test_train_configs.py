@@ -1,6 +1,7 @@
 """Shipped training YAMLs and accelerate configs load; `qoqmed sft` and `qoqmed train --resume` work."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,36 @@ def test_train_command_has_resume_and_rejects_bad_config(tmp_path):
     cfg.write_text("rl: {estimator: ppo}\ndata: {synthetic: {n_train: 9}}\n")
     res = CliRunner().invoke(app, ["train", str(cfg), "--out", str(tmp_path / "run")])
     assert res.exit_code == 2
+
+
+def _launch_pairs() -> list[tuple[Path, Path]]:
+    """(accelerate config, recipe) pairs from the launch command each accelerate config documents."""
+    pairs = []
+    for path in ACCELERATE:
+        text = path.read_text().replace("\\\n#", " ")
+        match = re.search(r"accelerate launch --config_file (\S+) .*?-m qoqmed\.cli train (\S+)", text)
+        assert match, f"{path.name}: no documented launch command"
+        assert (ROOT / match.group(1)).resolve() == path, f"{path.name}: its launch command names {match.group(1)}"
+        pairs.append((path, ROOT / match.group(2)))
+    return pairs
+
+
+@pytest.mark.parametrize("config,recipe", _launch_pairs(), ids=lambda p: p.name)
+def test_launch_pairs_agree_on_batch_geometry(config, recipe):
+    """What the libraries check when the trainer starts, without GPUs: DeepSpeed's gradient accumulation must not
+    differ from the trainer's (transformers raises 'ds gradient_accumulation_steps=... vs hf ...'), and every
+    generation batch must hold whole groups of rollouts on every process count (TRL's divisibility rule)."""
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    assert recipe.exists(), f"{config.name} launches {recipe}, which is not shipped"
+    cluster = ClusterConfig.from_yaml_file(str(config))
+    rl = RecipeConfig.from_yaml(recipe).rl_settings()
+    ds = cluster.deepspeed_config or {}
+    if "gradient_accumulation_steps" in ds:
+        assert ds["gradient_accumulation_steps"] == rl.gradient_accumulation_steps, (
+            f"{config.name}: DeepSpeed gradient_accumulation_steps {ds['gradient_accumulation_steps']} vs "
+            f"{recipe.name} rl.gradient_accumulation_steps {rl.gradient_accumulation_steps}")
+    generation_batch = rl.batch_size * cluster.num_processes * rl.gradient_accumulation_steps
+    assert generation_batch % rl.num_generations == 0, (
+        f"{config.name} + {recipe.name}: {generation_batch} rollouts per generation batch is not a multiple of "
+        f"{rl.num_generations} rollouts per question")
