@@ -319,3 +319,38 @@ def test_left_padding_is_saved_with_the_processor(tiny, tmp_path):
     with pytest.raises(ValueError, match="padding_side"):
         type(processor)(image_processor=processor.image_processor, tokenizer=processor.tokenizer,
                         padding_side="middle")
+
+
+@pytest.mark.parametrize("rows", ["text", "ecg", "image"])
+def test_training_runs_every_encoder_and_adds_exactly_zero(tiny, rows):
+    """Sharded ranks must run the same encoders: in training the encoders a batch does not use run on a dummy
+    input, and the loss and every gradient stay exactly what they are without them."""
+    processor, model = tiny
+    problem, images, ecgs = {"text": ("Text only question about a patient.", [], []),
+                             "ecg": ("<ecg>\nRhythm?", [], [_ecg(1)]),
+                             "image": ("<image>\nWhat is shown here?", [_image(1, (56, 56))], [])}[rows]
+    text = processor.apply_chat_template(chat_messages(problem, images), add_generation_prompt=True)
+    enc = processor(text=[text], images=images or None, ecg=ecgs, return_tensors="pt")
+    results = {}
+    try:
+        model.train()
+        for every in (False, True):
+            model.config.encoders_every_step = every
+            model.zero_grad(set_to_none=True)
+            out = model(**enc, labels=enc["input_ids"])
+            out.loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            results[every] = out.loss.detach(), grads
+    finally:
+        model.config.encoders_every_step = True
+        model.zero_grad(set_to_none=True)
+        model.eval()
+    (loss_off, grads_off), (loss_on, grads_on) = results[False], results[True]
+    assert torch.equal(loss_off, loss_on)
+    assert set(grads_off) <= set(grads_on)
+    for name, grad in grads_off.items():
+        assert torch.equal(grad, grads_on[name]), name
+    added = set(grads_on) - set(grads_off)
+    assert any("ecg_encoder" in n for n in added) == (rows != "ecg")
+    assert any("visual" in n for n in added) == (rows != "image")
+    assert all(float(grads_on[n].abs().max()) == 0.0 for n in added)

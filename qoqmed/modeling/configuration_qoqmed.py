@@ -20,6 +20,10 @@ class QoQMedConfig(Qwen2_5_VLConfig):
     ecg_normalize: per-lead z-scoring before encoding.
     frozen_modules: parts kept frozen when the model is loaded, among "vision", "ecg", "projector", "llm"
         (set through ``qoqmed.modeling.freeze``).
+    encoders_every_step: in training and under several processes, every forward that reads a prompt also runs the
+        ECG encoder and the vision tower on a dummy input where the batch has none, adding exactly zero: sharded
+        ranks (ZeRO-3, FSDP) gather each encoder's parameters collectively, so ranks whose batches hold different
+        modalities would otherwise wait on each other. Set False only when every batch holds every modality.
     """
 
     model_type = "qoqmed"
@@ -35,6 +39,7 @@ class QoQMedConfig(Qwen2_5_VLConfig):
     ecg_sampling_rate: int = 250
     ecg_normalize: bool = False
     frozen_modules: list | None = None
+    encoders_every_step: bool = True
 
     def __post_init__(self, **kwargs):
         self.ecg_config = ECGEncoderConfig(**(self.ecg_config or {})).to_dict()

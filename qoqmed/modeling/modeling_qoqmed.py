@@ -94,12 +94,12 @@ class QoQMedModel(Qwen2_5_VLModel):
     def forward(self, input_ids=None, inputs_embeds=None, ecg_values=None, **kwargs):
         if ecg_values is not None and ecg_values.shape[0] == 0:
             ecg_values = None  # a batch without ECG records does not run the encoder at all
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        # A placeholder *generated* while decoding (sampling without suppression) is just a token, not an ECG.
+        decoding = cache is not None and cache.get_seq_length() > 0
         if input_ids is not None and self.config.ecg_token_id is not None:
             ecg_mask = input_ids == self.config.ecg_token_id
             n_slots = int(ecg_mask.sum())
-            cache = kwargs.get("cache", kwargs.get("past_key_values"))
-            # A placeholder *generated* while decoding (sampling without suppression) is just a token, not an ECG.
-            decoding = cache is not None and cache.get_seq_length() > 0
             if ecg_values is None and n_slots and not decoding:
                 raise ValueError(
                     f"the prompt holds {n_slots} ECG placeholder tokens but no `ecg_values` were given; pass the ECG "
@@ -118,7 +118,38 @@ class QoQMedModel(Qwen2_5_VLModel):
                 inputs_embeds = inputs_embeds.masked_scatter(ecg_mask.unsqueeze(-1), features)
         elif ecg_values is not None:
             raise ValueError("`ecg_values` need `input_ids` to locate the ECG placeholder tokens")
+        if not decoding and self._runs_every_encoder():
+            if inputs_embeds is None:
+                inputs_embeds = self.get_input_embeddings()(input_ids)
+            inputs_embeds = inputs_embeds + self._absent_encoders_zero(
+                ecg_values is None, kwargs.get("pixel_values") is None, inputs_embeds)
         return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+    def _runs_every_encoder(self) -> bool:
+        """config.encoders_every_step, in training or when several processes share the model."""
+        if not self.config.encoders_every_step:
+            return False
+        several = torch.distributed.is_available() and torch.distributed.is_initialized() and \
+            torch.distributed.get_world_size() > 1
+        return self.training or several
+
+    def _absent_encoders_zero(self, no_ecg: bool, no_images: bool, like: torch.Tensor) -> torch.Tensor:
+        """Exactly zero, computed through each encoder the batch does not use (one all-zero ECG record; one
+        merge-window of zero image patches), so every rank runs every encoder's forward and backward."""
+        total = like.new_zeros(())
+        if no_ecg:
+            enc = self.config.ecg_encoder_config
+            dummy = torch.zeros(1, enc.num_leads, enc.num_samples, device=like.device)
+            total = total + self.get_ecg_features(dummy).sum().to(like.dtype)
+        if no_images:
+            vis = self.visual.config
+            side = vis.spatial_merge_size
+            width = vis.in_channels * vis.temporal_patch_size * vis.patch_size ** 2
+            pixels = torch.zeros(side * side, width, device=like.device, dtype=self.visual.dtype)
+            grid = torch.tensor([[1, side, side]], device=like.device)
+            features = self.get_image_features(pixels, grid).pooler_output
+            total = total + sum(f.sum() for f in features).to(like.dtype)
+        return total * 0.0
 
 
 class QoQMedForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
