@@ -18,7 +18,7 @@ import torch
 
 from qoqmed.modeling import QoQMedConfig, QoQMedForConditionalGeneration
 from qoqmed.modeling.build import parameter_counts
-from qoqmed.modeling.tiny import TinySpec, build_tiny
+from qoqmed.modeling.tiny import build_tiny
 
 GIB = 1024**3
 

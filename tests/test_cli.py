@@ -8,7 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from qoqmed.cli import app
-from qoqmed.data.schema import DOMAINS
+from qoqmed.data.domains import DOMAINS
 
 runner = CliRunner()
 

@@ -155,7 +155,7 @@ def test_parse_single_problems(tmp_path, over, field, reason):
         return
     with pytest.raises(DataError) as info:
         parse_record(row, tmp_path)
-    assert any(p.startswith(f"record") and f": {field}: " in p and reason in p for p in info.value.problems), (
+    assert any(p.startswith("record") and f": {field}: " in p and reason in p for p in info.value.problems), (
         info.value.problems
     )
 

@@ -37,7 +37,7 @@ def data_generate(
 
     Also writes datasheet.md (counts per split, domain and label; how the evidence is drawn) and stats.json.
     Splits are fixed by --seed."""
-    from ..data.schema import DOMAINS
+    from ..data.domains import DOMAINS
     from ..data.synthetic import generate_climb_mini
 
     weights = None

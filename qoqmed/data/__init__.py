@@ -2,12 +2,12 @@
 
 from .boxes import from_model_box, mask_box, mask_boxes, to_model_box
 from .dicom import load_dicom_image
+from .domains import DOMAINS
 from .errors import DataError
 from .files import is_dicom
 from .readers import load_ecg, load_image, load_mask
 from .schema import (
     DIFFICULTIES,
-    DOMAINS,
     SPLITS,
     Box,
     Record,

@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from ..rewards.parsing import split_labels
-from .domains import DOMAIN_NAME_RULE, DOMAINS, canonical_domain
+from .domains import DOMAIN_NAME_RULE, canonical_domain
 from .errors import DataError, printable
 from .files import TENSOR_SUFFIXES
 from .limits import MAX_SAMPLING_RATE, MIN_SAMPLING_RATE

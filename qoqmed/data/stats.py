@@ -6,7 +6,8 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-from .schema import DOMAINS, Record
+from .domains import DOMAINS
+from .schema import Record
 
 
 def record_stats(records: Sequence[Record]) -> dict:

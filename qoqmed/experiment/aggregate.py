@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.schema import DOMAINS, Record
+from ..data.domains import DOMAINS
+from ..data.schema import Record
 from .units import SPLITS, WARM
 
 METRICS = (("macro_f1", "macro-F1"), ("paper_balanced_accuracy", "paper balanced accuracy"),

@@ -69,7 +69,7 @@ def _what_was_run(res: dict) -> list[str]:
         "Values are mean ± sample standard deviation over seeds. Rare / abundant: per seed the unweighted mean over "
         "the group's domains. Relative change: 100 × (estimator − baseline) / baseline of the seed means. Paired Δ: "
         "per seed, the estimator's overall macro-F1 minus the baseline's, from the same warm start.", "",
-        *([f"Identical evaluations (every seed and split): "
+        *(["Identical evaluations (every seed and split): "
            + "; ".join(" = ".join(pair) for pair in res["identical_results"])
            + ". A constant factor on all advantages (RLOO's is Dr.GRPO's times G/(G-1)) does not change an "
              "Adam update, so such runs coincide.", ""] if res.get("identical_results") else []),

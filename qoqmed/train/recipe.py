@@ -26,8 +26,9 @@ import torch
 import yaml
 from rich.console import Console
 
-from ..data.schema import DOMAINS, Record, load_records
 from ..data.climb_mini import generate_climb_mini
+from ..data.domains import DOMAINS
+from ..data.schema import Record, load_records
 from ..eval.curves import plot_probe_curves, plot_rl_curves
 from ..eval.evaluate import evaluate
 from ..eval.report import print_summary, write_report

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..schema import DOMAINS
+from ..domains import DOMAINS
 
 CLIMB_MINI_VERSION = 2
 

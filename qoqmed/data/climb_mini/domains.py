@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..schema import DOMAINS, split_labels
+from ..domains import DOMAINS
+from ..schema import split_labels
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from ..boxes import mask_box
-from ..schema import DOMAINS, ECG_TOKEN, IMAGE_TOKEN, SPLITS, Box, Record, write_records
+from ..domains import DOMAINS
+from ..schema import ECG_TOKEN, IMAGE_TOKEN, SPLITS, Box, Record, write_records
 from .config import CLIMB_MINI_VERSION, ClimbMiniConfig
 from .domains import DOMAIN_SPECS, LABELS
 from .ecg import simulate_ecg

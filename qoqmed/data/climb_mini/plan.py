@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..schema import DOMAINS, SPLITS
+from ..domains import DOMAINS
+from ..schema import SPLITS
 from .config import ClimbMiniConfig
 from .domains import DOMAIN_SPECS
 
