@@ -260,3 +260,34 @@ def convert_folder_cmd(
     conversion = convert_folder(root, domain=domain, dataset=dataset, seed=seed, val=val, test=test,
                                 num_slices=num_slices, window=window, progress=_convert_progress("converting"))
     _finish_conversion(conversion, out)
+
+
+@convert_app.command("mimic-iv")
+def convert_mimic_cmd(
+    mimic_iv: Annotated[Path, typer.Option(help="MIMIC-IV folder (hosp/, icu/).")],
+    ecg: Annotated[Path, typer.Option(help="MIMIC-IV-ECG folder (record_list.csv, files/).")],
+    cxr: Annotated[Path, typer.Option(help="MIMIC-CXR-JPG folder (mimic-cxr-2.0.0-metadata.csv.gz, files/).")],
+    out: Annotated[Path, typer.Option(help="Output folder for train/val/test.jsonl.")],
+    notes: Annotated[Optional[Path], typer.Option(
+        help="MIMIC-IV-Note folder (note/radiology.csv.gz); discharge notes are never read.")] = None,
+    window_hours: Annotated[float, typer.Option(help="Hours after admission whose ECG, X-ray, labs and notes "
+                                                     "the model sees; the prediction time. Below 48.")] = 24.0,
+    lookback_hours: Annotated[float, typer.Option(help="Also take inputs this many hours before admission "
+                                                       "(e.g. the emergency department).")] = 0.0,
+    tasks: Annotated[str, typer.Option(help="Comma-separated: los_7d, mortality_48h.")] = "los_7d,mortality_48h",
+    skip_missing: Annotated[bool, typer.Option(help="Skip admissions whose ECG or X-ray file is missing (listed) "
+                                                    "instead of stopping.")] = False,
+    val: Annotated[float, typer.Option(help="Fraction of patients for val.")] = 0.1,
+    test: Annotated[float, typer.Option(help="Fraction of patients for test.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the patient split.")] = 0,
+) -> None:
+    """MIMIC-IV + MIMIC-IV-ECG + MIMIC-CXR-JPG (+ notes) -> length of stay > 7 days and 48-hour mortality rows.
+
+    The label rules are in the README section "Multimodal fusion (MIMIC-IV, Table 4)"."""
+    from ..data.mimic import convert_mimic_iv
+
+    conversion = convert_mimic_iv(mimic_iv, ecg, cxr, notes_root=notes, window_hours=window_hours,
+                                  lookback_hours=lookback_hours, tasks=[t.strip() for t in tasks.split(",")],
+                                  skip_missing=skip_missing, seed=seed, val=val, test=test,
+                                  progress=_convert_progress("converting"))
+    _finish_conversion(conversion, out)

@@ -26,7 +26,7 @@ from ..data.limits import request_budget
 from ..data.prompt_styles import check_style, slice_selection, user_text
 from ..data.prompt_styles import system_prompt as style_system_prompt
 from ..data.prompts import STYLE_SYSTEM
-from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, place_inputs
+from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, append_notes, place_inputs
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages
 from ..rewards.parsing import parse_response
 from .inputs import (InputError, VisualInput, as_list, load_ecg_input, load_image_input, load_volume_input,
@@ -260,9 +260,7 @@ class QoQMedPipeline:
         for tag, found, expected in mismatches:
             what = {IMAGE_TOKEN: "images", VOLUME_TOKEN: "volumes", ECG_TOKEN: "ecg"}[tag]
             raise InputError("question", f"has {found} {tag} placeholder(s) but {expected} {what} given")
-        if ehr and ehr.strip():
-            body = f"{body}\nClinical notes: {ehr.strip()}"
-        return body
+        return append_notes(body, ehr)
 
     @staticmethod
     def _order_visuals(turns: Sequence[str], images: list[Image.Image], volumes: list[list[Image.Image]]
