@@ -45,6 +45,11 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the --samples draws: the same seed gives the same "
                                            "samples.")] = 0,
     allow_outside_paths: AllowOutsidePaths = False,
+    inputs: Annotated[Optional[str], typer.Option(
+        help="Compare input sets on the same rows: comma-separated sets of ecg, image, text joined by '+' (e.g. "
+             "'ecg,image,text,ecg+image+text'; 'table4' for that list). Each set is evaluated with the other "
+             "modalities dropped from every row; writes inputs.md with macro-F1, balanced accuracy and "
+             "AUROC per set.")] = None,
     benchmark: Annotated[Optional[str], typer.Option(
         help="A public benchmark read from --data in its published layout: vqa-rad, slake, pathvqa, pmc-vqa, "
              "omnimedvqa, mmmu-med or medxpertqa-mm (greedy, seed 42, at most --max-images images; "
@@ -86,6 +91,10 @@ def evaluate_cmd(
         fail(f"--label-parser must be qoqmed or reference, got {label_parser!r}")
     if prompt_style not in ("qoqmed", "released"):
         fail(f"--prompt-style must be qoqmed or released, got {prompt_style!r}")
+    if inputs is not None:
+        return _eval_inputs(model, records, out, inputs, samples, dict(
+            batch_size=batch_size, max_new_tokens=max_new_tokens, preset=preset, iou_reduce=iou_reduce,
+            synonyms=table, label_parser=label_parser, prompt_style=prompt_style))
     proc = QoQMedProcessor.from_pretrained(model)
     net = QoQMedForConditionalGeneration.from_pretrained(model)
     metrics, rows = evaluate(net, proc, records, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
@@ -106,6 +115,25 @@ def evaluate_cmd(
                                        f"{top_p:g}, seed {seed}, {max_new_tokens} new tokens")
     write_report(metrics, out, title=f"qoqmed evaluation of {model.name}", context=context, rows=rows)
     print_summary(metrics)
+
+
+def _eval_inputs(model: Path, records: list, out: Path, inputs: str, samples: int, settings: dict) -> None:
+    from ..data.modalities import parse_input_sets
+    from ..eval.ablation import evaluate_input_sets, format_input_table
+    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
+
+    if samples:
+        fail("--inputs and --samples do not combine: compare input sets with greedy answers")
+    try:
+        sets = parse_input_sets(inputs)
+    except ValueError as exc:
+        fail(f"--inputs: {exc}")
+    proc = QoQMedProcessor.from_pretrained(model)
+    net = QoQMedForConditionalGeneration.from_pretrained(model)
+    results = evaluate_input_sets(net, proc, records, sets, out, title=f"qoqmed evaluation of {model.name}",
+                                  **settings)
+    console.print(format_input_table(results), markup=False)
+    console.print(f"wrote {out / 'inputs.md'}, {out / 'inputs.json'} and one report per input set")
 
 
 def _check_sampling(samples: int, temperature: float, top_p: float, seed: int) -> None:
