@@ -3,11 +3,13 @@
 Read from the answer-token log-probs: after the model's own greedy answer up to its last ``\\boxed{``, each label
 ``l`` is scored by the summed log-probability of the tokens of ``l}``; a softmax over the two labels gives the
 probability of each. A response without ``\\boxed{`` is scored as if it ended with one. Only datasets whose
-every row has exactly one label, two labels in all, are scored (:func:`binary_label_sets`).
+every row has exactly one label, two labels in all (answers and the ``Options: a, b.`` the questions list), are
+scored (:func:`binary_label_sets`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import torch
@@ -15,11 +17,13 @@ import torch
 from ..data.prompts import encode_batch, load_record
 from ..data.schema import Record
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
+from ..rewards.parsing import split_labels
 from .metrics import normalize_label
 
 __all__ = ["BOXED", "answer_prefix", "binary_label_sets", "label_probabilities"]
 
 BOXED = "\\boxed{"
+_OPTIONS = re.compile(r"Options:\s*([^\n]*?)\.?[ \t]*(?:\n|$)")
 
 
 def binary_label_sets(records: Sequence[Record]) -> dict[str, tuple[str, str]]:
@@ -31,7 +35,9 @@ def binary_label_sets(records: Sequence[Record]) -> dict[str, tuple[str, str]]:
         if len(labels) != 1:
             multi.add(rec.dataset)
             continue
-        spelled.setdefault(rec.dataset, {}).setdefault(normalize_label(labels[0]), labels[0])
+        options = _OPTIONS.search(rec.problem)
+        for label in labels + (split_labels(options.group(1)) if options else []):
+            spelled.setdefault(rec.dataset, {}).setdefault(normalize_label(label), label)
     return {ds: tuple(sorted(names.values())) for ds, names in spelled.items() if len(names) == 2 and ds not in multi}
 
 
