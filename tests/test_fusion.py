@@ -24,6 +24,8 @@ from qoqmed.data.modalities import (
     MODALITIES, TABLE4_INPUT_SETS, keep_modalities, parse_input_sets, record_modalities,
 )
 from qoqmed.data.prompts import load_record
+from qoqmed.data.stats import record_stats
+from qoqmed.data.validate import validate_records
 from qoqmed.eval.answer_scores import answer_prefix, binary_label_sets
 from qoqmed.eval.metrics import compute_metrics
 from qoqmed.modeling.tiny import TinySpec, build_tiny
@@ -78,6 +80,20 @@ def test_keep_modalities_drops_files_placeholders_and_notes(fusion):
     edited.extra = {**record.extra, "ehr": "something else"}
     with pytest.raises(DataError, match="does not end with its ehr notes"):
         keep_modalities(edited, {"ecg"})
+
+
+def test_text_only_and_mixed_rows_are_valid_and_counted(fusion):
+    folder = fusion[1][0].base_dir
+    rows = [{"id": "t1", "domain": "ehr", "dataset": "notes/demo", "problem": "Sepsis? Options: Yes, No.\nClinical "
+             "notes: fever, lactate 4.", "answer": "Yes", "ehr": "fever, lactate 4."},
+            fusion[1][0].to_dict()]
+    (folder / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert validate_records(folder / "mixed.jsonl").ok
+    records = load_records(folder / "mixed.jsonl")
+    assert record_modalities(records[0]) == {"text"} and record_modalities(records[1]) == set(MODALITIES)
+    stats = record_stats(records)
+    assert (stats["text_only"], stats["with_notes"], stats["user_domains"]) == (1, 2, ["ehr", "multimodal"])
+    assert keep_modalities(records[0], {"ecg"}).problem == "Sepsis? Options: Yes, No."
 
 
 def test_input_sets_parse():

@@ -171,7 +171,8 @@ def data_stats(
     console.print(labels)
     console.print(f"largest/smallest domain: {stats['imbalance_ratio']:.1f}x ({stats['largest_domain']} / "
                   f"{stats['smallest_domain']}); rows with images {stats['with_images']}, with volumes "
-                  f"{stats['with_volumes']}, with ECG {stats['with_ecg']}, with boxes {stats['with_boxes']}")
+                  f"{stats['with_volumes']}, with ECG {stats['with_ecg']}, with boxes {stats['with_boxes']}, with notes "
+                  f"{stats['with_notes']}, text only {stats['text_only']}")
     if stats["user_domains"]:
         console.print(f"user domains (not among the built-in nine): {', '.join(stats['user_domains'])}")
 
