@@ -16,14 +16,17 @@ convert_app = typer.Typer(
     help="Convert existing datasets to qoqmed jsonl records (one <split>.jsonl per split).", no_args_is_help=True)
 data_app.add_typer(convert_app, name="convert")
 
+# The row counts and seed of both generators.
+NTrain = Annotated[int, typer.Option(help="Training records.")]
+NVal = Annotated[int, typer.Option(help="Validation records.")]
+NTest = Annotated[int, typer.Option(help="Test records.")]
+Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")]
+
 
 @data_app.command("generate")
 def data_generate(
     out: Annotated[Path, typer.Argument(help="Folder to write train/val/test.jsonl, files and datasheet.md.")],
-    n_train: Annotated[int, typer.Option(help="Training records.")] = 720,
-    n_val: Annotated[int, typer.Option(help="Validation records.")] = 90,
-    n_test: Annotated[int, typer.Option(help="Test records.")] = 180,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    n_train: NTrain = 720, n_val: NVal = 90, n_test: NTest = 180, seed: Seed = 0,
     mix: Annotated[Optional[str], typer.Option(help="Train domain mix as domain=weight pairs, e.g. "
                                                     "'ct=0.6,ecg=0.2,mri=0.01' (unlisted domains get 0 plus the "
                                                     "minimum); default: the paper's skew (ct dominant, three "
@@ -58,10 +61,7 @@ def data_generate(
 @data_app.command("generate-fusion")
 def data_generate_fusion(
     out: Annotated[Path, typer.Argument(help="Folder to write train/val/test.jsonl and the files.")],
-    n_train: Annotated[int, typer.Option(help="Training records.")] = 96,
-    n_val: Annotated[int, typer.Option(help="Validation records.")] = 16,
-    n_test: Annotated[int, typer.Option(help="Test records.")] = 32,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same rows.")] = 0,
+    n_train: NTrain = 96, n_val: NVal = 16, n_test: NTest = 32, seed: Seed = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing fusion task in OUT.")] = False,
 ) -> None:
     """Write CLIMB-mini's fusion task: ECG + chest X-ray + note, answer 'Yes' when 2 of 3 findings show.
