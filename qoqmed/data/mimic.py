@@ -38,7 +38,7 @@ but that is missing is an error naming it, or with ``skip_missing``, a skipped a
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,24 +57,32 @@ MIMIC_TASKS = {
 _FRONTAL = ("PA", "AP")
 _MAX_LABS = 20
 _MAX_HISTORY = 10
+_CHUNK_ROWS = 1_000_000
 
 
-def _table(folder: Path, name: str, columns: Sequence[str], required: bool = True) -> pd.DataFrame | None:
-    """``folder/name.csv.gz`` or ``folder/name.csv`` with at least ``columns``; DataError naming the file."""
+def _table(folder: Path, name: str, columns: Sequence[str], required: bool = True,
+           keep: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> pd.DataFrame | None:
+    """``folder/name.csv.gz`` or ``folder/name.csv`` with at least ``columns``; DataError naming the file. Read in
+    chunks, each filtered by ``keep``: labevents and the notes run to gigabytes, of which a cohort needs little."""
     found = next((folder / f"{name}{ext}" for ext in (".csv.gz", ".csv") if (folder / f"{name}{ext}").is_file()),
                  None)
     if found is None:
         if required:
             raise DataError(f"{folder / name}.csv.gz: file not found (nor {name}.csv)")
         return None
+    wanted = lambda c: c in columns  # noqa: E731
     try:
-        frame = pd.read_csv(found, usecols=lambda c: c in columns, low_memory=False)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        header = pd.read_csv(found, nrows=0, usecols=wanted)
+        missing = [c for c in columns if c not in header.columns]
+        if missing:
+            raise DataError(f"{found}: missing column(s) {', '.join(missing)}")
+        with pd.read_csv(found, usecols=wanted, low_memory=False, chunksize=_CHUNK_ROWS) as reader:
+            frames = [keep(chunk) if keep else chunk for chunk in reader]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, pd.errors.ParserError) as exc:
         raise DataError(f"{found}: cannot read as CSV: {exc}") from exc
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise DataError(f"{found}: missing column(s) {', '.join(missing)}")
-    return frame
+    return pd.concat(frames, ignore_index=True) if frames else header
 
 
 def _times(frame: pd.DataFrame, columns: Sequence[str], source: str) -> pd.DataFrame:
@@ -115,7 +123,8 @@ def _labs(src: _Sources, stays: pd.DataFrame) -> dict[int, str]:
     """Per admission: the first value of each lab charted inside its window, up to 20."""
     items = _table(src.mimic_iv / "hosp", "d_labitems", ["itemid", "label"], required=False)
     events = _table(src.mimic_iv / "hosp", "labevents",
-                    ["hadm_id", "itemid", "charttime", "valuenum", "valueuom", "flag"], required=False)
+                    ["hadm_id", "itemid", "charttime", "valuenum", "valueuom", "flag"], required=False,
+                    keep=lambda chunk: chunk[chunk["hadm_id"].isin(stays["hadm_id"])])
     if events is None or items is None:
         return {}
     events = _times(events.dropna(subset=["hadm_id", "valuenum"]), ["charttime"], "hosp/labevents")
@@ -134,7 +143,7 @@ def _labs(src: _Sources, stays: pd.DataFrame) -> dict[int, str]:
 def _history(src: _Sources, stays: pd.DataFrame, admissions: pd.DataFrame) -> dict[int, str]:
     """Per admission: diagnoses of the subject's admissions discharged before it was admitted, up to 10."""
     codes = _table(src.mimic_iv / "hosp", "diagnoses_icd", ["subject_id", "hadm_id", "icd_code", "icd_version"],
-                   required=False)
+                   required=False, keep=lambda chunk: chunk[chunk["subject_id"].isin(stays["subject_id"])])
     if codes is None:
         return {}
     names = _table(src.mimic_iv / "hosp", "d_icd_diagnoses", ["icd_code", "icd_version", "long_title"],
@@ -169,7 +178,8 @@ def _radiology(src: _Sources, stays: pd.DataFrame) -> dict[int, str]:
     """Per admission: the first radiology report available (stored) inside its window."""
     if src.notes_root is None:
         return {}
-    notes = _table(src.notes_root / "note", "radiology", ["subject_id", "charttime", "storetime", "text"])
+    notes = _table(src.notes_root / "note", "radiology", ["subject_id", "charttime", "storetime", "text"],
+                   keep=lambda chunk: chunk[chunk["subject_id"].isin(stays["subject_id"])])
     notes = _times(notes, ["charttime", "storetime"], "note/radiology")
     notes["available"] = notes["storetime"].fillna(notes["charttime"])
     first = _first_in_window(notes[["subject_id", "available", "text"]], "available", stays)
