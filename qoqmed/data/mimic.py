@@ -70,7 +70,7 @@ def _table(folder: Path, name: str, columns: Sequence[str], required: bool = Tru
         if required:
             raise DataError(f"{folder / name}.csv.gz: file not found (nor {name}.csv)")
         return None
-    wanted = lambda c: c in columns  # noqa: E731
+    wanted = set(columns).__contains__
     try:
         header = pd.read_csv(found, nrows=0, usecols=wanted)
         missing = [c for c in columns if c not in header.columns]
@@ -141,7 +141,8 @@ def _labs(src: _Sources, stays: pd.DataFrame) -> dict[int, str]:
 
 
 def _history(src: _Sources, stays: pd.DataFrame, admissions: pd.DataFrame) -> dict[int, str]:
-    """Per admission: diagnoses of the subject's admissions discharged before it was admitted, up to 10."""
+    """Per admission: diagnoses of the subject's admissions discharged before it was admitted, the most recent
+    admission's first, up to 10."""
     codes = _table(src.mimic_iv / "hosp", "diagnoses_icd", ["subject_id", "hadm_id", "icd_code", "icd_version"],
                    required=False, keep=lambda chunk: chunk[chunk["subject_id"].isin(stays["subject_id"])])
     if codes is None:
@@ -153,7 +154,8 @@ def _history(src: _Sources, stays: pd.DataFrame, admissions: pd.DataFrame) -> di
     if names is not None:
         codes = codes.merge(names, on=["icd_code", "icd_version"], how="left")
     joined = stays[["hadm_id", "subject_id", "admittime"]].merge(codes, on="subject_id")
-    joined = joined[joined["dischtime"] <= joined["admittime"]].sort_values(["dischtime", "icd_code"])
+    joined = joined[joined["dischtime"] <= joined["admittime"]]
+    joined = joined.sort_values(["dischtime", "icd_code"], ascending=[False, True])
     out: dict[int, str] = {}
     for hadm, group in joined.groupby("hadm_id", sort=False):
         titles = [t if isinstance(t, str) else f"ICD-{v} {c}" for t, v, c in
