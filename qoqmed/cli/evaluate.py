@@ -73,21 +73,17 @@ def evaluate_cmd(
     max_new_tokens = 128 if max_new_tokens is None else max_new_tokens
     from ..eval.evaluate import evaluate
     from ..eval.report import print_summary, write_report
-    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
     from ..rewards.scores import make_scorer
 
     _check_sampling(samples, temperature, top_p, seed)
     records = load_records(data, allow_outside=allow_outside_paths)
-    if not (model / "config.json").exists():
-        fail(f"{model}: no config.json; pass a folder written by save_pretrained (e.g. a run's rl/model)")
     table = _read_synonyms(synonyms)
     make_scorer(preset, iou_reduce=iou_reduce, synonyms=table)
     if label_parser not in ("qoqmed", "reference"):
         fail(f"--label-parser must be qoqmed or reference, got {label_parser!r}")
     if prompt_style not in ("qoqmed", "released"):
         fail(f"--prompt-style must be qoqmed or released, got {prompt_style!r}")
-    proc = QoQMedProcessor.from_pretrained(model)
-    net = QoQMedForConditionalGeneration.from_pretrained(model)
+    net, proc = _load(model)
     metrics, rows = evaluate(net, proc, records, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              preset=preset, iou_reduce=iou_reduce, synonyms=table, label_parser=label_parser,
                              prompt_style=prompt_style)
@@ -106,6 +102,16 @@ def evaluate_cmd(
                                        f"{top_p:g}, seed {seed}, {max_new_tokens} new tokens")
     write_report(metrics, out, title=f"qoqmed evaluation of {model.name}", context=context, rows=rows)
     print_summary(metrics)
+
+
+def _load(model: Path):
+    """(model, processor) of a model or LoRA adapter folder; one that cannot be loaded ends the command."""
+    from ..modeling.lora import load_model_and_processor
+
+    try:
+        return load_model_and_processor(model)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
 
 
 def _check_sampling(samples: int, temperature: float, top_p: float, seed: int) -> None:
@@ -137,15 +143,11 @@ def _eval_benchmark(model: Path, data: Path, out: Path, benchmark: str, split: O
                     prompt_style: str, max_new_tokens: int, batch_size: int, max_images: int) -> None:
     from ..eval.benchmarks import get_benchmark
     from ..eval.benchmarks.run import Settings, evaluate_benchmark
-    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 
     bench = get_benchmark(benchmark)
     Settings(benchmark, split or bench.splits[0], protocol, prompt_style, max_new_tokens, max_images,
              batch_size=batch_size)
-    if not (model / "config.json").exists():
-        fail(f"{model}: no config.json; pass a folder written by save_pretrained (e.g. a run's rl/model)")
-    proc = QoQMedProcessor.from_pretrained(model)
-    net = QoQMedForConditionalGeneration.from_pretrained(model)
+    net, proc = _load(model)
     results = evaluate_benchmark(net, proc, benchmark, data, out, split=split, protocol=protocol,
                                  prompt_style=prompt_style, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, max_images=max_images, model_name=model.name)
