@@ -187,3 +187,44 @@ def test_sft_lora_saves_merges_and_serves(records, base_dir, mini_records_path, 
     assert res.exit_code != 0 and "base_model_name_or_path" in res.output
     with pytest.raises(FileNotFoundError, match="not a LoRA adapter"):
         merge_adapter(base_dir, tmp_path / "x")
+
+
+def test_recipe_with_a_lora_section_trains_adapters_in_both_stages(mini_records_path, tmp_path):
+    recipe = {"data": {"train": str(mini_records_path), "test": str(mini_records_path)},
+              "model": {"init": "tiny", "hidden_size": 64, "intermediate_size": 128, "vision_depth": 1},
+              "sft": {"max_steps": 2, "batch_size": 4, "progress_bar": False},
+              "rl": {"num_generations": 2, "batch_size": 4, "max_steps": 1, "max_completion_length": 8,
+                     "progress_bar": False},
+              "eval": {"max_new_tokens": 4, "evaluate_warm_start": False},
+              "lora": {"r": 4, "merge": True}}
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))  # JSON is YAML
+    res = runner.invoke(app, ["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "run"
+    assert (run / "sft_model" / "config.json").is_file()  # the warm start's adapters merged: RL's base
+    adapter = json.loads((run / "rl" / "model" / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str((run / "sft_model").resolve())
+    assert adapter["r"] == 4 and adapter["modules_to_save"] == ["ecg_projector"]
+    assert (run / "rl" / "merged" / "config.json").is_file()
+    assert json.loads((run / "metrics.json").read_text())["overall"]
+
+
+def test_lora_rl_resumes_its_adapters_from_a_checkpoint(records, base_dir, tmp_path):
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from qoqmed.train.rl import train_rl
+
+    common = dict(num_generations=2, batch_size=4, max_completion_length=8, progress_bar=False, save_steps=2)
+    lora = LoRASettings(r=4)
+    train_rl(base_dir, records, tmp_path / "rl", RLSettings(max_steps=2, **common), lora=lora)
+    saved = load_file(tmp_path / "rl" / "checkpoint-2" / "adapter_model.safetensors")
+    trainer = build_rl_trainer(base_dir, records, tmp_path / "rl", RLSettings(max_steps=3, **common), lora=lora)
+    with torch.no_grad():  # whatever the checkpoint holds must replace these
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.normal_()
+    trainer._load_from_checkpoint(str(tmp_path / "rl" / "checkpoint-2"))
+    state = get_peft_model_state_dict(trainer.model)  # the adapter's tensors under their saved names
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
