@@ -61,6 +61,9 @@ def test_settings_are_checked_at_load():
         RecipeConfig.from_dict({"data": {"synthetic": {}}, "lora": {"rank": 8}})
     assert RecipeConfig.from_dict({"data": {"synthetic": {}}, "lora": {}}).lora == LoRASettings()
     assert RecipeConfig.from_dict({"data": {"synthetic": {}}}).lora is None
+    with pytest.raises(ValueError, match="rl.freeze lists"):
+        RecipeConfig.from_dict({"data": {"synthetic": {}}, "lora": {}, "rl": {"freeze": ["vision", "projector"]}})
+    RecipeConfig.from_dict({"data": {"synthetic": {}}, "lora": {}, "rl": {"freeze": ["vision", "ecg"]}})
 
 
 def test_qlora_without_bitsandbytes_is_a_clear_error():

@@ -70,6 +70,8 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         self.model_settings = ModelSettings.from_dict(self.model)
         rl = section(RLSettings, self.rl, "rl")  # unknown keys and bad values fail here, before any work
+        if self.lora is not None and "rl" in self.lora.stages:
+            self.lora.check_freeze(rl.freeze)
         styles = {"sft": self.sft.prompt_style, "rl": rl.prompt_style, "eval": self.eval.prompt_style}
         if len(set(styles.values())) > 1:  # a model is evaluated with the prompt it was trained with
             raise ValueError("sft.prompt_style, rl.prompt_style and eval.prompt_style must agree, got "

@@ -351,7 +351,7 @@ def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: 
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=s.gradient_checkpointing)
-    if s.freeze and not lora:  # under LoRA, peft decides what trains (the lora section)
+    if s.freeze and not lora:  # under LoRA peft freezes the base; the lora section says what else trains
         freeze(model, **{part: True for part in s.freeze})
     dataset, facts = build_rl_dataset(records, processor, domain_key=s.domain_key,
                                       prompt_style=s.prompt_style)

@@ -206,6 +206,14 @@ class LoRASettings:
                                  "is not installed here (pip install bitsandbytes; it needs a CUDA GPU); set "
                                  "lora.quantize: null to train adapters on unquantized weights")
 
+    def check_freeze(self, freeze: list[str]) -> None:
+        """``rl.freeze`` beside adapters: the base is frozen anyway, but a part set to train here cannot be frozen."""
+        wanted = {"projector": self.projector, "ecg": self.ecg_encoder}
+        clash = [part for part in freeze if wanted.get(part) == "train"]
+        if clash:
+            raise ValueError(f"rl.freeze lists {clash} but the lora section trains them; under LoRA set "
+                             "lora.projector / lora.ecg_encoder to freeze instead")
+
     def peft_config(self):
         """The peft ``LoraConfig`` of these settings."""
         from peft import LoraConfig
