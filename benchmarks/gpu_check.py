@@ -28,6 +28,7 @@ import importlib.util
 import json
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,17 +37,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model_sizes import real_config  # noqa: E402  (the published configurations)
+from model_sizes import real_config  # the published configurations
 
-from qoqmed.algos.drpo import DRPO  # noqa: E402
-from qoqmed.modeling import QoQMedForConditionalGeneration, freeze  # noqa: E402
-from qoqmed.modeling.tiny import TinySpec, build_tiny  # noqa: E402
-from qoqmed.train.settings import LoRASettings  # noqa: E402
+from qoqmed.algos.drpo import DRPO
+from qoqmed.modeling import QoQMedForConditionalGeneration, freeze
+from qoqmed.modeling.tiny import TinySpec, build_tiny
+from qoqmed.train.settings import LoRASettings
 
 GIB = 1024**3
 # Per size: batch geometry. toy keeps every part but runs in seconds on a CPU.
 GEOMETRY = {
-    "toy": dict(prompt=32, answer=32, image_side=56, sft_batch=2, generations=4, new_tokens=16, gen_batch=4),
+    "toy": dict(prompt=16, answer=16, image_side=28, sft_batch=2, generations=2, new_tokens=8, gen_batch=2),
     "3B": dict(prompt=256, answer=512, image_side=448, sft_batch=4, generations=8, new_tokens=256, gen_batch=8),
     "7B": dict(prompt=256, answer=512, image_side=448, sft_batch=4, generations=8, new_tokens=256, gen_batch=8),
 }
@@ -241,7 +242,7 @@ def check_size(size: str, dev: Device, rows: list) -> None:
     rollout_prompt = {k: v.repeat(geometry["generations"], *[1] * (v.dim() - 1)) for k, v in cut(one, prompt_len).items()}
     gen_prompt = cut(sample(config, geometry, geometry["gen_batch"], dev.type)[0], prompt_len)
 
-    def tokens_per_s():
+    def tokens_per_s(model=model):
         result = timed(dev, lambda: generate(model, gen_prompt, geometry["new_tokens"]))
         result["tokens_per_s"] = round(result["tokens"] / result["step_s"], 1)
         return {**result, "batch": geometry["gen_batch"]}
@@ -263,9 +264,6 @@ def check_size(size: str, dev: Device, rows: list) -> None:
 
     training_rows(rows, size, "full", model, reference, dev, geometry, sft_inputs, prompt_len, rollout_prompt)
     del model, state["model"]
-    gc.collect()
-    if importlib.util.find_spec("vllm") is not None and dev.cuda:
-        run_row(rows, size, "generate (vLLM, language model only)", lambda: vllm_tokens_per_s(config, geometry))
 
 
 def training_rows(rows: list, size: str, mode: str, model, reference, dev: Device, geometry: dict, sft_inputs: dict,
@@ -289,6 +287,20 @@ def training_rows(rows: list, size: str, mode: str, model, reference, dev: Devic
     model.zero_grad(set_to_none=True)  # a step that ran out of memory leaves its gradients behind
     run_row(rows, size, f"DRPO step, {mode}" + (" (+ reference copy)" if reference is not None else ""), drpo)
     model.zero_grad(set_to_none=True)
+
+
+def vllm_row(size: str, timeout: int) -> dict:
+    """:func:`vllm_tokens_per_s` in a child process: vLLM keeps GPU memory until its process ends."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "row.json"
+        try:
+            subprocess.run([sys.executable, __file__, "--vllm-size", size, "--out", str(out)], check=True,
+                           timeout=timeout, capture_output=True, text=True)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError(f"vLLM did not finish within {timeout} s") from None
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError((exc.stderr or "").strip().splitlines()[-1:] or f"exit status {exc.returncode}") from None
+        return json.loads(out.read_text())
 
 
 def vllm_tokens_per_s(config, geometry: dict) -> dict:
@@ -344,7 +356,13 @@ def main(argv: list[str] | None = None) -> dict:
                         help="repeat for several; default: 3B and 7B on a GPU, toy on a CPU")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gpu_check.json",
                         help="JSON path; the markdown table is written next to it (.md)")
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vLLM rows even where vLLM is installed")
+    parser.add_argument("--vllm-size", choices=["3B", "7B"], help=argparse.SUPPRESS)  # the child of vllm_row
     args = parser.parse_args(argv)
+    if args.vllm_size:
+        row = vllm_tokens_per_s(config_of(args.vllm_size), GEOMETRY[args.vllm_size])
+        args.out.write_text(json.dumps(row))
+        return row
     dev = Device("cuda" if torch.cuda.is_available() else "cpu")
     sizes = args.size or (["3B", "7B"] if dev.cuda else ["toy"])
     if not dev.cuda and set(sizes) - {"toy"}:
@@ -354,6 +372,9 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     for size in sizes:
         check_size(size, dev, rows)
+    if dev.cuda and not args.no_vllm and importlib.util.find_spec("vllm") is not None:
+        for size in sizes:
+            run_row(rows, size, "generate (vLLM, language model only)", lambda size=size: vllm_row(size, timeout=240))
     result = {"machine": dev.describe(), "geometry": {s: GEOMETRY[s] for s in sizes},
               "vllm_installed": importlib.util.find_spec("vllm") is not None,
               "total_s": round(time.perf_counter() - start, 1), "rows": rows}
