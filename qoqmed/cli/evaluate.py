@@ -13,7 +13,8 @@ from .common import AllowOutsidePaths, console, fail
 
 
 def evaluate_cmd(
-    model: Annotated[Path, typer.Option(help="Folder with a saved QoQ-Med model and processor.")],
+    model: Annotated[Path, typer.Option(help="Folder with a saved QoQ-Med model and processor, or a LoRA "
+                                             "adapter folder.")],
     data: Annotated[Path, typer.Option(help="jsonl records to evaluate on; with --benchmark, the folder of "
                                            "the benchmark's published release.")],
     out: Annotated[Path, typer.Option(help="Folder for metrics.json (with --benchmark: results.json), "
