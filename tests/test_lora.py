@@ -179,6 +179,16 @@ def test_sft_lora_saves_merges_and_serves(records, base_dir, mini_records_path, 
         answers.append(json.loads(res.stdout)["text"])
     assert answers[0] == answers[1]
 
+    from fastapi.testclient import TestClient
+
+    from qoqmed.serve import create_app
+
+    with TestClient(create_app(QoQMedPipeline.from_pretrained(adapter, max_new_tokens=4))) as client:
+        reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Findings?"}],
+                                                          "max_tokens": 4})
+        assert reply.status_code == 200, reply.text
+        assert isinstance(reply.json()["choices"][0]["message"]["content"], str)
+
     moved = tmp_path / "moved"
     shutil.copytree(adapter, moved)
     config = json.loads((moved / "adapter_config.json").read_text())
