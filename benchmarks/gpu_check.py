@@ -45,6 +45,7 @@ from qoqmed.modeling.tiny import TinySpec, build_tiny
 from qoqmed.train.settings import LoRASettings
 
 GIB = 1024**3
+BUDGET_S = 570  # the whole check stays under 10 minutes
 # Per size: batch geometry. toy keeps every part but runs in seconds on a CPU.
 GEOMETRY = {
     "toy": dict(prompt=16, answer=16, image_side=28, sft_batch=2, generations=2, new_tokens=8, gen_batch=2),
@@ -373,8 +374,10 @@ def main(argv: list[str] | None = None) -> dict:
     for size in sizes:
         check_size(size, dev, rows)
     if dev.cuda and not args.no_vllm and importlib.util.find_spec("vllm") is not None:
-        for size in sizes:
-            run_row(rows, size, "generate (vLLM, language model only)", lambda size=size: vllm_row(size, timeout=240))
+        for n, size in enumerate(sizes):  # vLLM gets what is left of the 10 minutes, shared among the sizes
+            timeout = int((BUDGET_S - (time.perf_counter() - start)) / (len(sizes) - n))
+            run_row(rows, size, "generate (vLLM, language model only)", lambda size=size, timeout=timeout:
+                    vllm_row(size, timeout) if timeout >= 60 else {"status": "skipped", "message": "no time left"})
     result = {"machine": dev.describe(), "geometry": {s: GEOMETRY[s] for s in sizes},
               "vllm_installed": importlib.util.find_spec("vllm") is not None,
               "total_s": round(time.perf_counter() - start, 1), "rows": rows}
