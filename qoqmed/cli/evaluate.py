@@ -13,7 +13,8 @@ from .common import AllowOutsidePaths, console, fail
 
 
 def evaluate_cmd(
-    model: Annotated[Path, typer.Option(help="Folder with a saved QoQ-Med model and processor.")],
+    model: Annotated[Path, typer.Option(help="Folder with a saved QoQ-Med model and processor, or a LoRA "
+                                             "adapter folder.")],
     data: Annotated[Path, typer.Option(help="jsonl records to evaluate on; with --benchmark, the folder of "
                                            "the benchmark's published release.")],
     out: Annotated[Path, typer.Option(help="Folder for metrics.json (with --benchmark: results.json), "
@@ -78,13 +79,10 @@ def evaluate_cmd(
     max_new_tokens = 128 if max_new_tokens is None else max_new_tokens
     from ..eval.evaluate import evaluate
     from ..eval.report import print_summary, write_report
-    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
     from ..rewards.scores import make_scorer
 
     _check_sampling(samples, temperature, top_p, seed)
     records = load_records(data, allow_outside=allow_outside_paths)
-    if not (model / "config.json").exists():
-        fail(f"{model}: no config.json; pass a folder written by save_pretrained (e.g. a run's rl/model)")
     table = _read_synonyms(synonyms)
     make_scorer(preset, iou_reduce=iou_reduce, synonyms=table)
     if label_parser not in ("qoqmed", "reference"):
@@ -95,8 +93,7 @@ def evaluate_cmd(
         return _eval_inputs(model, records, out, inputs, samples, dict(
             batch_size=batch_size, max_new_tokens=max_new_tokens, preset=preset, iou_reduce=iou_reduce,
             synonyms=table, label_parser=label_parser, prompt_style=prompt_style))
-    proc = QoQMedProcessor.from_pretrained(model)
-    net = QoQMedForConditionalGeneration.from_pretrained(model)
+    net, proc = _load(model)
     metrics, rows = evaluate(net, proc, records, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              preset=preset, iou_reduce=iou_reduce, synonyms=table, label_parser=label_parser,
                              prompt_style=prompt_style)
@@ -120,7 +117,6 @@ def evaluate_cmd(
 def _eval_inputs(model: Path, records: list, out: Path, inputs: str, samples: int, settings: dict) -> None:
     from ..data.modalities import parse_input_sets
     from ..eval.ablation import evaluate_input_sets, format_input_table
-    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 
     if samples:
         fail("--inputs and --samples do not combine: compare input sets with greedy answers")
@@ -128,12 +124,21 @@ def _eval_inputs(model: Path, records: list, out: Path, inputs: str, samples: in
         sets = parse_input_sets(inputs)
     except ValueError as exc:
         fail(f"--inputs: {exc}")
-    proc = QoQMedProcessor.from_pretrained(model)
-    net = QoQMedForConditionalGeneration.from_pretrained(model)
+    net, proc = _load(model)
     results = evaluate_input_sets(net, proc, records, sets, out, title=f"qoqmed evaluation of {model.name}",
                                   **settings)
     console.print(format_input_table(results), markup=False)
     console.print(f"wrote {out / 'inputs.md'}, {out / 'inputs.json'} and one report per input set")
+
+
+def _load(model: Path):
+    """(model, processor) of a model or LoRA adapter folder; one that cannot be loaded ends the command."""
+    from ..modeling.lora import load_model_and_processor
+
+    try:
+        return load_model_and_processor(model)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
 
 
 def _check_sampling(samples: int, temperature: float, top_p: float, seed: int) -> None:
@@ -165,15 +170,11 @@ def _eval_benchmark(model: Path, data: Path, out: Path, benchmark: str, split: O
                     prompt_style: str, max_new_tokens: int, batch_size: int, max_images: int) -> None:
     from ..eval.benchmarks import get_benchmark
     from ..eval.benchmarks.run import Settings, evaluate_benchmark
-    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 
     bench = get_benchmark(benchmark)
     Settings(benchmark, split or bench.splits[0], protocol, prompt_style, max_new_tokens, max_images,
              batch_size=batch_size)
-    if not (model / "config.json").exists():
-        fail(f"{model}: no config.json; pass a folder written by save_pretrained (e.g. a run's rl/model)")
-    proc = QoQMedProcessor.from_pretrained(model)
-    net = QoQMedForConditionalGeneration.from_pretrained(model)
+    net, proc = _load(model)
     results = evaluate_benchmark(net, proc, benchmark, data, out, split=split, protocol=protocol,
                                  prompt_style=prompt_style, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, max_images=max_images, model_name=model.name)

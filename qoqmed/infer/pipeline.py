@@ -28,6 +28,7 @@ from ..data.prompt_styles import system_prompt as style_system_prompt
 from ..data.prompts import STYLE_SYSTEM
 from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, append_notes, place_inputs
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages
+from ..modeling.lora import load_model_and_processor
 from ..rewards.parsing import parse_response
 from .inputs import (InputError, VisualInput, as_list, load_ecg_input, load_image_input, load_volume_input,
                      reading)
@@ -157,14 +158,10 @@ class QoQMedPipeline:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None,
                         **kwargs) -> QoQMedPipeline:
-        """Load a folder written by ``save_pretrained`` (e.g. ``quickstart_out/rl/model``)."""
+        """Load a folder written by ``save_pretrained`` (e.g. ``quickstart_out/rl/model``), or a LoRA adapter
+        folder, whose adapter is merged into its base model (``base_model_name_or_path``)."""
         path = Path(path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: no config.json; pass a folder written by save_pretrained "
-                                    "(a quickstart run's rl/model or sft_model)")
-        processor = QoQMedProcessor.from_pretrained(path)
-        model = QoQMedForConditionalGeneration.from_pretrained(path, dtype=dtype) if dtype else \
-            QoQMedForConditionalGeneration.from_pretrained(path)
+        model, processor = load_model_and_processor(path, dtype)
         model.to(_device(device))
         kwargs.setdefault("name", path.name if path.name not in ("model", "") else f"{path.parent.name}/{path.name}")
         return cls(model, processor, **kwargs)
