@@ -320,6 +320,9 @@ def make_grpo_config(s: RLSettings, out_dir: str | Path, suppress_tokens: Sequen
         generation_kwargs={"suppress_tokens": list(suppress_tokens)} if suppress_tokens else None,
         lr_scheduler_type="constant_with_warmup", warmup_steps=2, gradient_checkpointing=s.gradient_checkpointing,
         disable_tqdm=not s.progress_bar,
+        # TRL gathers the images of a batch for its completion logs only on processes whose rows hold images: a
+        # process with an ECG- or text-only batch skips that collective and the processes deadlock
+        log_multimodal=False,
     )
 
 

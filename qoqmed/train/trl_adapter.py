@@ -26,6 +26,8 @@ import torch
 from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOTrainer
 
+from .sharding import fsdp_on_cpu
+
 
 @dataclass
 class ScoredRollouts:
@@ -95,6 +97,10 @@ class GRPOTrainerAdapter(GRPOTrainer):
                 if is_peft_model(model):  # LoRA: the QoQ-Med model sits under peft's wrappers
                     model = model.get_base_model()
                 model.model.register_forward_pre_hook(self._inject_ecg, with_kwargs=True)
+
+    def create_accelerator_and_postprocess(self) -> None:
+        with fsdp_on_cpu():  # an FSDP launch on CPU processes shards as on GPUs (qoqmed.train.sharding)
+            super().create_accelerator_and_postprocess()
 
     # -- hooks for the trainer built on this class -------------------------------------------------------------
     def rollout_ecg(self, inputs: list[dict]) -> list[torch.Tensor]:
@@ -263,6 +269,16 @@ class GRPOTrainerAdapter(GRPOTrainer):
         return metrics
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # With FSDP and a sharded state dict, transformers writes no weights at all: checkpoints keep their sharded
+        # engine state (fast, what resuming reads), and the final model is gathered here, by every process
+        if _internal_call or not self.is_fsdp_enabled or "FULL_STATE_DICT" in str(
+                self.accelerator.state.fsdp_plugin.state_dict_type):
+            return super().save_model(output_dir, _internal_call)
+        state_dict = self.accelerator.get_state_dict(self.model)  # the whole model, on the main process
+        if self.args.should_save:
+            self._save(output_dir, state_dict=state_dict)
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
