@@ -95,7 +95,7 @@ def main() -> None:
 
     rl.make_grpo_config = configure
     if a.replay:
-        recorded = [_steps(path) for path in sorted(a.replay.glob("advantages_rank*.jsonl"))]
+        recorded = [read_steps(path) for path in sorted(a.replay.glob("advantages_rank*.jsonl"))]
 
         def replay(self, prompt_ids, *args, **kwargs):
             rows = [r for rank in recorded for r in rank if r["step"] == self.state.global_step]
@@ -132,7 +132,8 @@ def param_sum(model) -> float:
     return float(sum(p.detach().double().sum() for p in full))
 
 
-def _steps(path):
+def read_steps(path) -> list[dict]:
+    """The per-step records a worker wrote to ``path``."""
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 

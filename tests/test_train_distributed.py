@@ -1,8 +1,10 @@
-"""Training in 2 processes (torchrun, gloo) and a kill-and-resume run, each against an uninterrupted run."""
+"""Training in 2 processes (torchrun, gloo; FSDP2 through accelerate launch) and kill-and-resume runs, each against
+an uninterrupted run."""
 
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -10,12 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from qoqmed.modeling import QoQMedForConditionalGeneration
 
 from qoqmed.modeling.tiny import TinySpec, build_tiny
 from qoqmed.data.schema import load_records
 from qoqmed.train.drpo_state import read_drpo_state
+from rl_worker import read_steps as _steps
 
 WORKER = Path(__file__).with_name("rl_worker.py")
+FSDP2_CPU = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp2_cpu_2proc.yaml"
 SPEC = TinySpec(hidden_size=64, intermediate_size=128, vision_depth=1, vision_hidden=32)
 
 
@@ -35,20 +42,33 @@ def _env():
     return env
 
 
-def _run(args, timeout=300, torchrun=False):
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(args, timeout=300, torchrun=False, accelerate_config=None):
+    """The worker in one process, in 2 under torchrun, or as ``accelerate_config`` launches it. On timeout the
+    whole process group is killed, so no hung worker outlives the test; ``returncode`` is then None."""
+    bin_dir = Path(sys.executable).parent
     if torchrun:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port", str(port),
-               str(WORKER), *args]
+        cmd = [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), str(WORKER),
+               *args]
+    elif accelerate_config:
+        cmd = [str(bin_dir / "accelerate"), "launch", "--config_file", str(accelerate_config),
+               "--main_process_port", str(_free_port()), str(WORKER), *args]
     else:
         cmd = [sys.executable, str(WORKER), *args]
-    return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _steps(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return subprocess.CompletedProcess(cmd, None, out, err)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _state(path):
@@ -128,3 +148,77 @@ def test_two_processes_agree_on_advantages_and_train(start, mini_records_path, t
     assert json.loads((out / "rl_logs.json").read_text())["resumed_from"].endswith("checkpoint-2")
     state = _state(out / "checkpoint-3" / "drpo_state.npz")
     assert sum(len(v) for v in state["domains"].values()) == 12  # 8 restored + 4 questions of the resumed step
+
+
+def _final_model(folder):
+    model, info = QoQMedForConditionalGeneration.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    return model.state_dict()
+
+
+def test_fsdp2_on_cpu_trains_with_ecg_on_one_rank_resumes_and_matches_one_process(start, mini_records_path,
+                                                                                   tmp_path):
+    """FSDP2 (fully_shard, gloo) on 2 CPU processes, launched with the shipped accelerate config. Process 0's
+    micro-batches hold only ECG questions and process 1's only image questions, so only the modality-safe forward
+    keeps their collectives in step (the worker checks the split at every step)."""
+    def fsdp(out, *extra):
+        return _run([str(start), str(mini_records_path), str(tmp_path / out), "--max-steps", "3", "--history", "3",
+                     "--split-ecg", "--eos-bias", "7.5", *extra], accelerate_config=FSDP2_CPU)
+
+    full = fsdp("full")
+    assert full.returncode == 0, full.stderr[-4000:]
+    killed = fsdp("resumed", "--kill-after-step", "2")
+    assert killed.returncode != 0 and (tmp_path / "resumed" / "checkpoint-2").exists()
+    assert not (tmp_path / "resumed" / "checkpoint-3").exists()
+    assert any((tmp_path / "resumed" / "checkpoint-2").glob("pytorch_model_fsdp_*"))  # a sharded FSDP checkpoint
+    resumed = fsdp("resumed", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+    for rank in (0, 1):
+        a = _steps(tmp_path / "full" / f"advantages_rank{rank}.jsonl")
+        b = _steps(tmp_path / "resumed" / f"advantages_rank{rank}.jsonl")
+        assert [s["step"] for s in a] == [s["step"] for s in b] == [0, 1, 2]
+        assert all(i.startswith("ecg-") == (rank == 0) for s in a for i in s["ids"])
+        for x, y in zip(a, b):
+            assert x["param_sum"] == y["param_sum"] and x["completion_ids"] == y["completion_ids"]
+            assert x["advantages"] == y["advantages"]
+        assert a[2]["param_sum"] != a[0]["param_sum"]  # it trains (the warm-up makes the first update 0)
+    _same_state(_state(tmp_path / "full" / "checkpoint-3" / "drpo_state.npz"),
+                _state(tmp_path / "resumed" / "checkpoint-3" / "drpo_state.npz"))
+    losses = [h["loss"] for h in json.loads((tmp_path / "full" / "rl_logs.json").read_text())["log_history"]
+              if "loss" in h]
+    resumed_losses = [h["loss"] for h in json.loads((tmp_path / "resumed" / "rl_logs.json").read_text())[
+        "log_history"] if "loss" in h]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] == resumed_losses[-1]
+    final, final_resumed = _final_model(tmp_path / "full" / "model"), _final_model(tmp_path / "resumed" / "model")
+    initial = _final_model(start)
+    assert all(torch.equal(final[k], final_resumed[k]) for k in final)  # the gathered save, identical
+    assert any(not torch.equal(final[k], initial[k]) for k in final)
+
+    # One process scores the same rollouts (every process's completions of step 0, replayed) on one batch of all
+    # four questions. On-policy at step 0 the loss is -sum(advantage * tokens) / tokens (+ a KL that is 0 up to
+    # rounding): the same float32 terms summed in another order and split over 2 processes, so they agree to
+    # float32 rounding (1e-5 relative); the gradient norm passes FSDP's reduce-scatter, hence 1e-4.
+    single = _run([str(start), str(mini_records_path), str(tmp_path / "single"), "--max-steps", "1", "--history", "3",
+                   "--split-ecg", "--batch-size", "8", "--replay", str(tmp_path / "full")])
+    assert single.returncode == 0, single.stderr[-4000:]
+    first = json.loads((tmp_path / "full" / "rl_logs.json").read_text())["log_history"][0]
+    one = json.loads((tmp_path / "single" / "rl_logs.json").read_text())["log_history"][0]
+    assert abs(first["loss"]) > 1e-3  # completions of different lengths: not the trivial zero
+    assert one["loss"] == pytest.approx(first["loss"], rel=1e-5)
+    assert one["grad_norm"] == pytest.approx(first["grad_norm"], rel=1e-4)
+
+
+def test_fsdp2_on_cpu_without_the_modality_safe_forward_breaks(start, mini_records_path, tmp_path):
+    """The same split without ``encoders_every_step``: process 0 runs the ECG encoder where process 1 runs the
+    vision tower, so FSDP's parameter gathers no longer pair up. gloo reports the mismatch; NCCL would hang."""
+    unsafe = tmp_path / "unsafe_start"
+    shutil.copytree(start, unsafe)
+    config = json.loads((unsafe / "config.json").read_text())
+    config["encoders_every_step"] = False
+    (unsafe / "config.json").write_text(json.dumps(config))
+    res = _run([str(unsafe), str(mini_records_path), str(tmp_path / "out"), "--max-steps", "1", "--split-ecg"],
+               timeout=120, accelerate_config=FSDP2_CPU)
+    assert res.returncode != 0  # None: it hung and was killed
+    if res.returncode is not None:
+        assert "collective mismatch" in res.stderr, res.stderr[-3000:]
