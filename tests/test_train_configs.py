@@ -1,9 +1,14 @@
 """Shipped training YAMLs and accelerate configs load; `qoqmed sft` and `qoqmed train --resume` work."""
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -97,3 +102,45 @@ def test_launch_pairs_agree_on_batch_geometry(config, recipe):
     assert generation_batch % rl.num_generations == 0, (
         f"{config.name} + {recipe.name}: {generation_batch} rollouts per generation batch is not a multiple of "
         f"{rl.num_generations} rollouts per question")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _deepspeed_pairs() -> list[tuple[Path, Path]]:
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    return [(c, r) for c, r in _launch_pairs() if ClusterConfig.from_yaml_file(str(c)).distributed_type == "DEEPSPEED"]
+
+
+@pytest.mark.parametrize("config,recipe", _deepspeed_pairs(), ids=lambda p: p.name)
+def test_deepspeed_zero3_configs_start_an_engine_on_cpu(config, recipe, tmp_path):
+    """The strongest DeepSpeed check without GPUs (tests/deepspeed_worker.py): the launcher's environment, the
+    DeepSpeed config accelerate and the trainer make from it for the config's process count, DeepSpeed's own parse
+    of it, and a ZeRO-3 engine in one CPU process taking a training step."""
+    pytest.importorskip("deepspeed")
+    from qoqmed.modeling.tiny import build_tiny
+
+    processor, model = build_tiny(seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    out = tmp_path / "deepspeed.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MASTER_PORT": str(_free_port())}
+    res = subprocess.run([sys.executable, str(ROOT / "tests" / "deepspeed_worker.py"), str(config), str(recipe),
+                          str(tmp_path / "model"), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    seen = json.loads(out.read_text())
+    cluster_rl = RecipeConfig.from_yaml(recipe).rl_settings()
+    assert seen["zero_stage"] == seen["engine_zero_stage"] == 3
+    assert seen["launcher_env"]["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
+    assert seen["micro_batch"] == cluster_rl.batch_size
+    assert seen["gradient_accumulation_steps"] == cluster_rl.gradient_accumulation_steps
+    assert seen["train_batch_size"] == cluster_rl.batch_size * cluster_rl.gradient_accumulation_steps * seen[
+        "world_size"]
+    assert seen["bf16"] is True and seen["filled"]["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"]
+    assert seen["partitioned_at_load"]  # zero3_init_flag: no process ever holds the whole model
+    assert np.isfinite(seen["loss"]) and seen["changed_tensors"] > 0
+    assert seen["gathered_tensors"] == seen["model_tensors"]  # save_model's 16-bit gather is the whole model
