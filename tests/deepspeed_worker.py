@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import socket
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -97,8 +98,10 @@ def main() -> None:
     if left:
         raise ValueError(f"{config.name}: DeepSpeed config keeps 'auto' at {left}")
 
-    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=os.environ.get("MASTER_PORT", "29533"))
+    with socket.socket() as s:  # a free port: other runs may hold the usual one
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     deepspeed.init_distributed(dist_backend="gloo")
     parsed = DeepSpeedConfig(copy.deepcopy(filled), mpu=DataParallel(cluster.num_processes))
 

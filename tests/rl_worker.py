@@ -1,7 +1,7 @@
 """Runs ``train_rl`` for the multi-process and kill-and-resume tests, recording every step's advantages.
 
     python tests/rl_worker.py MODEL_DIR RECORDS.jsonl OUT_DIR [--max-steps 3] [--kill-after-step 2] [--resume]
-    torchrun --nproc_per_node 2 tests/rl_worker.py ...
+    accelerate launch --config_file configs/accelerate/cpu_2proc.yaml tests/rl_worker.py ...
     accelerate launch --config_file configs/accelerate/fsdp2_cpu_2proc.yaml tests/rl_worker.py ... --split-ecg
 
 Each process appends one JSON line per generation step to ``OUT_DIR/advantages_rank{RANK}.jsonl``: the gathered

@@ -41,6 +41,9 @@ def test_trl_private_hooks_keep_their_signatures():
         "_generate_and_score_completions": ["self", "inputs"],
         "compute_loss": ["self", "model", "inputs", "return_outputs", "num_items_in_batch"],
         "_save_checkpoint": ["self", "model", "trial"],
+        "create_accelerator_and_postprocess": ["self"],
+        "save_model": ["self", "output_dir", "_internal_call"],
+        "_save": ["self", "output_dir", "state_dict"],
     }
     for name, params in expected.items():
         assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name

@@ -1,5 +1,5 @@
-"""Training in 2 processes (torchrun, gloo; FSDP2 through accelerate launch) and kill-and-resume runs, each against
-an uninterrupted run."""
+"""Training in 2 CPU processes (gloo; DDP and FSDP2, launched with the shipped accelerate configs) and
+kill-and-resume runs, each against an uninterrupted run."""
 
 import json
 import os
@@ -22,7 +22,8 @@ from qoqmed.train.drpo_state import read_drpo_state
 from rl_worker import read_steps as _steps
 
 WORKER = Path(__file__).with_name("rl_worker.py")
-FSDP2_CPU = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp2_cpu_2proc.yaml"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+DDP_CPU, FSDP2_CPU = CONFIGS / "cpu_2proc.yaml", CONFIGS / "fsdp2_cpu_2proc.yaml"
 SPEC = TinySpec(hidden_size=64, intermediate_size=128, vision_depth=1, vision_hidden=32)
 
 
@@ -48,15 +49,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args, timeout=300, torchrun=False, accelerate_config=None):
-    """The worker in one process, in 2 under torchrun, or as ``accelerate_config`` launches it. On timeout the
-    whole process group is killed, so no hung worker outlives the test; ``returncode`` is then None."""
-    bin_dir = Path(sys.executable).parent
-    if torchrun:
-        cmd = [str(bin_dir / "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()), str(WORKER),
-               *args]
-    elif accelerate_config:
-        cmd = [str(bin_dir / "accelerate"), "launch", "--config_file", str(accelerate_config),
+def _run(args, timeout=300, accelerate_config=None):
+    """The worker in one process, or in the processes ``accelerate launch`` starts for ``accelerate_config``. On
+    timeout the whole process group is killed, so no hung worker outlives the test; ``returncode`` is then None."""
+    if accelerate_config:
+        cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(accelerate_config),
                "--main_process_port", str(_free_port()), str(WORKER), *args]
     else:
         cmd = [sys.executable, str(WORKER), *args]
@@ -117,12 +114,11 @@ def test_kill_after_checkpoint_and_resume_matches_an_uninterrupted_run(start, mi
     assert sorted(set(csv_steps)) == [0, 1, 2]
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun is not installed")
 def test_two_processes_agree_on_advantages_and_train(start, mini_records_path, tmp_path):
+    """DDP on 2 CPU processes, launched with the shipped accelerate config."""
     out = tmp_path / "ddp"
     res = _run([str(start), str(mini_records_path), str(out), "--max-steps", "2", "--mode", "reference"],
-               timeout=400, torchrun=True)
+               timeout=400, accelerate_config=DDP_CPU)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
     r0, r1 = _steps(out / "advantages_rank0.jsonl"), _steps(out / "advantages_rank1.jsonl")
     assert len(r0) == len(r1) == 2
@@ -140,7 +136,7 @@ def test_two_processes_agree_on_advantages_and_train(start, mini_records_path, t
 
     # both processes resume from that checkpoint: one more step, on top of the restored reference history
     res = _run([str(start), str(mini_records_path), str(out), "--max-steps", "3", "--mode", "reference", "--resume"],
-               timeout=400, torchrun=True)
+               timeout=400, accelerate_config=DDP_CPU)
     assert res.returncode == 0, (res.stdout[-2000:], res.stderr[-4000:])
     r0, r1 = _steps(out / "advantages_rank0.jsonl"), _steps(out / "advantages_rank1.jsonl")
     assert [s["step"] for s in r0] == [s["step"] for s in r1] == [0, 1, 2]

@@ -132,7 +132,9 @@ def _state():
     """The process group of this run: one process, or several under ``accelerate launch`` / torchrun."""
     from accelerate import PartialState
 
-    return PartialState()
+    # CPU processes join a gloo group only when asked to (as the trainers' use_cpu does): without it, processes
+    # started by `accelerate launch` on a machine without GPUs would each take themselves for the main one
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def end_distributed() -> None:
