@@ -5,7 +5,8 @@ of those methods, every key of TRL's rollout batch read here and the hand-over o
 pass to the advantage step live in :class:`GRPOTrainerAdapter`; the trainer built on it
 (``qoqmed.train.rl.QoQMedRLTrainer``) fills in plain hooks and never touches TRL's internals:
 
-- :meth:`~GRPOTrainerAdapter.rollout_ecg`: the ECG records of each row (TRL forwards only model inputs it knows);
+- :meth:`~GRPOTrainerAdapter.rollout_ecg`: the ECG records of each row (TRL forwards only model inputs it knows;
+  with ``use_vllm`` they also reach the sampler, see ``qoqmed.train.vllm_rollouts``);
 - :meth:`~GRPOTrainerAdapter.rollout_advantages`: one advantage per rollout of the batch gathered from every process;
 - :meth:`~GRPOTrainerAdapter.record_rollouts`: per-rollout logging of a training or evaluation batch;
 - :meth:`~GRPOTrainerAdapter.evaluation_started` / :meth:`~GRPOTrainerAdapter.evaluation_finished`;
@@ -25,6 +26,9 @@ from pathlib import Path
 import torch
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
+
+from ..modeling.processing_qoqmed import ECG_START
+from .vllm_rollouts import attach_vllm
 
 
 @dataclass
@@ -84,6 +88,7 @@ class GRPOTrainerAdapter(GRPOTrainer):
             raise ValueError(f"reward_weights must be [1.0] (the reward function weighs its components itself), "
                              f"got {self.reward_weights.tolist()}")
         self._active_ecg: torch.Tensor | None = None
+        self._active_ecg_rows: list[torch.Tensor] | None = None  # per row, while its rollouts are generated
         self._scored: ScoredRollouts | None = None  # set by each reward pass, taken once by the step that asked
         # TRL left-pads prompt ids itself but takes mm_token_type_ids from the processor: both must pad left, or
         # every shorter image row is scored with shifted image flags and rotary positions (see _check_alignment)
@@ -93,6 +98,9 @@ class GRPOTrainerAdapter(GRPOTrainer):
             if model is not None:
                 backbone = self.accelerator.unwrap_model(model).model
                 backbone.register_forward_pre_hook(self._inject_ecg, with_kwargs=True)
+        if self.use_vllm:
+            ecg_start = self.processing_class.tokenizer.convert_tokens_to_ids(ECG_START)
+            attach_vllm(self.vllm_generation, lambda: self._active_ecg_rows, ecg_start)
 
     # -- hooks for the trainer built on this class -------------------------------------------------------------
     def rollout_ecg(self, inputs: list[dict]) -> list[torch.Tensor]:
@@ -195,12 +203,12 @@ class GRPOTrainerAdapter(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         mode = "train" if self.model.training else "eval"
         ecg_rows = self.rollout_ecg(inputs)
-        self._active_ecg = self._concat(ecg_rows)
+        self._active_ecg, self._active_ecg_rows = self._concat(ecg_rows), ecg_rows
         try:
             out = super()._generate_and_score_completions(inputs)
             kl = self._rollout_kl(out) if mode == "train" and self.wants_rollout_kl() else None
         finally:
-            self._active_ecg = None
+            self._active_ecg, self._active_ecg_rows = None, None
         out["ecg_rows"] = ecg_rows  # a per-row list, shuffled and split with the batch
         scored = self._take_scored()
         advantages = None

@@ -1,0 +1,78 @@
+"""Rollouts through vLLM (TRL's ``use_vllm``): ECG records to the sampler, and a weight sync that also works on CPU.
+
+TRL's vLLM backend (``trl.generation.vllm_generation.VLLMGeneration``, written against TRL 1.16) samples from token
+ids and images only, and pushes the trained weights through ``model.load_weights``, which fails on CPU: vLLM's CPU
+linear layers keep a packed copy of their weights that only its (re)load path rebuilds. :func:`attach_vllm` fills
+both gaps on the trainer's VLLMGeneration object, without copying any of TRL's code:
+
+- colocate mode: each prompt's ECG records ride in ``multi_modal_data["ecg"]`` (one ``(leads, samples)`` float32
+  array, or a list of them for several), in the order of their ECG blocks, as TRL passes images;
+- :func:`sync_weights` after each optimiser step: on CPU through the model runner's in-place reload (which repacks
+  the weights), then a prefix-cache reset; elsewhere TRL's own sync.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+from trl.generation.vllm_generation import VLLMGeneration
+
+
+def sync_weights(generation: VLLMGeneration) -> None:
+    """Push the training weights into vLLM: one function for every device.
+
+    On CPU, vLLM repacks linear weights for its kernels when it loads them, so the colocated engine is refilled with
+    ``reload_weights`` (in checkpoint format: the names and layout the training model has) and its prefix cache,
+    which holds keys and values of the old weights, is dropped. On GPU and in server mode, TRL's sync.
+    """
+    if generation.mode != "colocate" or generation.accelerator.device.type != "cpu":
+        return VLLMGeneration.sync_weights(generation)
+    runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+    runner.reload_weights(weights_iterator=generation._iter_named_params(), is_checkpoint_format=True)
+    generation.llm.reset_prefix_cache()
+
+
+class _WithECG:
+    """vLLM's ``LLM`` whose ``generate`` adds each prompt's ECG records to its multimodal data."""
+
+    def __init__(self, llm, ecg_rows: Callable[[], list[torch.Tensor] | None], ecg_start_id: int):
+        self._llm, self._ecg_rows, self._ecg_start_id = llm, ecg_rows, ecg_start_id
+
+    def __getattr__(self, name):
+        return getattr(self._llm, name)
+
+    def generate(self, prompts, *args, **kwargs):
+        rows = self._ecg_rows()
+        if rows is not None and any(r.shape[0] for r in rows):
+            if len(rows) != len(prompts):
+                raise RuntimeError(f"vLLM got {len(prompts)} prompts for {len(rows)} rows with ECG records; ECG "
+                                   "rollouts need rl.rollout.tensor_parallel_size 1")
+            prompts = [self._add_ecg(p, r) for p, r in zip(prompts, rows, strict=True)]
+        return self._llm.generate(prompts, *args, **kwargs)
+
+    def _add_ecg(self, prompt: dict, records: torch.Tensor) -> dict:
+        blocks = prompt["prompt_token_ids"].count(self._ecg_start_id)
+        if blocks != records.shape[0]:
+            raise RuntimeError(f"a rollout prompt has {blocks} ECG block(s) but its row {records.shape[0]} ECG "
+                               "record(s): the prompts and the rows' records are out of step")
+        if not blocks:
+            return prompt
+        arrays = [r.float().numpy() for r in records]
+        data = {**prompt.get("multi_modal_data", {}), "ecg": arrays[0] if blocks == 1 else arrays}
+        return {**prompt, "multi_modal_data": data}
+
+
+def attach_vllm(generation: VLLMGeneration, ecg_rows: Callable[[], list[torch.Tensor] | None],
+                ecg_start_id: int) -> None:
+    """Give the trainer's VLLMGeneration the weight sync of :func:`sync_weights` and, in colocate mode, ECG inputs
+    (``ecg_rows()``: the records of each row being generated, or None outside generation)."""
+    if generation.mode == "colocate" and generation.accelerator.device.type == "cpu":
+        if generation.model.config.get_text_config().tie_word_embeddings:
+            # a tied lm_head is not reloaded with the embeddings, so its packed copy would keep the start weights
+            raise ValueError("vLLM rollouts on CPU need untied input and output embeddings "
+                             "(config tie_word_embeddings: false); train this model with rl.rollout.engine hf")
+    generation.sync_weights = partial(sync_weights, generation)
+    if generation.mode == "colocate":
+        generation.llm = _WithECG(generation.llm, ecg_rows, ecg_start_id)
