@@ -1,0 +1,133 @@
+"""The rl.rollout section and the vLLM plumbing that needs no vLLM: settings, weight-sync dispatch, ECG inputs.
+
+The end-to-end run through a colocated vLLM engine is in tests/test_vllm_rl.py (the vLLM environment).
+"""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from trl.generation.vllm_generation import VLLMGeneration
+
+from qoqmed.train.rl import make_grpo_config
+from qoqmed.train.settings import RLSettings
+from qoqmed.train.vllm_rollouts import attach_vllm, sync_weights
+
+ECG_START = 7
+
+
+def test_rollout_section_maps_onto_trl_and_rejects_bad_values(tmp_path):
+    hf = make_grpo_config(RLSettings(), tmp_path, suppress_tokens=[3, 4])
+    assert not hf.use_vllm and hf.generation_kwargs == {"suppress_tokens": [3, 4]}
+    s = RLSettings(rollout={"engine": "vllm", "vllm_mode": "server", "server_url": "http://h:9000",
+                            "importance_sampling": "token_truncate", "importance_sampling_clip_max": 2.0})
+    cfg = make_grpo_config(s, tmp_path, suppress_tokens=[3, 4])
+    assert (cfg.use_vllm, cfg.vllm_mode, cfg.vllm_server_base_url) == (True, "server", "http://h:9000")
+    assert (cfg.vllm_importance_sampling_correction, cfg.vllm_importance_sampling_mode,
+            cfg.vllm_importance_sampling_clip_max) == (True, "token_truncate", 2.0)
+    # vLLM's SamplingParams has no suppress_tokens: the placeholders get the lowest logit bias instead
+    assert cfg.generation_kwargs == {"logit_bias": {3: -100.0, 4: -100.0}}
+    off = make_grpo_config(RLSettings(rollout={"engine": "vllm", "importance_sampling": None}), tmp_path)
+    assert off.use_vllm and not off.vllm_importance_sampling_correction
+    for bad, match in [({"engine": "sglang"}, "engine"), ({"vllm_mode": "remote"}, "vllm_mode"),
+                       ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization"),
+                       ({"importance_sampling": "token"}, "importance_sampling"),
+                       ({"importance_sampling_clip_min": 2.0, "importance_sampling_clip_max": 1.0}, "clip_min"),
+                       ({"engin": "vllm"}, "rl.rollout")]:
+        with pytest.raises(ValueError, match=match):
+            RLSettings(rollout=bad)
+
+
+class _Runner:
+    def __init__(self):
+        self.reloads = []
+
+    def reload_weights(self, weights_iterator, is_checkpoint_format):
+        self.reloads.append(([name for name, _ in weights_iterator], is_checkpoint_format))
+
+
+class _LLM:
+    def __init__(self):
+        self.runner = _Runner()
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
+            model_runner=self.runner)))
+        self.cache_resets = 0
+        self.prompts = None
+
+    def reset_prefix_cache(self):
+        self.cache_resets += 1
+
+    def generate(self, prompts, sampling_params=None, use_tqdm=False):
+        self.prompts = prompts
+        return ["out"] * len(prompts)
+
+
+def _generation(device: str, mode: str = "colocate", tied: bool = False):
+    config = SimpleNamespace(get_text_config=lambda: SimpleNamespace(tie_word_embeddings=tied))
+    return SimpleNamespace(mode=mode, accelerator=SimpleNamespace(device=torch.device(device)),
+                           model=SimpleNamespace(config=config), llm=_LLM(),
+                           _iter_named_params=lambda: iter([("lm_head.weight", torch.zeros(2))]))
+
+
+def test_cpu_sync_reloads_in_place_and_drops_the_prefix_cache(monkeypatch):
+    gen = _generation("cpu")
+    attach_vllm(gen, lambda: None, ECG_START)
+    gen.sync_weights()
+    runner = gen.llm.llm_engine.model_executor.driver_worker.model_runner
+    assert runner.reloads == [(["lm_head.weight"], True)] and gen.llm.cache_resets == 1
+    # elsewhere (a GPU, or a server) TRL's own sync runs
+    calls = []
+    monkeypatch.setattr(VLLMGeneration, "sync_weights", lambda self: calls.append(self.mode))
+    for device, mode in (("meta", "colocate"), ("cpu", "server")):
+        other = _generation(device, mode)
+        sync_weights(other)
+        assert other.llm.runner.reloads == []
+    assert calls == ["colocate", "server"]
+
+
+def test_tied_embeddings_are_refused_on_cpu_where_the_packed_lm_head_would_go_stale():
+    with pytest.raises(ValueError, match="tie_word_embeddings"):
+        attach_vllm(_generation("cpu", tied=True), lambda: None, ECG_START)
+    attach_vllm(_generation("meta", tied=True), lambda: None, ECG_START)  # GPU: TRL's sync keeps the tie
+
+
+def test_ecg_records_reach_vllm_with_their_prompts():
+    rows = None
+    gen = _generation("cpu")
+    attach_vllm(gen, lambda: rows, ECG_START)
+    llm = gen.llm._llm
+    plain = [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [1, ECG_START, 8, 9]}]
+    gen.llm.generate(plain)
+    assert llm.prompts == plain  # outside a rollout nothing is added
+    one, two = torch.randn(1, 8, 20), torch.randn(2, 8, 20)
+    rows = [torch.empty(0, 8, 20), one, two]
+    prompts = [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [ECG_START, 8, 9]},
+               {"prompt_token_ids": [ECG_START, 8, 9, ECG_START, 8, 9], "multi_modal_data": {"image": "img"}}]
+    gen.llm.generate(prompts)
+    sent = llm.prompts
+    assert "multi_modal_data" not in sent[0]
+    np.testing.assert_array_equal(sent[1]["multi_modal_data"]["ecg"], one[0].numpy())
+    assert sent[2]["multi_modal_data"]["image"] == "img" and len(sent[2]["multi_modal_data"]["ecg"]) == 2
+    np.testing.assert_array_equal(sent[2]["multi_modal_data"]["ecg"][1], two[1].numpy())
+    rows = [one, one, one]
+    with pytest.raises(RuntimeError, match="ECG block"):
+        gen.llm.generate(prompts)
+    rows = [one]
+    with pytest.raises(RuntimeError, match="tensor_parallel_size"):
+        gen.llm.generate(prompts)
+
+
+def test_server_mode_refuses_ecg_records_it_cannot_send(mini_records_path, tmp_path):
+    from qoqmed.data.schema import load_records
+    from qoqmed.modeling.tiny import TinySpec, build_tiny
+    from qoqmed.train.rl import build_rl_trainer
+
+    records = load_records(mini_records_path)
+    processor, model = build_tiny([r.problem for r in records], TinySpec(hidden_size=64, intermediate_size=128,
+                                                                          vision_depth=1, vision_hidden=32))
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="ECG records cannot reach the server"):
+        build_rl_trainer(tmp_path / "m", records, tmp_path / "rl",
+                         RLSettings(rollout={"engine": "vllm", "vllm_mode": "server"}))
