@@ -50,13 +50,17 @@ class _Runner:
 class _LLM:
     def __init__(self):
         self.runner = _Runner()
+        self.encoder_resets = 0
         self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(driver_worker=SimpleNamespace(
-            model_runner=self.runner)))
+            model_runner=self.runner)), reset_encoder_cache=self._reset_encoder)
         self.cache_resets = 0
         self.prompts = None
 
     def reset_prefix_cache(self):
         self.cache_resets += 1
+
+    def _reset_encoder(self):
+        self.encoder_resets += 1
 
     def generate(self, prompts, sampling_params=None, use_tqdm=False):
         self.prompts = prompts
@@ -64,9 +68,13 @@ class _LLM:
 
 
 def _generation(device: str, mode: str = "colocate", tied: bool = False):
-    config = SimpleNamespace(get_text_config=lambda: SimpleNamespace(tie_word_embeddings=tied))
-    return SimpleNamespace(mode=mode, accelerator=SimpleNamespace(device=torch.device(device)),
-                           model=SimpleNamespace(config=config), llm=_LLM(),
+    embed = torch.nn.Embedding(4, 2)
+    head = torch.nn.Linear(2, 4, bias=False)
+    if tied:
+        head.weight = embed.weight
+    model = SimpleNamespace(get_input_embeddings=lambda: embed, get_output_embeddings=lambda: head)
+    return SimpleNamespace(mode=mode, accelerator=SimpleNamespace(device=torch.device(device)), model=model,
+                           llm=_LLM(),
                            _iter_named_params=lambda: iter([("lm_head.weight", torch.zeros(2))]))
 
 
@@ -75,14 +83,15 @@ def test_cpu_sync_reloads_in_place_and_drops_the_prefix_cache(monkeypatch):
     attach_vllm(gen, lambda: None, ECG_START)
     gen.sync_weights()
     runner = gen.llm.llm_engine.model_executor.driver_worker.model_runner
-    assert runner.reloads == [(["lm_head.weight"], True)] and gen.llm.cache_resets == 1
-    # elsewhere (a GPU, or a server) TRL's own sync runs
+    assert runner.reloads == [(["lm_head.weight"], True)]
+    assert (gen.llm.cache_resets, gen.llm.encoder_resets) == (1, 1)
+    # elsewhere (a GPU, or a server) TRL's own sync runs; a colocated engine still drops its encoder outputs
     calls = []
     monkeypatch.setattr(VLLMGeneration, "sync_weights", lambda self: calls.append(self.mode))
-    for device, mode in (("meta", "colocate"), ("cpu", "server")):
+    for device, mode, encoder_resets in (("meta", "colocate", 1), ("cpu", "server", 0)):
         other = _generation(device, mode)
         sync_weights(other)
-        assert other.llm.runner.reloads == []
+        assert other.llm.runner.reloads == [] and other.llm.encoder_resets == encoder_resets
     assert calls == ["colocate", "server"]
 
 

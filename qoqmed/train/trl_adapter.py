@@ -20,6 +20,7 @@ there first.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
 from ..modeling.processing_qoqmed import ECG_START
-from .vllm_rollouts import attach_vllm
+from .vllm_rollouts import attach_vllm, engine_dtype
 
 
 @dataclass
@@ -77,8 +78,12 @@ def advantages_of_scorable(scored: ScoredRollouts, kl: torch.Tensor | None,
 class GRPOTrainerAdapter(GRPOTrainer):
     """GRPOTrainer with ECG inputs, the advantage step and checkpoint state handed to plain hooks."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model, reward_funcs, args, **kwargs):
+        colocated = args.use_vllm and args.vllm_mode == "colocate"
+        # the sampler computes in the training pass's precision (mixed precision: its half type)
+        dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else model.dtype
+        with engine_dtype(dtype) if colocated else nullcontext():
+            super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
         # TRL sums the weighted reward columns with nansum and sets rows every function left unscored back to NaN;
         # with one function of weight 1 that sum is the function's column, NaN where it returned None
         if len(self.reward_funcs) != 1:

@@ -7,17 +7,38 @@ both gaps on the trainer's VLLMGeneration object, without copying any of TRL's c
 
 - colocate mode: each prompt's ECG records ride in ``multi_modal_data["ecg"]`` (one ``(leads, samples)`` float32
   array, or a list of them for several), in the order of their ECG blocks, as TRL passes images;
+- :func:`engine_dtype`: the colocated engine computes in the dtype the training pass uses (TRL starts it with
+  vLLM's "auto", which samples a float32 model in bfloat16 or float16);
 - :func:`sync_weights` after each optimiser step: on CPU through the model runner's in-place reload (which repacks
-  the weights), then a prefix-cache reset; elsewhere TRL's own sync.
+  the weights), then a prefix-cache reset; elsewhere TRL's own sync; in colocate mode the engine's cached image and
+  ECG embeddings are dropped as well, since they were computed with the old encoder weights.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import torch
 from trl.generation.vllm_generation import VLLMGeneration
+
+
+@contextmanager
+def engine_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Within the block, TRL starts colocated vLLM engines in ``dtype``.
+
+    vLLM's "auto" dtype downcasts float32 checkpoints, so a model trained in float32 (on CPU) would be sampled in
+    half precision, and the sampled tokens' log-probs would differ from the training pass by several 1e-2.
+    """
+    import trl.generation.vllm_generation as backend
+
+    start = backend.LLM
+    backend.LLM = partial(start, dtype=dtype)
+    try:
+        yield
+    finally:
+        backend.LLM = start
 
 
 def sync_weights(generation: VLLMGeneration) -> None:
@@ -25,13 +46,20 @@ def sync_weights(generation: VLLMGeneration) -> None:
 
     On CPU, vLLM repacks linear weights for its kernels when it loads them, so the colocated engine is refilled with
     ``reload_weights`` (in checkpoint format: the names and layout the training model has) and its prefix cache,
-    which holds keys and values of the old weights, is dropped. On GPU and in server mode, TRL's sync.
+    which holds keys and values of the old weights, is dropped. On GPU and in server mode, TRL's sync. A colocated
+    engine also drops its encoder cache.
     """
-    if generation.mode != "colocate" or generation.accelerator.device.type != "cpu":
+    if generation.mode != "colocate":
         return VLLMGeneration.sync_weights(generation)
-    runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
-    runner.reload_weights(weights_iterator=generation._iter_named_params(), is_checkpoint_format=True)
-    generation.llm.reset_prefix_cache()
+    if generation.accelerator.device.type == "cpu":
+        runner = generation.llm.llm_engine.model_executor.driver_worker.model_runner
+        runner.reload_weights(weights_iterator=generation._iter_named_params(), is_checkpoint_format=True)
+        generation.llm.reset_prefix_cache()
+    else:
+        VLLMGeneration.sync_weights(generation)
+    # the engine reuses image and ECG embeddings of inputs it has seen: those of the old encoder weights must go
+    # (the scheduler's record of them too, or the next step misses the cache it believes it has)
+    generation.llm.llm_engine.reset_encoder_cache()
 
 
 class _WithECG:
@@ -69,7 +97,8 @@ def attach_vllm(generation: VLLMGeneration, ecg_rows: Callable[[], list[torch.Te
     """Give the trainer's VLLMGeneration the weight sync of :func:`sync_weights` and, in colocate mode, ECG inputs
     (``ecg_rows()``: the records of each row being generated, or None outside generation)."""
     if generation.mode == "colocate" and generation.accelerator.device.type == "cpu":
-        if generation.model.config.get_text_config().tie_word_embeddings:
+        model = generation.model
+        if model.get_output_embeddings().weight is model.get_input_embeddings().weight:
             # a tied lm_head is not reloaded with the embeddings, so its packed copy would keep the start weights
             raise ValueError("vLLM rollouts on CPU need untied input and output embeddings "
                              "(config tie_word_embeddings: false); train this model with rl.rollout.engine hf")
