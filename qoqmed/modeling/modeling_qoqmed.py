@@ -209,11 +209,14 @@ class QoQMedForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def placeholder_token_ids(self) -> list[int]:
         """Token ids the model must never generate (multimodal placeholders)."""
-        cfg = self.config
-        ids = [cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id,
-               cfg.ecg_token_id, cfg.ecg_start_token_id, cfg.ecg_end_token_id]
-        return sorted({i for i in ids if i is not None})
+        return placeholder_token_ids(self.config)
 
+
+def placeholder_token_ids(config: QoQMedConfig) -> list[int]:
+    """Token ids a QoQ-Med model must never generate (multimodal placeholders), by its config."""
+    ids = [config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id,
+           config.ecg_token_id, config.ecg_start_token_id, config.ecg_end_token_id]
+    return sorted({i for i in ids if i is not None})
 
 
 def model_parts(model: QoQMedForConditionalGeneration) -> dict[str, list[nn.Module]]:
