@@ -14,7 +14,8 @@ from qoqmed.train.rl import make_grpo_config
 from qoqmed.train.settings import RLSettings
 from qoqmed.train.vllm_rollouts import attach_vllm, sync_weights
 
-ECG_START = 7
+ECG_START, ECG_PAD, IMAGE_PAD = 7, 8, 5
+PADS = frozenset({ECG_PAD, IMAGE_PAD})
 
 
 def test_rollout_section_maps_onto_trl_and_rejects_bad_values(tmp_path):
@@ -80,7 +81,7 @@ def _generation(device: str, mode: str = "colocate", tied: bool = False):
 
 def test_cpu_sync_reloads_in_place_and_drops_the_prefix_cache(monkeypatch):
     gen = _generation("cpu")
-    attach_vllm(gen, lambda: None, ECG_START)
+    attach_vllm(gen, lambda: None, ECG_START, PADS)
     gen.sync_weights()
     runner = gen.llm.llm_engine.model_executor.driver_worker.model_runner
     assert runner.reloads == [(["lm_head.weight"], True)]
@@ -97,26 +98,30 @@ def test_cpu_sync_reloads_in_place_and_drops_the_prefix_cache(monkeypatch):
 
 def test_tied_embeddings_are_refused_on_cpu_where_the_packed_lm_head_would_go_stale():
     with pytest.raises(ValueError, match="tie_word_embeddings"):
-        attach_vllm(_generation("cpu", tied=True), lambda: None, ECG_START)
-    attach_vllm(_generation("meta", tied=True), lambda: None, ECG_START)  # GPU: TRL's sync keeps the tie
+        attach_vllm(_generation("cpu", tied=True), lambda: None, ECG_START, PADS)
+    attach_vllm(_generation("meta", tied=True), lambda: None, ECG_START, PADS)  # GPU: TRL's sync keeps the tie
 
 
-def test_ecg_records_reach_vllm_with_their_prompts():
+def test_ecg_records_reach_vllm_with_their_prompts_and_placeholder_runs_are_cut_to_one():
     rows = None
     gen = _generation("cpu")
-    attach_vllm(gen, lambda: rows, ECG_START)
+    attach_vllm(gen, lambda: rows, ECG_START, PADS)
     llm = gen.llm._llm
-    plain = [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [1, ECG_START, 8, 9]}]
-    gen.llm.generate(plain)
-    assert llm.prompts == plain  # outside a rollout nothing is added
+    gen.llm.generate([{"prompt_token_ids": [1, 2]}])
+    assert llm.prompts == [{"prompt_token_ids": [1, 2]}]  # outside a rollout nothing is added
     one, two = torch.randn(1, 8, 20), torch.randn(2, 8, 20)
     rows = [torch.empty(0, 8, 20), one, two]
-    prompts = [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [ECG_START, 8, 9]},
-               {"prompt_token_ids": [ECG_START, 8, 9, ECG_START, 8, 9], "multi_modal_data": {"image": "img"}}]
+    ecg_block = [ECG_START, ECG_PAD, ECG_PAD, ECG_PAD, 9]
+    prompts = [{"prompt_token_ids": [1, 2, 2]}, {"prompt_token_ids": [3, *ecg_block, 4]},
+               {"prompt_token_ids": [*ecg_block, IMAGE_PAD, IMAGE_PAD, 6, *ecg_block],
+                "multi_modal_data": {"image": "img"}}]
     gen.llm.generate(prompts)
     sent = llm.prompts
-    assert "multi_modal_data" not in sent[0]
-    np.testing.assert_array_equal(sent[1]["multi_modal_data"]["ecg"], one[0].numpy())
+    assert sent[0] == {"prompt_token_ids": [1, 2, 2]}  # only placeholder runs are cut
+    assert sent[1]["prompt_token_ids"] == [3, ECG_START, ECG_PAD, 9, 4]
+    assert sent[2]["prompt_token_ids"] == [ECG_START, ECG_PAD, 9, IMAGE_PAD, 6, ECG_START, ECG_PAD, 9]
+    assert len(sent[1]["multi_modal_data"]["ecg"]) == 1
+    np.testing.assert_array_equal(sent[1]["multi_modal_data"]["ecg"][0], one[0].numpy())
     assert sent[2]["multi_modal_data"]["image"] == "img" and len(sent[2]["multi_modal_data"]["ecg"]) == 2
     np.testing.assert_array_equal(sent[2]["multi_modal_data"]["ecg"][1], two[1].numpy())
     rows = [one, one, one]

@@ -104,8 +104,10 @@ class GRPOTrainerAdapter(GRPOTrainer):
                 backbone = self.accelerator.unwrap_model(model).model
                 backbone.register_forward_pre_hook(self._inject_ecg, with_kwargs=True)
         if self.use_vllm:
-            ecg_start = self.processing_class.tokenizer.convert_tokens_to_ids(ECG_START)
-            attach_vllm(self.vllm_generation, lambda: self._active_ecg_rows, ecg_start)
+            proc = self.processing_class
+            attach_vllm(self.vllm_generation, lambda: self._active_ecg_rows,
+                        proc.tokenizer.convert_tokens_to_ids(ECG_START),
+                        frozenset({proc.image_token_id, proc.ecg_token_id}))
 
     # -- hooks for the trainer built on this class -------------------------------------------------------------
     def rollout_ecg(self, inputs: list[dict]) -> list[torch.Tensor]:

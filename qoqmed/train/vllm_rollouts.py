@@ -5,8 +5,9 @@ ids and images only, and pushes the trained weights through ``model.load_weights
 linear layers keep a packed copy of their weights that only its (re)load path rebuilds. :func:`attach_vllm` fills
 both gaps on the trainer's VLLMGeneration object, without copying any of TRL's code:
 
-- colocate mode: each prompt's ECG records ride in ``multi_modal_data["ecg"]`` (one ``(leads, samples)`` float32
-  array, or a list of them for several), in the order of their ECG blocks, as TRL passes images;
+- colocate mode: each prompt's ECG records ride in ``multi_modal_data["ecg"]`` (a list of ``(leads, samples)``
+  float32 arrays in the order of their ECG blocks, as ``qoqmed.modeling.vllm_plugin.vllm_request`` writes it), and
+  the processor's expanded placeholder runs are cut to one token each, which vLLM expands again;
 - :func:`engine_dtype`: the colocated engine computes in the dtype the training pass uses (TRL starts it with
   vLLM's "auto", which samples a float32 model in bfloat16 or float16);
 - :func:`sync_weights` after each optimiser step: on CPU through the model runner's in-place reload (which repacks
@@ -62,11 +63,22 @@ def sync_weights(generation: VLLMGeneration) -> None:
     generation.llm.llm_engine.reset_encoder_cache()
 
 
-class _WithECG:
-    """vLLM's ``LLM`` whose ``generate`` adds each prompt's ECG records to its multimodal data."""
+def collapse_runs(ids: list[int], pads: frozenset[int]) -> list[int]:
+    """``ids`` with every run of one placeholder token cut to a single token.
 
-    def __init__(self, llm, ecg_rows: Callable[[], list[torch.Tensor] | None], ecg_start_id: int):
-        self._llm, self._ecg_rows, self._ecg_start_id = llm, ecg_rows, ecg_start_id
+    The processor expands each image or ECG block to its full count of placeholders, and vLLM expands each
+    placeholder of a token prompt again, so the engine gets one per block and expands it to the same count.
+    """
+    return [t for i, t in enumerate(ids) if t not in pads or i == 0 or ids[i - 1] != t]
+
+
+class _QoQMedRequests:
+    """vLLM's ``LLM`` whose ``generate`` turns TRL's requests into QoQ-Med's: placeholder runs collapsed, and each
+    prompt's ECG records added to its multimodal data."""
+
+    def __init__(self, llm, ecg_rows: Callable[[], list[torch.Tensor] | None], ecg_start_id: int,
+                 pads: frozenset[int]):
+        self._llm, self._ecg_rows, self._ecg_start_id, self._pads = llm, ecg_rows, ecg_start_id, pads
 
     def __getattr__(self, name):
         return getattr(self._llm, name)
@@ -78,6 +90,8 @@ class _WithECG:
                 raise RuntimeError(f"vLLM got {len(prompts)} prompts for {len(rows)} rows with ECG records; ECG "
                                    "rollouts need rl.rollout.tensor_parallel_size 1")
             prompts = [self._add_ecg(p, r) for p, r in zip(prompts, rows, strict=True)]
+        prompts = [{**p, "prompt_token_ids": collapse_runs(p["prompt_token_ids"], self._pads)}
+                   if isinstance(p, dict) and "prompt_token_ids" in p else p for p in prompts]
         return self._llm.generate(prompts, *args, **kwargs)
 
     def _add_ecg(self, prompt: dict, records: torch.Tensor) -> dict:
@@ -87,15 +101,15 @@ class _WithECG:
                                "record(s): the prompts and the rows' records are out of step")
         if not blocks:
             return prompt
-        arrays = [r.float().numpy() for r in records]
-        data = {**prompt.get("multi_modal_data", {}), "ecg": arrays[0] if blocks == 1 else arrays}
+        data = {**prompt.get("multi_modal_data", {}), "ecg": [r.float().numpy() for r in records]}
         return {**prompt, "multi_modal_data": data}
 
 
 def attach_vllm(generation: VLLMGeneration, ecg_rows: Callable[[], list[torch.Tensor] | None],
-                ecg_start_id: int) -> None:
-    """Give the trainer's VLLMGeneration the weight sync of :func:`sync_weights` and, in colocate mode, ECG inputs
-    (``ecg_rows()``: the records of each row being generated, or None outside generation)."""
+                ecg_start_id: int, pads: frozenset[int]) -> None:
+    """Give the trainer's VLLMGeneration the weight sync of :func:`sync_weights` and, in colocate mode, QoQ-Med's
+    requests (``ecg_rows()``: the records of each row being generated, or None outside generation; ``pads``: the
+    image and ECG placeholder ids)."""
     if generation.mode == "colocate" and generation.accelerator.device.type == "cpu":
         model = generation.model
         if model.get_output_embeddings().weight is model.get_input_embeddings().weight:
@@ -104,4 +118,4 @@ def attach_vllm(generation: VLLMGeneration, ecg_rows: Callable[[], list[torch.Te
                              "(config tie_word_embeddings: false); train this model with rl.rollout.engine hf")
     generation.sync_weights = partial(sync_weights, generation)
     if generation.mode == "colocate":
-        generation.llm = _WithECG(generation.llm, ecg_rows, ecg_start_id)
+        generation.llm = _QoQMedRequests(generation.llm, ecg_rows, ecg_start_id, pads)
