@@ -5,7 +5,7 @@
 Needs vLLM and the qoqmed vLLM model (the ``vllm`` extra). Builds the quickstart-size tiny QoQ-Med (head size 32,
 which vLLM's CPU attention accepts) and CLIMB-mini records; per prompt kind (ECG + text, image + text) it samples
 ``--questions`` x 4 rollouts of exactly ``--tokens`` tokens with each engine, then runs ``--rl-steps`` DRPO steps
-with each rollout engine (TRL colocate mode for vLLM) and reports the mean step time after the first step.
+with each rollout engine (TRL colocate mode for vLLM) and reports the median step time after the first step.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,11 +22,14 @@ from pathlib import Path
 import torch
 
 from qoqmed.data.climb_mini import generate_climb_mini
-from qoqmed.data.prompts import encode_batch, load_record
+from qoqmed.data.prompts import encode_batch, load_record, messages_for
 from qoqmed.data.schema import load_records
 from qoqmed.modeling.tiny import build_tiny
+from qoqmed.modeling.vllm_plugin import blocked_words, register, vllm_request
 from qoqmed.train.rl import build_rl_trainer
 from qoqmed.train.settings import RLSettings
+
+register()  # the vllm.general_plugins entry point does this where qoqmed is installed
 
 GENERATIONS = 4
 KINDS = {"ecg": lambda r: bool(r.ecg) and not r.images, "image": lambda r: bool(r.images) and not r.ecg,
@@ -33,15 +37,9 @@ KINDS = {"ecg": lambda r: bool(r.ecg) and not r.images, "image": lambda r: bool(
 
 
 def vllm_prompt(processor, item) -> dict:
-    """One vLLM request: the token ids the trainer would send (placeholders expanded) and the raw inputs."""
-    ids = encode_batch(processor, [item])["input_ids"][0].tolist()
-    data = {}
-    if item.images:
-        data["image"] = item.images if len(item.images) > 1 else item.images[0]
-    if item.ecgs:
-        ecgs = [e.numpy() if isinstance(e, torch.Tensor) else e for e in item.ecgs]
-        data["ecg"] = ecgs if len(ecgs) > 1 else ecgs[0]
-    return {"prompt_token_ids": ids, **({"multi_modal_data": data} if data else {})}
+    """One vLLM request with the prompt ``generate`` gets (the same chat text, images and ECG records)."""
+    text = processor.apply_chat_template(messages_for(item), add_generation_prompt=True)
+    return vllm_request(text, item.images, item.ecgs)
 
 
 def time_generate(model, processor, items, tokens: int, suppress: list[int]) -> float:
@@ -55,11 +53,10 @@ def time_generate(model, processor, items, tokens: int, suppress: list[int]) -> 
     return dt
 
 
-def time_vllm(llm, processor, items, tokens: int, suppress: list[int]) -> float:
+def time_vllm(llm, processor, items, tokens: int, blocked: list[str]) -> float:
     from vllm import SamplingParams
 
-    params = SamplingParams(max_tokens=tokens, min_tokens=tokens, temperature=1.0,
-                            logit_bias={t: -100.0 for t in suppress})
+    params = SamplingParams(max_tokens=tokens, min_tokens=tokens, temperature=1.0, bad_words=blocked)
     prompts = [vllm_prompt(processor, item) for item in items]
     t0 = time.perf_counter()
     outs = llm.generate(prompts, sampling_params=params, use_tqdm=False)
@@ -72,10 +69,9 @@ def logged(trainer, key: str) -> list[float]:
     return [h[key] for h in trainer.state.log_history if key in h]
 
 
-def mean_step_after_first(trainer) -> float:
-    """Mean time of the trainer's steps after its first (the first one also warms up both engines)."""
-    times = logged(trainer, "step_time")[1:]
-    return sum(times) / len(times)
+def median_step_after_first(trainer) -> float:
+    """Median time of the trainer's steps after its first (the first one also warms up the engine)."""
+    return statistics.median(logged(trainer, "step_time")[1:])
 
 
 def main() -> None:
@@ -84,12 +80,13 @@ def main() -> None:
     ap.add_argument("--kinds", default="ecg,image", help=f"prompt kinds, from {sorted(KINDS)}")
     ap.add_argument("--questions", type=int, default=8, help="questions per kind (x4 rollouts each)")
     ap.add_argument("--tokens", type=int, default=64, help="tokens per rollout")
-    ap.add_argument("--rl-steps", type=int, default=3)
+    ap.add_argument("--rl-steps", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating generate / vLLM rounds per kind")
     args = ap.parse_args()
     kinds = args.kinds.split(",")
     results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}",
                      "threads": torch.get_num_threads(), "rollouts_per_kind": args.questions * GENERATIONS,
-                     "tokens_per_rollout": args.tokens}
+                     "tokens_per_rollout": args.tokens, "load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate_climb_mini(tmp / "data", n_train=144, n_val=36, n_test=36, seed=0)
@@ -99,6 +96,7 @@ def main() -> None:
         processor.save_pretrained(tmp / "m")
         model.eval()
         suppress = model.placeholder_token_ids()
+        blocked = blocked_words(model.config, processor.tokenizer)
         results["parameters"] = sum(p.numel() for p in model.parameters())
         chosen = {k: [r for r in train if KINDS[k](r)][:args.questions] for k in kinds}
         rl_records = [r for k in kinds for r in chosen[k]]
@@ -114,23 +112,28 @@ def main() -> None:
         llm = trainer.vllm_generation.llm
         for kind in kinds:
             items = [load_record(r) for r in chosen[kind] for _ in range(GENERATIONS)]
-            time_vllm(llm, processor, items[:2], 4, suppress)  # warm-up of both engines
+            time_vllm(llm, processor, items[:2], 4, blocked)  # warm-up of both engines
             time_generate(model, processor, items[:2], 4, suppress)
             n = len(items) * args.tokens
-            hf = n / time_generate(model, processor, items, args.tokens, suppress)
-            vl = n / time_vllm(llm, processor, items, args.tokens, suppress)
+            # alternating rounds, medians: other work on a shared machine hits both engines alike
+            hf, vl = [], []
+            for _ in range(args.rounds):
+                hf.append(n / time_generate(model, processor, items, args.tokens, suppress))
+                vl.append(n / time_vllm(llm, processor, items, args.tokens, blocked))
+            hf, vl = statistics.median(hf), statistics.median(vl)
             results[kind] = {"generate_tokens_per_s": round(hf, 1), "vllm_tokens_per_s": round(vl, 1),
                              "speedup": round(vl / hf, 2)}
             print(kind, results[kind], flush=True)
         trainer.train()
-        vllm_step = mean_step_after_first(trainer)
+        vllm_step = median_step_after_first(trainer)
         gaps = logged(trainer, "sampling/sampling_logp_difference/max")
         hf_trainer = build_rl_trainer(tmp / "m", rl_records, tmp / "rl_hf", RLSettings(**common))
         hf_trainer.train()
-        hf_step = mean_step_after_first(hf_trainer)
+        hf_step = median_step_after_first(hf_trainer)
         results["rl_step"] = {"rollouts": common["batch_size"], "generate_s": round(hf_step, 2),
                               "vllm_s": round(vllm_step, 2), "speedup": round(hf_step / vllm_step, 2),
                               "vllm_logp_gap_max_per_step": [round(g, 5) for g in gaps]}
+    results["load_average_at_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
