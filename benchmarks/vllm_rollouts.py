@@ -134,10 +134,10 @@ def main() -> None:
                               "vllm_s": round(vllm_step, 2), "speedup": round(hf_step / vllm_step, 2),
                               "vllm_logp_gap_max_per_step": [round(g, 5) for g in gaps]}
     results["load_average_at_end"] = os.getloadavg()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    text = json.dumps(results, indent=2)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text + "\n")
 
 
 if __name__ == "__main__":
