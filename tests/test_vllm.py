@@ -144,3 +144,17 @@ def test_inputs_beyond_the_engine_limits_name_the_field(pair):
 
     with pytest.raises(InputError, match=rf"ecg: .*{engine.limits['ecg'] + 1} ecg inputs.*at most"):
         pipe.prepare("Rhythm?", ecg=[ecg] * (engine.limits["ecg"] + 1))
+
+
+def test_qoqmed_imports_no_vllm_and_installs_the_plugin():
+    """vLLM finds the plugin through the installed entry point; importing qoqmed itself loads nothing of vLLM."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    plugins = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
+    assert plugins.get("qoqmed") == "qoqmed.modeling.vllm_plugin:register"
+    code = ("import sys, qoqmed.modeling, qoqmed.modeling.vllm_plugin, qoqmed.infer, qoqmed.serve, qoqmed.cli; "
+            "print(sorted(m for m in sys.modules if m == 'vllm' or m.startswith('vllm.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
