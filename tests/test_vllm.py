@@ -102,7 +102,7 @@ def test_logprobs_match_transformers_on_a_fixed_prompt(pair, runs):
     theirs = torch.tensor(prompt_lp + answer_lp)
     ours = _hf_logprobs(model, run["enc"], new)
     assert theirs.shape == ours.shape
-    assert (theirs - ours).abs().max().item() < 1e-3, (theirs - ours).abs().max().item()
+    assert (theirs - ours).abs().max().item() < 1e-4, (theirs - ours).abs().max().item()  # measured: 1e-6
 
 
 def test_the_ecg_record_changes_what_vllm_computes(pair):
