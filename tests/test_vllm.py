@@ -12,6 +12,7 @@ from qoqmed.infer import QoQMedPipeline
 from qoqmed.modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages, volume_parts
 from qoqmed.modeling.vllm_plugin import blocked_words, vllm_request
 
+pytest.importorskip("vllm", reason="vLLM is not installed; `make test-vllm` builds an environment with it")
 pytestmark = pytest.mark.vllm
 MAX_NEW = 16
 
