@@ -12,6 +12,7 @@ from qoqmed.infer import QoQMedPipeline
 from qoqmed.modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages, volume_parts
 from qoqmed.modeling.vllm_plugin import blocked_words, vllm_request
 
+pytest.importorskip("vllm", reason="vLLM is not installed; `make test-vllm` builds an environment with it")
 pytestmark = pytest.mark.vllm
 MAX_NEW = 16
 
@@ -102,7 +103,7 @@ def test_logprobs_match_transformers_on_a_fixed_prompt(pair, runs):
     theirs = torch.tensor(prompt_lp + answer_lp)
     ours = _hf_logprobs(model, run["enc"], new)
     assert theirs.shape == ours.shape
-    assert (theirs - ours).abs().max().item() < 1e-3, (theirs - ours).abs().max().item()
+    assert (theirs - ours).abs().max().item() < 1e-4, (theirs - ours).abs().max().item()  # measured: 1e-6
 
 
 def test_the_ecg_record_changes_what_vllm_computes(pair):
@@ -144,3 +145,17 @@ def test_inputs_beyond_the_engine_limits_name_the_field(pair):
 
     with pytest.raises(InputError, match=rf"ecg: .*{engine.limits['ecg'] + 1} ecg inputs.*at most"):
         pipe.prepare("Rhythm?", ecg=[ecg] * (engine.limits["ecg"] + 1))
+
+
+def test_qoqmed_imports_no_vllm_and_installs_the_plugin():
+    """vLLM finds the plugin through the installed entry point; importing qoqmed itself loads nothing of vLLM."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    plugins = {ep.name: ep.value for ep in entry_points(group="vllm.general_plugins")}
+    assert plugins.get("qoqmed") == "qoqmed.modeling.vllm_plugin:register"
+    code = ("import sys, qoqmed.modeling, qoqmed.modeling.vllm_plugin, qoqmed.infer, qoqmed.serve, qoqmed.cli; "
+            "print(sorted(m for m in sys.modules if m == 'vllm' or m.startswith('vllm.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
