@@ -12,14 +12,14 @@ import torch
 pytest.importorskip("vllm")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache: the tiny model needs little
 
-from vllm import SamplingParams  # noqa: E402
+from vllm import SamplingParams
 
-from qoqmed.data.schema import load_records  # noqa: E402
-from qoqmed.modeling import QoQMedForConditionalGeneration  # noqa: E402
-from qoqmed.modeling.tiny import TinySpec, build_tiny  # noqa: E402
-from qoqmed.modeling.vllm_plugin import register  # noqa: E402
-from qoqmed.train.rl import QoQMedRLTrainer, build_rl_dataset, make_grpo_config  # noqa: E402
-from qoqmed.train.settings import RLSettings  # noqa: E402
+from qoqmed.data.schema import load_records
+from qoqmed.modeling import QoQMedForConditionalGeneration
+from qoqmed.modeling.tiny import TinySpec, build_tiny
+from qoqmed.modeling.vllm_plugin import register
+from qoqmed.train.rl import QoQMedRLTrainer, build_rl_dataset, make_grpo_config
+from qoqmed.train.settings import RLSettings
 
 register()  # the entry point does this where qoqmed is installed
 
