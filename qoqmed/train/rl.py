@@ -341,7 +341,7 @@ def _vllm_options(r: RolloutSettings) -> dict:
         vllm_enable_sleep_mode=r.enable_sleep_mode, vllm_server_base_url=r.server_url,
         vllm_server_timeout=r.server_timeout,
         vllm_importance_sampling_correction=r.importance_sampling is not None,
-        vllm_importance_sampling_mode=r.importance_sampling or "sequence_mask",
+        vllm_importance_sampling_mode=r.importance_sampling or "token_truncate",
         vllm_importance_sampling_clip_max=r.importance_sampling_clip_max,
         vllm_importance_sampling_clip_min=r.importance_sampling_clip_min,
     )

@@ -75,7 +75,9 @@ class RolloutSettings:
     enable_sleep_mode: bool = False      # colocate: free vLLM's memory during the optimiser step
     server_url: str | None = None        # server: e.g. http://10.0.0.2:8000 (None: http://0.0.0.0:8000)
     server_timeout: float = 240.0        # server: seconds to wait for it to come up
-    importance_sampling: str | None = "sequence_mask"  # token_/sequence_ truncate | mask, or None
+    # token_truncate: each token's ratio clipped at clip_max (the loss is a token mean); a sequence-level ratio would
+    # multiply a small per-token gap over every token of a long rollout
+    importance_sampling: str | None = "token_truncate"  # token_/sequence_ truncate | mask, or None
     importance_sampling_clip_max: float | None = 3.0
     importance_sampling_clip_min: float | None = None
 
