@@ -40,6 +40,35 @@ def test_rollout_section_maps_onto_trl_and_rejects_bad_values(tmp_path):
             RLSettings(rollout=bad)
 
 
+def test_the_trl_vllm_internals_relied_on_exist():
+    """TRL 1.16's vLLM backend as vllm_rollouts uses it; an upgrade that changes it must fail here first."""
+    import inspect
+
+    from trl import GRPOConfig
+
+    assert list(inspect.signature(VLLMGeneration.sync_weights).parameters) == ["self"]
+    assert list(inspect.signature(VLLMGeneration._iter_named_params).parameters) == ["self"]
+    fields = set(GRPOConfig.__dataclass_fields__)
+    assert {"use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_max_model_length",
+            "vllm_tensor_parallel_size", "vllm_enable_sleep_mode", "vllm_server_base_url", "vllm_server_timeout",
+            "vllm_importance_sampling_correction", "vllm_importance_sampling_mode",
+            "vllm_importance_sampling_clip_max", "vllm_importance_sampling_clip_min"} <= fields
+
+
+def test_without_vllm_the_dtype_patch_steps_aside():
+    """Where vLLM is not installed the user gets TRL's message that it is missing, not an AttributeError here."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vLLM is installed here")
+    from qoqmed.train.vllm_rollouts import engine_dtype
+
+    with engine_dtype(torch.float32):
+        pass
+
+
 class _Runner:
     def __init__(self):
         self.reloads = []

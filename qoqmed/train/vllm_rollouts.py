@@ -34,6 +34,9 @@ def engine_dtype(dtype: torch.dtype) -> Iterator[None]:
     """
     import trl.generation.vllm_generation as backend
 
+    if not hasattr(backend, "LLM"):  # vLLM not installed: TRL's own error says so
+        yield
+        return
     start = backend.LLM
     backend.LLM = partial(start, dtype=dtype)
     try:
