@@ -1,6 +1,6 @@
-"""Parameters and memory of QoQ-Med at tiny, 7B and 32B scale, from the published Qwen2.5-VL configurations.
+"""Parameters and memory of QoQ-Med at tiny, 3B, 7B and 32B scale, from the published Qwen2.5-VL configurations.
 
-The 7B/32B models are instantiated on the meta device (no weights, no download), with the published ECG-JEPA
+The 3B/7B/32B models are instantiated on the meta device (no weights, no download), with the published ECG-JEPA
 encoder (768 wide, 12 blocks, 16 heads) and the reference linear projector. Memory figures are for weights and
 optimizer state only; activations depend on sequence length, batch size and checkpointing and come on top.
 
@@ -22,12 +22,15 @@ from qoqmed.modeling.tiny import build_tiny
 
 GIB = 1024**3
 
-# Published config.json values of Qwen/Qwen2.5-VL-7B-Instruct and Qwen/Qwen2.5-VL-32B-Instruct.
+# Published config.json values of Qwen/Qwen2.5-VL-{3B,7B,32B}-Instruct (3B: smaller vocabulary, tied head).
 _VISION = dict(depth=32, hidden_size=1280, num_heads=16, patch_size=14, spatial_merge_size=2, temporal_patch_size=2,
                window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2, hidden_act="silu")
 _TEXT = dict(vocab_size=152064, max_position_embeddings=128000, rms_norm_eps=1e-6, hidden_act="silu",
              rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
 PUBLISHED = {
+    "3B": dict(text=dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+                         num_key_value_heads=2, **{**_TEXT, "vocab_size": 151936}),
+               vision=dict(intermediate_size=3420, out_hidden_size=2048, **_VISION), tie_word_embeddings=True),
     "7B": dict(text=dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                          num_key_value_heads=4, **_TEXT),
                vision=dict(intermediate_size=3420, out_hidden_size=3584, **_VISION)),
@@ -42,7 +45,8 @@ TOKEN_IDS = dict(image_token_id=151655, video_token_id=151656, vision_start_toke
 
 def real_config(name: str) -> QoQMedConfig:
     spec = PUBLISHED[name]
-    return QoQMedConfig(text_config=spec["text"], vision_config=spec["vision"], tie_word_embeddings=False,
+    return QoQMedConfig(text_config=spec["text"], vision_config=spec["vision"],
+                        tie_word_embeddings=spec.get("tie_word_embeddings", False),
                         ecg_token_mode="pooled", ecg_projector="linear", **TOKEN_IDS)
 
 

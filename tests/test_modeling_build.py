@@ -215,7 +215,7 @@ def test_cli_model_init_and_info(base, ecg_ckpt, tmp_path):
 
 
 def test_size_table_matches_published_parameter_counts():
-    """The 7B/32B hyper-parameters written into benchmarks/model_sizes.py give the published model sizes."""
+    """The 3B/7B/32B hyper-parameters written into benchmarks/model_sizes.py give the published model sizes."""
     import importlib.util
     from pathlib import Path
 
@@ -223,7 +223,7 @@ def test_size_table_matches_published_parameter_counts():
     spec = importlib.util.spec_from_file_location("model_sizes", path)
     sizes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sizes)
-    for name, published in (("7B", 8.29e9), ("32B", 33.45e9)):  # Qwen2.5-VL-{7B,32B}-Instruct model cards
+    for name, published in (("3B", 3.75e9), ("7B", 8.29e9), ("32B", 33.45e9)):  # Qwen2.5-VL-*-Instruct cards
         with torch.device("meta"):
             model = QoQMedForConditionalGeneration(sizes.real_config(name))
         counts = parameter_counts(model)

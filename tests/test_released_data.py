@@ -188,3 +188,30 @@ def test_csv_ecg_rate_mismatch_is_reported_by_validate(tmp_path):
     path.write_text(json.dumps(row) + "\n")
     problems = validate_records(path).problems
     assert len(problems) == 1 and problems[0].field == "ecg[0]" and "shorter than the 10 s window" in problems[0].reason
+
+
+def test_released_layout_with_user_domains_validates_and_trains(released, tmp_path):
+    """Rows under oct/ and dental/ folders (user domains), as they are, through validation and two DRPO steps."""
+    from qoqmed.modeling.tiny import TinySpec, build_tiny
+    from qoqmed.train.drpo_state import read_drpo_state
+    from qoqmed.train.rl import train_rl
+    from qoqmed.train.settings import RLSettings
+
+    (released.parent / "dental" / "panoramic").mkdir(parents=True)
+    Image.fromarray(np.full((28, 28, 3), 140, np.uint8)).save(released.parent / "dental" / "panoramic" / "e.png")
+    with released.open("a") as fh:
+        fh.write(json.dumps({"problem": "<image>Caries? Options: yes, no.", "answer": "no",
+                             "images": ["dental/panoramic/e.png"]}) + "\n")
+    assert validate_records(released).ok
+    records = load_records(released)
+    assert {"oct", "dental"} <= {r.domain for r in records}
+    processor, model = build_tiny([r.problem for r in records] + [r.answer for r in records],
+                                  TinySpec(hidden_size=64, intermediate_size=128, vision_depth=1, vision_hidden=32))
+    model.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    settings = RLSettings(estimator="drpo", num_generations=2, batch_size=12, max_steps=2, max_completion_length=8,
+                          logging_steps=1, learning_rate=1e-2)
+    logs = train_rl(tmp_path / "start", records, tmp_path / "rl", settings)
+    assert len(logs["domains"]) == 2
+    seen = read_drpo_state(tmp_path / "rl" / "model" / "drpo_state.npz")["seen"]
+    assert {"oct", "dental", "dermoscopy", "mammography"} <= set(seen)

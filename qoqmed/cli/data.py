@@ -16,14 +16,17 @@ convert_app = typer.Typer(
     help="Convert existing datasets to qoqmed jsonl records (one <split>.jsonl per split).", no_args_is_help=True)
 data_app.add_typer(convert_app, name="convert")
 
+# The row counts and seed of both generators.
+NTrain = Annotated[int, typer.Option(help="Training records.")]
+NVal = Annotated[int, typer.Option(help="Validation records.")]
+NTest = Annotated[int, typer.Option(help="Test records.")]
+Seed = Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")]
+
 
 @data_app.command("generate")
 def data_generate(
     out: Annotated[Path, typer.Argument(help="Folder to write train/val/test.jsonl, files and datasheet.md.")],
-    n_train: Annotated[int, typer.Option(help="Training records.")] = 720,
-    n_val: Annotated[int, typer.Option(help="Validation records.")] = 90,
-    n_test: Annotated[int, typer.Option(help="Test records.")] = 180,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    n_train: NTrain = 720, n_val: NVal = 90, n_test: NTest = 180, seed: Seed = 0,
     mix: Annotated[Optional[str], typer.Option(help="Train domain mix as domain=weight pairs, e.g. "
                                                     "'ct=0.6,ecg=0.2,mri=0.01' (unlisted domains get 0 plus the "
                                                     "minimum); default: the paper's skew (ct dominant, three "
@@ -53,6 +56,22 @@ def data_generate(
                                    domain_weights=weights, min_per_domain=min_per_domain,
                                    hard_fraction=hard_fraction, overwrite=overwrite)
     console.print(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in _split_counts(info).items())})")
+
+
+@data_app.command("generate-fusion")
+def data_generate_fusion(
+    out: Annotated[Path, typer.Argument(help="Folder to write train/val/test.jsonl and the files.")],
+    n_train: NTrain = 96, n_val: NVal = 16, n_test: NTest = 32, seed: Seed = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing fusion task in OUT.")] = False,
+) -> None:
+    """Write CLIMB-mini's fusion task: ECG + chest X-ray + note, answer 'Yes' when 2 of 3 findings show.
+
+    A model that ignores one modality scores about 75% at best; compare input sets with `qoqmed eval --inputs
+    table4`."""
+    from ..data.climb_mini import generate_fusion
+
+    counts = generate_fusion(out, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, overwrite=overwrite)
+    console.print(f"wrote {out} ({', '.join(f'{k}: {v}' for k, v in counts.items())})")
 
 
 def _split_counts(info: dict) -> dict:
@@ -152,7 +171,8 @@ def data_stats(
     console.print(labels)
     console.print(f"largest/smallest domain: {stats['imbalance_ratio']:.1f}x ({stats['largest_domain']} / "
                   f"{stats['smallest_domain']}); rows with images {stats['with_images']}, with volumes "
-                  f"{stats['with_volumes']}, with ECG {stats['with_ecg']}, with boxes {stats['with_boxes']}")
+                  f"{stats['with_volumes']}, with ECG {stats['with_ecg']}, with boxes {stats['with_boxes']}, with notes "
+                  f"{stats['with_notes']}, text only {stats['text_only']}")
     if stats["user_domains"]:
         console.print(f"user domains (not among the built-in nine): {', '.join(stats['user_domains'])}")
 
@@ -259,4 +279,35 @@ def convert_folder_cmd(
 
     conversion = convert_folder(root, domain=domain, dataset=dataset, seed=seed, val=val, test=test,
                                 num_slices=num_slices, window=window, progress=_convert_progress("converting"))
+    _finish_conversion(conversion, out)
+
+
+@convert_app.command("mimic-iv")
+def convert_mimic_cmd(
+    mimic_iv: Annotated[Path, typer.Option(help="MIMIC-IV folder (hosp/, icu/).")],
+    ecg: Annotated[Path, typer.Option(help="MIMIC-IV-ECG folder (record_list.csv, files/).")],
+    cxr: Annotated[Path, typer.Option(help="MIMIC-CXR-JPG folder (mimic-cxr-2.0.0-metadata.csv.gz, files/).")],
+    out: Annotated[Path, typer.Option(help="Output folder for train/val/test.jsonl.")],
+    notes: Annotated[Optional[Path], typer.Option(
+        help="MIMIC-IV-Note folder (note/radiology.csv.gz); discharge notes are never read.")] = None,
+    window_hours: Annotated[float, typer.Option(help="Hours after admission whose ECG, X-ray, labs and notes "
+                                                     "the model sees; the prediction time. Below 48.")] = 24.0,
+    lookback_hours: Annotated[float, typer.Option(help="Also take inputs this many hours before admission "
+                                                       "(e.g. the emergency department).")] = 0.0,
+    tasks: Annotated[str, typer.Option(help="Comma-separated: los_7d, mortality_48h.")] = "los_7d,mortality_48h",
+    skip_missing: Annotated[bool, typer.Option(help="Skip admissions whose ECG or X-ray file is missing (listed) "
+                                                    "instead of stopping.")] = False,
+    val: Annotated[float, typer.Option(help="Fraction of patients for val.")] = 0.1,
+    test: Annotated[float, typer.Option(help="Fraction of patients for test.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Seed of the patient split.")] = 0,
+) -> None:
+    """MIMIC-IV + MIMIC-IV-ECG + MIMIC-CXR-JPG (+ notes) -> length of stay > 7 days and 48-hour mortality rows.
+
+    The label rules are in the README section "Multimodal fusion (MIMIC-IV, Table 4)"."""
+    from ..data.mimic import convert_mimic_iv
+
+    conversion = convert_mimic_iv(mimic_iv, ecg, cxr, notes_root=notes, window_hours=window_hours,
+                                  lookback_hours=lookback_hours, tasks=[t.strip() for t in tasks.split(",")],
+                                  skip_missing=skip_missing, seed=seed, val=val, test=test,
+                                  progress=_convert_progress("converting"))
     _finish_conversion(conversion, out)

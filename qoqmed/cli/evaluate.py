@@ -13,7 +13,8 @@ from .common import AllowOutsidePaths, console, fail
 
 
 def evaluate_cmd(
-    model: Annotated[Path, typer.Option(help="Folder with a saved QoQ-Med model and processor.")],
+    model: Annotated[Path, typer.Option(help="Folder with a saved QoQ-Med model and processor, or a LoRA "
+                                             "adapter folder.")],
     data: Annotated[Path, typer.Option(help="jsonl records to evaluate on; with --benchmark, the folder of "
                                            "the benchmark's published release.")],
     out: Annotated[Path, typer.Option(help="Folder for metrics.json (with --benchmark: results.json), "
@@ -45,6 +46,11 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the --samples draws: the same seed gives the same "
                                            "samples.")] = 0,
     allow_outside_paths: AllowOutsidePaths = False,
+    inputs: Annotated[Optional[str], typer.Option(
+        help="Compare input sets on the same rows: comma-separated sets of ecg, image, text joined by '+' (e.g. "
+             "'ecg,image,text,ecg+image+text'; 'table4' for that list). Each set is evaluated with the other "
+             "modalities dropped from every row; writes inputs.md with macro-F1, balanced accuracy and "
+             "AUROC per set.")] = None,
     benchmark: Annotated[Optional[str], typer.Option(
         help="A public benchmark read from --data in its published layout: vqa-rad, slake, pathvqa, pmc-vqa, "
              "omnimedvqa, mmmu-med or medxpertqa-mm (greedy, seed 42, at most --max-images images; "
@@ -73,21 +79,21 @@ def evaluate_cmd(
     max_new_tokens = 128 if max_new_tokens is None else max_new_tokens
     from ..eval.evaluate import evaluate
     from ..eval.report import print_summary, write_report
-    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
     from ..rewards.scores import make_scorer
 
     _check_sampling(samples, temperature, top_p, seed)
     records = load_records(data, allow_outside=allow_outside_paths)
-    if not (model / "config.json").exists():
-        fail(f"{model}: no config.json; pass a folder written by save_pretrained (e.g. a run's rl/model)")
     table = _read_synonyms(synonyms)
     make_scorer(preset, iou_reduce=iou_reduce, synonyms=table)
     if label_parser not in ("qoqmed", "reference"):
         fail(f"--label-parser must be qoqmed or reference, got {label_parser!r}")
     if prompt_style not in ("qoqmed", "released"):
         fail(f"--prompt-style must be qoqmed or released, got {prompt_style!r}")
-    proc = QoQMedProcessor.from_pretrained(model)
-    net = QoQMedForConditionalGeneration.from_pretrained(model)
+    if inputs is not None:
+        return _eval_inputs(model, records, out, inputs, samples, dict(
+            batch_size=batch_size, max_new_tokens=max_new_tokens, preset=preset, iou_reduce=iou_reduce,
+            synonyms=table, label_parser=label_parser, prompt_style=prompt_style))
+    net, proc = _load(model)
     metrics, rows = evaluate(net, proc, records, out, batch_size=batch_size, max_new_tokens=max_new_tokens,
                              preset=preset, iou_reduce=iou_reduce, synonyms=table, label_parser=label_parser,
                              prompt_style=prompt_style)
@@ -106,6 +112,33 @@ def evaluate_cmd(
                                        f"{top_p:g}, seed {seed}, {max_new_tokens} new tokens")
     write_report(metrics, out, title=f"qoqmed evaluation of {model.name}", context=context, rows=rows)
     print_summary(metrics)
+
+
+def _eval_inputs(model: Path, records: list, out: Path, inputs: str, samples: int, settings: dict) -> None:
+    from ..data.modalities import parse_input_sets
+    from ..eval.ablation import evaluate_input_sets, format_input_table
+
+    if samples:
+        fail("--inputs and --samples do not combine: compare input sets with greedy answers")
+    try:
+        sets = parse_input_sets(inputs)
+    except ValueError as exc:
+        fail(f"--inputs: {exc}")
+    net, proc = _load(model)
+    results = evaluate_input_sets(net, proc, records, sets, out, title=f"qoqmed evaluation of {model.name}",
+                                  **settings)
+    console.print(format_input_table(results), markup=False)
+    console.print(f"wrote {out / 'inputs.md'}, {out / 'inputs.json'} and one report per input set")
+
+
+def _load(model: Path):
+    """(model, processor) of a model or LoRA adapter folder; one that cannot be loaded ends the command."""
+    from ..modeling.lora import load_model_and_processor
+
+    try:
+        return load_model_and_processor(model)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
 
 
 def _check_sampling(samples: int, temperature: float, top_p: float, seed: int) -> None:
@@ -137,15 +170,11 @@ def _eval_benchmark(model: Path, data: Path, out: Path, benchmark: str, split: O
                     prompt_style: str, max_new_tokens: int, batch_size: int, max_images: int) -> None:
     from ..eval.benchmarks import get_benchmark
     from ..eval.benchmarks.run import Settings, evaluate_benchmark
-    from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 
     bench = get_benchmark(benchmark)
     Settings(benchmark, split or bench.splits[0], protocol, prompt_style, max_new_tokens, max_images,
              batch_size=batch_size)
-    if not (model / "config.json").exists():
-        fail(f"{model}: no config.json; pass a folder written by save_pretrained (e.g. a run's rl/model)")
-    proc = QoQMedProcessor.from_pretrained(model)
-    net = QoQMedForConditionalGeneration.from_pretrained(model)
+    net, proc = _load(model)
     results = evaluate_benchmark(net, proc, benchmark, data, out, split=split, protocol=protocol,
                                  prompt_style=prompt_style, max_new_tokens=max_new_tokens,
                                  batch_size=batch_size, max_images=max_images, model_name=model.name)

@@ -120,3 +120,26 @@ def model_info_cmd(
     ecg = info["ecg"]
     console.print(f"ECG: {ecg['token_mode']} ({ecg['tokens_per_record']} tokens per record), {ecg['projector']} "
                   f"projector, token ids {ecg['token_ids']}; frozen: {', '.join(info['frozen_modules']) or 'none'}")
+
+
+@model_app.command("merge-lora")
+def model_merge_lora(
+    adapter: Annotated[Path, typer.Argument(help="LoRA adapter folder (adapter_config.json), e.g. a LoRA run's "
+                                                 "rl/model.")],
+    out: Annotated[Path, typer.Option(help="Folder for the merged model and processor.")],
+    dtype: Annotated[Optional[str], typer.Option(help="Load the base as this dtype (e.g. bfloat16); default: as "
+                                                      "saved.")] = None,
+) -> None:
+    """Merge a LoRA adapter into its base model (adapter_config's base_model_name_or_path) and save the full
+    model: no peft needed to use it, and no base folder either."""
+    import torch
+
+    from ..modeling.lora import adapter_base, merge_adapter
+
+    if dtype is not None and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        fail(f"--dtype {dtype}: not a torch dtype (e.g. bfloat16, float32)")
+    try:
+        merge_adapter(adapter, out, getattr(torch, dtype) if dtype else None)
+    except (OSError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"merged {adapter} into its base {adapter_base(adapter)}; saved to {out}")

@@ -148,7 +148,8 @@ def _print_batch_summary(s, as_json: bool) -> None:
 def predict(
     question: Annotated[Optional[str], typer.Argument(help="The question; inputs are placed before it, or where "
                                                            "<image>, <volume>, <ecg> placeholders say.")] = None,
-    model: Annotated[Path, typer.Option(help="Model folder (save_pretrained), e.g. quickstart_out/rl/model.")]
+    model: Annotated[Path, typer.Option(help="Model folder (save_pretrained) or LoRA adapter folder, e.g. "
+                                             "quickstart_out/rl/model.")]
     = Path("quickstart_out/rl/model"),
     image: Annotated[Optional[list[Path]], typer.Option(
         "--image", help="Image file: PNG, JPEG, TIFF or DICOM. Repeat for several.")] = None,

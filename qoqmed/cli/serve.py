@@ -12,7 +12,8 @@ from .predict import PromptStyle, load_pipeline
 
 
 def serve(
-    model: Annotated[Path, typer.Option(help="Model folder (save_pretrained), e.g. quickstart_out/rl/model.")]
+    model: Annotated[Path, typer.Option(help="Model folder (save_pretrained) or LoRA adapter folder, e.g. "
+                                             "quickstart_out/rl/model.")]
     = Path("quickstart_out/rl/model"),
     host: Annotated[str, typer.Option(help="Interface to bind. The default serves this machine only; the API "
                                            "has no authentication, so put it behind an authenticating proxy "

@@ -65,11 +65,21 @@ def sft(
     report_to: Annotated[Optional[str], typer.Option(help="Comma-separated: tensorboard, wandb.")] = None,
     logging_steps: Annotated[int, typer.Option(help="Log the loss every N steps.")] = 10,
     seed: Annotated[int, typer.Option(help="Seed of the tiny model's init and the data order.")] = 0,
+    lora: Annotated[bool, typer.Option(help="Train LoRA adapters on the language model (peft); model/ is then "
+                                            "an adapter folder.")] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (updates scaled by alpha / rank).")] = 32.0,
+    merge: Annotated[bool, typer.Option(help="With --lora, also write merged/: the model with the adapters "
+                                             "merged in.")] = False,
     allow_outside_paths: AllowOutsidePaths = False,
 ) -> None:
-    """Supervised warm start with TRL's SFTTrainer: learn the answer format (<think>, boxes, \\boxed{})."""
+    """Supervised warm start with TRL's SFTTrainer: learn the answer format (<think>, boxes, \\boxed{}).
+
+    With --lora only adapters train (the ECG projector in full); OUT/model holds them, and base/ the starting
+    model when it was a new tiny one, so the adapter folder always names a base on disk."""
     from ..data.schema import load_records
     from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
+    from ..train.settings import LoRASettings
     from ..train.sft import SFTSettings, warm_start
 
     records = load_records(data, allow_outside=allow_outside_paths)
@@ -87,9 +97,23 @@ def sft(
         net = QoQMedForConditionalGeneration.from_pretrained(model)
     else:
         fail(f"--model {model}: no config.json there; pass a folder written by save_pretrained or 'tiny'")
-    history = warm_start(net, processor, records, out / "trainer", settings, eval_records=val_records)
-    net.save_pretrained(out / "model")
-    processor.save_pretrained(out / "model")
+    if merge and not lora:
+        fail("--merge merges LoRA adapters; add --lora")
+    try:
+        adapters = LoRASettings(r=lora_r, alpha=lora_alpha, stages=["sft"]) if lora else None
+    except ValueError as exc:
+        fail(f"--lora-r/--lora-alpha: {exc}")
+    if adapters and model == "tiny":  # an adapter names its base by folder
+        net.save_pretrained(out / "base")
+        processor.save_pretrained(out / "base")
+        net.name_or_path = net.config._name_or_path = str((out / "base").resolve())
+    elif adapters:
+        net.name_or_path = net.config._name_or_path = str(Path(model).resolve())
+    history = warm_start(net, processor, records, out / "trainer", settings, eval_records=val_records,
+                         lora=adapters, adapter_dir=out / "model" if adapters else None)
+    if adapters is None or merge:  # warm_start merged the adapters into net
+        net.save_pretrained(out / ("merged" if adapters else "model"))
+        processor.save_pretrained(out / ("merged" if adapters else "model"))
     (out / "sft_logs.json").write_text(json.dumps({"records": len(records), "history": history}, indent=1))
     last = history[-1]["loss"] if history else float("nan")
     console.print(f"saved {out / 'model'} after {len(history)} logged steps (last loss {last:.3f})")

@@ -134,14 +134,18 @@ def messages_for(loaded: LoadedRecord, system: str | None = STYLE_SYSTEM) -> lis
 
 
 def encode_batch(processor: QoQMedProcessor, batch: Sequence[LoadedRecord], with_targets: bool = False,
-                 system: str | None = STYLE_SYSTEM) -> dict[str, torch.Tensor]:
+                 system: str | None = STYLE_SYSTEM, continuations: Sequence[str] | None = None
+                 ) -> dict[str, torch.Tensor]:
     """Tokenise a batch (left-padded). With targets, append the answer and build ``labels`` for the answer only.
-    ``system``: by default each record's prompt style's system prompt."""
+    ``system``: by default each record's prompt style's system prompt. ``continuations``: text appended to each
+    prompt as the start of the assistant's answer (to score what the model would write next)."""
     if not batch:
         raise ValueError("encode_batch needs at least one record")
     texts, images, ecgs = [], [], []
-    for item in batch:
+    for n, item in enumerate(batch):
         text = processor.apply_chat_template(messages_for(item, system), add_generation_prompt=True)
+        if continuations is not None:
+            text += continuations[n]
         if with_targets:
             text += target_text(item, processor) + "<|im_end|>"
         texts.append(text)

@@ -61,7 +61,7 @@ from .windows import WINDOWS
 MODALITY_NAMES: Mapping[str, str] = {
     "ecg": "ECG", "chest_xray": "chest X-ray", "mammography": "mammogram", "dermoscopy": "dermoscopy image",
     "fundus": "fundus photograph", "pathology": "histopathology slide", "ct": "CT scan", "ultrasound": "ultrasound",
-    "mri": "MRI scan",
+    "mri": "MRI scan", "multimodal": "combined record", "ehr": "health record",
 }
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DIFFICULTIES: tuple[str, ...] = ("easy", "hard")
@@ -495,6 +495,15 @@ def place_inputs(text: str, counts: Mapping[str, int]) -> tuple[str, list[tuple[
         elif found != expected:
             mismatches.append((token, found, expected))
     return (f"{missing}\n{text}" if missing else text), mismatches
+
+
+NOTES_LABEL = "Clinical notes: "
+
+
+def append_notes(text: str, notes: str | None) -> str:
+    """``text`` followed by clinical notes (EHR text) on their own line: the one layout of notes in training rows
+    (whose ``ehr`` field holds the notes, so evaluation can drop them) and in inference prompts."""
+    return f"{text}\n{NOTES_LABEL}{notes.strip()}" if notes and notes.strip() else text
 
 
 def _infer_domain(paths: list[str]) -> str | None:

@@ -36,6 +36,9 @@ def record_stats(records: Sequence[Record]) -> dict:
         "with_volumes": sum(1 for r in records if r.volumes),
         "with_ecg": sum(1 for r in records if r.ecg),
         "with_boxes": sum(1 for r in records if r.boxes),
+        # rows whose clinical notes are in the row's `ehr` (qoqmed.data.modalities), and rows with no file at all
+        "with_notes": sum(1 for r in records if r.extra.get("ehr")),
+        "text_only": sum(1 for r in records if not (r.images or r.volumes or r.ecg)),
         # domains outside the built-in nine (qoqmed.data.domains): trained and evaluated like the others
         "user_domains": sorted(d for d in domains if d not in DOMAINS),
     }

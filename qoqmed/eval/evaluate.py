@@ -22,6 +22,7 @@ from ..data.schema import Record
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 from ..rewards.reference import eval_labels
 from ..rewards.scores import score_batch
+from .answer_scores import label_probabilities
 from .metrics import compute_metrics, compute_sampled_metrics, normalize_label, pass_at_k
 
 __all__ = ["evaluate", "evaluate_sampled", "generate_responses", "pass_at_k", "score_records"]
@@ -103,12 +104,19 @@ def evaluate(model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, 
              preset: str = "paper", iou_reduce: str | None = None, label_sets: dict | None = None,
              expected_domains: Sequence[str] | None = None, show_progress: bool = True,
              synonyms: dict | None = None, label_parser: str = "qoqmed",
-             prompt_style: str = "qoqmed") -> tuple[dict, list[dict]]:
-    """Generate, score and aggregate; with ``out_dir``, also write ``predictions.jsonl``. Returns (metrics, rows)."""
+             prompt_style: str = "qoqmed", label_scores: bool = True) -> tuple[dict, list[dict]]:
+    """Generate, score and aggregate; with ``out_dir``, also write ``predictions.jsonl``. Returns (metrics, rows).
+
+    ``label_scores``: on two-label datasets, also read the model's probability of each label after its answer
+    (:mod:`qoqmed.eval.answer_scores`), which gives their AUROC."""
     t0 = time.perf_counter()
     responses = generate_responses(model, processor, records, batch_size, max_new_tokens, show_progress,
                                    prompt_style=prompt_style)
     rows = score_records(records, responses, processor, preset, iou_reduce, synonyms, label_parser)
+    if label_scores:
+        probabilities = label_probabilities(model, processor, records, responses, prompt_style)
+        for row, probs in zip(rows, probabilities, strict=True):
+            row["label_scores"] = probs
     metrics = compute_metrics(rows, label_sets=label_sets, expected_domains=expected_domains)
     metrics["eval_seconds"] = round(time.perf_counter() - t0, 2)
     if out_dir is not None:

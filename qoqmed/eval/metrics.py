@@ -14,7 +14,10 @@ Definitions (docs/design.md §5):
     is undefined the label contributes its sensitivity alone);
 
   plus ``exact_match`` (fraction of rows whose predicted label set equals the true set) and ``format_rate``
-  (fraction of rows with ``format_ok``). A dataset with no ground-truth labels at all has ``None`` for the three
+  (fraction of rows with ``format_ok``); ``auroc`` when every row of the dataset carries ``label_scores`` (the
+  model's probability of each label, e.g. from its answer-token log-probs): the mean over the labels present and
+  absent in some row of the one-vs-rest ROC AUC of that label's score (scikit-learn's ``roc_auc_score``; for a
+  two-label task, the AUROC of either label's probability), else ``None``. A dataset with no ground-truth labels at all has ``None`` for the three
   label-averaged metrics.
 * Per domain: unweighted mean over its datasets of each of those metrics (``None`` values skipped). Overall:
   unweighted mean over domains, so a huge dataset or domain does not drown out a small one.
@@ -42,7 +45,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    confusion_matrix, multilabel_confusion_matrix, precision_recall_fscore_support, roc_auc_score,
+)
 
 __all__ = [
     "AVERAGED_METRICS",
@@ -63,6 +68,7 @@ AVERAGED_METRICS: tuple[str, ...] = (
     "balanced_accuracy",
     "exact_match",
     "format_rate",
+    "auroc",
 )
 IOU_KEYS: tuple[str, ...] = ("iou_mean", "iou_median", "iou_n", "boxes_per_answer", "box_rate")
 OTHER_LABEL = "other/none"
@@ -111,6 +117,7 @@ def _check_row(row: Any, index: int) -> dict[str, Any]:
         raise TypeError(f"{_row_name(row, index)}: 'pred_boxes' must be a list or None, got {type(boxes).__name__}")
     return {
         "id": row.get("id"),
+        "label_scores": _label_scores(row, index),
         "domain": str(row["domain"]),
         "dataset": str(row["dataset"]),
         "true_labels": _label_list(row, "true_labels", index),
@@ -119,6 +126,35 @@ def _check_row(row: Any, index: int) -> dict[str, Any]:
         "format_ok": bool(row["format_ok"]),
         "pred_boxes": None if boxes is None else list(boxes),
     }
+
+
+def _label_scores(row: Mapping[str, Any], index: int) -> dict[str, float] | None:
+    """``label_scores`` keyed by matching key; None when the row has none."""
+    scores = row.get("label_scores")
+    if scores is None:
+        return None
+    if not isinstance(scores, Mapping):
+        raise TypeError(f"{_row_name(row, index)}: 'label_scores' must map labels to numbers, got "
+                        f"{type(scores).__name__}")
+    out = {}
+    for label, value in scores.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not math.isfinite(value):
+            raise ValueError(f"{_row_name(row, index)}: label_scores[{label!r}] must be a finite number, got "
+                             f"{value!r}")
+        out[normalize_label(label)] = float(value)
+    return out
+
+
+def _auroc(rows: Sequence[dict[str, Any]], y_true: np.ndarray, index: Mapping[str, int]) -> float | None:
+    """Mean one-vs-rest ROC AUC over the labels with both classes among the rows; None without scores."""
+    if not rows or any(r["label_scores"] is None for r in rows):
+        return None
+    values = []
+    for key, col in index.items():
+        if 0 < y_true[:, col].sum() < len(rows):
+            scores = [r["label_scores"].get(key, 0.0) for r in rows]
+            values.append(float(roc_auc_score(y_true[:, col], scores)))
+    return _mean(values)
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -243,6 +279,7 @@ def _dataset_metrics(
         "balanced_accuracy": _mean(m["balanced_accuracy"] for m in present),
         "exact_match": exact / len(rows),
         "format_rate": sum(row["format_ok"] for row in rows) / len(rows),
+        "auroc": _auroc(rows, y_true, index),
         **_iou_summary(rows),
         "n_labels_present": len(present),
         "n_out_of_set_predictions": out_of_set,
@@ -263,7 +300,7 @@ def compute_metrics(
     """Metrics of scored predictions; see the module docstring for every definition.
 
     Each row is ``{"id", "domain", "dataset", "true_labels": [str], "pred_labels": [str], "iou": float | None,
-    "format_ok": bool}`` (``iou`` may be omitted). ``expected_domains`` lists domains that must appear in the
+    "format_ok": bool, "label_scores": {label: float} | None}`` (``iou`` and ``label_scores`` may be omitted). ``expected_domains`` lists domains that must appear in the
     result even without rows (their metrics are ``None`` and ``n`` is 0); they come first, in the given order,
     followed by any other domain in name order.
 
@@ -276,7 +313,7 @@ def compute_metrics(
                                                    specificity, f1, balanced_accuracy}}}},
          "n": total rows}
 
-    where ``<metrics>`` is ``macro_f1, paper_balanced_accuracy, balanced_accuracy, exact_match, format_rate,
+    where ``<metrics>`` is ``macro_f1, paper_balanced_accuracy, balanced_accuracy, exact_match, format_rate, auroc,
     iou_mean, iou_median, iou_n``.
     """
     checked = [_check_row(row, i) for i, row in enumerate(rows)]

@@ -24,6 +24,7 @@ _SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
     ("paper_balanced_accuracy", "paper bal. acc."),
     ("balanced_accuracy", "balanced acc."),
     ("exact_match", "exact match"),
+    ("auroc", "AUROC"),
     ("iou_mean", "mean IoU"),
     ("format_rate", "format rate"),
 )
@@ -64,23 +65,31 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _summary_row(name: str, entry: Mapping[str, Any]) -> list[str]:
-    return [name] + [format_value(entry.get(key)) for key, _ in _SUMMARY_COLUMNS]
+def _summary_columns(metrics: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """The summary columns, AUROC only when some dataset has one (the evaluation scored its labels)."""
+    scored = any(entry.get("auroc") is not None for entry in metrics.get("datasets", {}).values())
+    return tuple(c for c in _SUMMARY_COLUMNS if scored or c[0] != "auroc")
+
+
+def _summary_row(name: str, entry: Mapping[str, Any], columns: Sequence[tuple[str, str]]) -> list[str]:
+    return [name] + [format_value(entry.get(key)) for key, _ in columns]
 
 
 def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     """Markdown table with one row per domain and a final bold ``overall`` row."""
-    rows = [_summary_row(dom, entry) for dom, entry in metrics["domains"].items()]
-    overall = _summary_row("overall", metrics["overall"])
+    columns = _summary_columns(metrics)
+    rows = [_summary_row(dom, entry, columns) for dom, entry in metrics["domains"].items()]
+    overall = _summary_row("overall", metrics["overall"], columns)
     rows.append([f"**{c}**" for c in overall])
-    return _table(["domain"] + [h for _, h in _SUMMARY_COLUMNS], rows)
+    return _table(["domain"] + [h for _, h in columns], rows)
 
 
 def _dataset_table(metrics: Mapping[str, Any]) -> str:
-    header = ["dataset", "domain"] + [h for _, h in _SUMMARY_COLUMNS] + ["labels present", "out-of-set preds"]
+    columns = _summary_columns(metrics)
+    header = ["dataset", "domain"] + [h for _, h in columns] + ["labels present", "out-of-set preds"]
     rows = [
         [ds, entry["domain"]]
-        + [format_value(entry.get(key)) for key, _ in _SUMMARY_COLUMNS]
+        + [format_value(entry.get(key)) for key, _ in columns]
         + [format_value(entry["n_labels_present"]), format_value(entry["n_out_of_set_predictions"])]
         for ds, entry in metrics["datasets"].items()
     ]
@@ -98,7 +107,9 @@ _DEFINITIONS = (
     "Per label: one-vs-rest over the rows of a dataset. Dataset metrics average over the labels present in its "
     "ground truth: *paper bal. acc.* is the mean one-vs-rest accuracy (what the QoQ-Med paper calls balanced "
     "accuracy); *balanced acc.* is the mean of (sensitivity + specificity) / 2. Domain = unweighted mean over its "
-    "datasets; overall = unweighted mean over domains. Mean IoU pools the rows that have an IoU. `-` = no data."
+    "datasets; overall = unweighted mean over domains. AUROC (one-vs-rest, from the model's label "
+    "probabilities) only where the evaluation scored the labels (two-label tasks). Mean IoU pools the rows that "
+    "have an IoU. `-` = no data."
 )
 
 
@@ -279,12 +290,13 @@ def print_summary(metrics: Mapping[str, Any], console: Any = None) -> None:
     console = console if console is not None else Console()
     table = Table(title="qoqmed evaluation per domain")
     table.add_column("domain")
-    for _, header in _SUMMARY_COLUMNS:
+    columns = _summary_columns(metrics)
+    for _, header in columns:
         table.add_column(header, justify="right")
     for dom, entry in metrics["domains"].items():
-        table.add_row(*_summary_row(dom, entry))
+        table.add_row(*_summary_row(dom, entry, columns))
     table.add_section()
-    table.add_row(*_summary_row("overall", metrics["overall"]), style="bold")
+    table.add_row(*_summary_row("overall", metrics["overall"], columns), style="bold")
     console.print(table)
     sampled = metrics.get("sampled")
     if sampled:

@@ -26,8 +26,9 @@ from ..data.limits import request_budget
 from ..data.prompt_styles import check_style, slice_selection, user_text
 from ..data.prompt_styles import system_prompt as style_system_prompt
 from ..data.prompts import STYLE_SYSTEM
-from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, place_inputs
+from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, append_notes, place_inputs
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages
+from ..modeling.lora import is_adapter_folder, load_model_and_processor
 from ..rewards.parsing import parse_response
 from .inputs import (InputError, VisualInput, as_list, load_ecg_input, load_image_input, load_volume_input,
                      reading)
@@ -198,29 +199,28 @@ class QoQMedPipeline:
     def from_pretrained(cls, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None,
                         engine: str = "transformers", engine_options: dict | None = None, **kwargs
                         ) -> QoQMedPipeline:
-        """Load a folder written by ``save_pretrained`` (e.g. ``quickstart_out/rl/model``).
+        """Load a folder written by ``save_pretrained`` (e.g. ``quickstart_out/rl/model``), or a LoRA adapter
+        folder, whose adapter is merged into its base model (``base_model_name_or_path``).
 
-        ``engine="vllm"`` generates through vLLM (the ``vllm`` extra) on the device vLLM was built for;
-        ``engine_options`` go to :class:`qoqmed.infer.vllm_engine.VLLMEngine` (limits, max_model_len, ...)."""
+        ``engine="vllm"`` generates through vLLM (the ``vllm`` extra) on the device vLLM was built for, from a full
+        model folder; ``engine_options`` go to :class:`qoqmed.infer.vllm_engine.VLLMEngine` (limits, ...)."""
         path = Path(path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: no config.json; pass a folder written by save_pretrained "
-                                    "(a quickstart run's rl/model or sft_model)")
         if engine not in ENGINES:
             raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
-        processor = QoQMedProcessor.from_pretrained(path)
         if engine == "vllm":
             if device is not None:
                 raise ValueError("device applies to the transformers engine; vLLM runs where it was built for")
+            if is_adapter_folder(path):
+                raise ValueError(f"{path}: a LoRA adapter folder; vLLM loads full model folders: merge it first "
+                                 "(qoqmed model merge-lora)")
             from .vllm_engine import VLLMEngine
 
             options = dict(engine_options or {})
             if dtype is not None:
                 options["dtype"] = dtype
-            model = VLLMEngine(path, **options)
+            model, processor = VLLMEngine(path, **options), QoQMedProcessor.from_pretrained(path)
         else:
-            model = QoQMedForConditionalGeneration.from_pretrained(path, dtype=dtype) if dtype else \
-                QoQMedForConditionalGeneration.from_pretrained(path)
+            model, processor = load_model_and_processor(path, dtype)
             model.to(_device(device))
         kwargs.setdefault("name", path.name if path.name not in ("model", "") else f"{path.parent.name}/{path.name}")
         return cls(model, processor, **kwargs)
@@ -321,9 +321,7 @@ class QoQMedPipeline:
         for tag, found, expected in mismatches:
             what = {IMAGE_TOKEN: "images", VOLUME_TOKEN: "volumes", ECG_TOKEN: "ecg"}[tag]
             raise InputError("question", f"has {found} {tag} placeholder(s) but {expected} {what} given")
-        if ehr and ehr.strip():
-            body = f"{body}\nClinical notes: {ehr.strip()}"
-        return body
+        return append_notes(body, ehr)
 
     @staticmethod
     def _order_visuals(turns: Sequence[str], images: list[Image.Image], volumes: list[list[Image.Image]]

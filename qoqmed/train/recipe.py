@@ -8,6 +8,7 @@ report) on the main process only.
       data/                      the synthetic benchmark (when the config asks for one)
       sft_model/                 model after the supervised warm start
       rl/                        RL logs (rl_logs.json, rl_metrics.csv, checkpoints); rl/model is the final model
+                                 (under LoRA an adapter folder; rl/merged with lora.merge)
       eval_sft/, eval/           predictions.jsonl of the warm-started and the final model on the test split
       report.md, metrics.json, *.png
 """
@@ -33,8 +34,9 @@ from ..eval.curves import plot_probe_curves, plot_rl_curves
 from ..eval.evaluate import evaluate
 from ..eval.report import print_summary, write_report
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
+from ..modeling.lora import load_model_and_processor
 from ..modeling.tiny import build_tiny
-from .settings import DataSection, EvalSection, ModelSettings, RLSettings, SFTSettings, section
+from .settings import DataSection, EvalSection, LoRASettings, ModelSettings, RLSettings, SFTSettings, section
 
 console = Console(stderr=True)
 
@@ -62,11 +64,14 @@ class RecipeConfig:
     sft: SFTSettings = field(default_factory=SFTSettings)
     rl: dict = field(default_factory=dict)
     eval: EvalSection = field(default_factory=EvalSection)
+    lora: LoRASettings | None = None   # adapters (peft) instead of full fine-tuning, in lora.stages
     resume: bool = False               # continue RL from the newest checkpoint in run/rl
 
     def __post_init__(self) -> None:
         self.model_settings = ModelSettings.from_dict(self.model)
         rl = section(RLSettings, self.rl, "rl")  # unknown keys and bad values fail here, before any work
+        if self.lora is not None and "rl" in self.lora.stages:
+            self.lora.check_freeze(rl.freeze)
         styles = {"sft": self.sft.prompt_style, "rl": rl.prompt_style, "eval": self.eval.prompt_style}
         if len(set(styles.values())) > 1:  # a model is evaluated with the prompt it was trained with
             raise ValueError("sft.prompt_style, rl.prompt_style and eval.prompt_style must agree, got "
@@ -89,6 +94,7 @@ class RecipeConfig:
             sft=section(SFTSettings, raw.get("sft"), "sft"),
             rl=dict(raw.get("rl") or {}),
             eval=section(EvalSection, raw.get("eval"), "eval"),
+            lora=section(LoRASettings, raw["lora"], "lora") if raw.get("lora") is not None else None,
             resume=bool(raw.get("resume", False)),
         )
 
@@ -185,8 +191,8 @@ def build_model(settings: ModelSettings, train: Sequence[Record], seed: int):
 
 
 def load_trained(model_dir: str | Path):
-    """(model, processor) saved by a training stage."""
-    return QoQMedForConditionalGeneration.from_pretrained(model_dir), QoQMedProcessor.from_pretrained(model_dir)
+    """(model, processor) saved by a training stage: a model folder, or a LoRA adapter merged into its base."""
+    return load_model_and_processor(model_dir)
 
 
 def label_sets_of(records: Sequence[Record], data_info: dict | None) -> dict | None:
@@ -224,7 +230,8 @@ def _warm_start_stage(cfg: RecipeConfig, run: Path, processor, model, train: lis
     if cfg.sft.enabled:
         console.rule("supervised warm start")
         sft_eval = val if cfg.sft.eval_steps else None
-        sft_history = warm_start(model, processor, train, run / "sft", cfg.sft, eval_records=sft_eval)
+        sft_history = warm_start(model, processor, train, run / "sft", cfg.sft, eval_records=sft_eval,
+                                 lora=_lora_for(cfg, "sft"))
     # RL starts from the warm-started model; without a warm start, a model on disk is used as it is
     init = cfg.model_settings.init
     rl_start = Path(init) if not cfg.sft.enabled and init != "tiny" else run / "sft_model"
@@ -235,6 +242,10 @@ def _warm_start_stage(cfg: RecipeConfig, run: Path, processor, model, train: lis
     return sft_history, rl_start
 
 
+def _lora_for(cfg: RecipeConfig, stage: str) -> LoRASettings | None:
+    return cfg.lora if cfg.lora is not None and stage in cfg.lora.stages else None
+
+
 def _rl_stage(cfg: RecipeConfig, run: Path, rl_start: Path, train: list[Record],
               val: list[Record] | None) -> tuple[RLSettings, dict]:
     from .rl import train_rl
@@ -242,7 +253,7 @@ def _rl_stage(cfg: RecipeConfig, run: Path, rl_start: Path, train: list[Record],
     console.rule("RL")
     rl_settings = cfg.rl_settings()
     rl_logs = train_rl(rl_start, train, run / "rl", rl_settings, resume_from="latest" if cfg.resume else None,
-                       eval_records=val if rl_settings.eval_steps else None)
+                       eval_records=val if rl_settings.eval_steps else None, lora=_lora_for(cfg, "rl"))
     return rl_settings, rl_logs
 
 

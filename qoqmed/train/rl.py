@@ -44,9 +44,10 @@ from ..data.prompts import STYLE_SYSTEM, Grounding, grounding, load_record, mess
 from ..data.readers import load_ecg_file, load_mask_cached
 from ..data.schema import Record
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, freeze
+from ..modeling.lora import merge_adapter
 from ..rewards.scores import score_batch
 from .drpo_state import DRPO_STATE_FILE, LEGACY_DRPO_STATE_FILE, read_drpo_state, write_drpo_state
-from .settings import LOSS_TYPES, RLSettings, RolloutSettings, make_estimator
+from .settings import LOSS_TYPES, LoRASettings, RLSettings, RolloutSettings, make_estimator
 from .trl_adapter import GRPOTrainerAdapter, ScoredRollouts
 
 METRICS_CSV = "rl_metrics.csv"
@@ -358,14 +359,24 @@ def probe_records(records: Sequence[Record], per_domain: int) -> list[Record]:
 
 def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: str | Path,
                      settings: RLSettings | None = None, eval_records: Sequence[Record] | None = None,
-                     callbacks: list[TrainerCallback] | None = None) -> QoQMedRLTrainer:
-    """The RL trainer for the model saved in ``model_dir`` on ``records`` (what :func:`train_rl` runs)."""
+                     callbacks: list[TrainerCallback] | None = None,
+                     lora: LoRASettings | None = None) -> QoQMedRLTrainer:
+    """The RL trainer for the model saved in ``model_dir`` on ``records`` (what :func:`train_rl` runs).
+
+    With ``lora`` TRL wraps the model in peft adapters (``peft_config``) and keeps no reference model: the KL
+    reference is the same model with its adapters switched off, i.e. ``model_dir`` itself."""
     s = settings or RLSettings()
     out_dir = Path(out_dir)
     processor = QoQMedProcessor.from_pretrained(str(model_dir))
     dtype = getattr(torch, s.model_dtype) if s.model_dtype else None
-    model = QoQMedForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype)
-    if s.freeze:
+    # an absolute path: adapters record it as their base model, to be found again from any working folder
+    model = QoQMedForConditionalGeneration.from_pretrained(
+        str(Path(model_dir).resolve()), dtype=dtype, quantization_config=lora.quantization_config() if lora else None)
+    if lora and lora.quantize:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=s.gradient_checkpointing)
+    if s.freeze and not lora:  # under LoRA peft freezes the base; the lora section says what else trains
         freeze(model, **{part: True for part in s.freeze})
     dataset, facts = build_rl_dataset(records, processor, domain_key=s.domain_key,
                                       prompt_style=s.prompt_style)
@@ -393,12 +404,14 @@ def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: 
         reward_funcs=make_reward_function(facts, s.reward_preset, s.iou_reduce, s.boxes_required),
         train_dataset=dataset, eval_dataset=eval_dataset, processing_class=processor, settings=s, facts=facts,
         domain_counts=dict(domain_counts), metrics_csv=out_dir / METRICS_CSV, callbacks=callbacks,
+        peft_config=lora.peft_config() if lora else None,
     )
 
 
 def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Path,
              settings: RLSettings | None = None, resume_from: str | None = None,
-             eval_records: Sequence[Record] | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
+             eval_records: Sequence[Record] | None = None, callbacks: list[TrainerCallback] | None = None,
+             lora: LoRASettings | None = None) -> dict:
     """Train the model saved in ``model_dir`` with RL on ``records``; save it to ``out_dir``; return the logs.
 
     ``resume_from``: a checkpoint folder, or ``"latest"`` for the newest ``checkpoint-*`` in ``out_dir``.
@@ -406,10 +419,11 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
     ``settings.probe_steps``: a fixed probe set of training questions scored every N steps, sampled as in RL
     (the learning curve of what RL optimises; split ``probe`` in the CSV).
     Per-step per-domain metrics go to ``out_dir/rl_metrics.csv``, everything to ``out_dir/rl_logs.json``.
+    With ``lora``, ``out_dir/model`` is an adapter folder (``out_dir/merged`` the merged model if ``lora.merge``).
     """
     s = settings or RLSettings()
     out_dir = Path(out_dir)
-    trainer = build_rl_trainer(model_dir, records, out_dir, s, eval_records, callbacks)
+    trainer = build_rl_trainer(model_dir, records, out_dir, s, eval_records, callbacks, lora)
     processor = trainer.processing_class
     resume = _resolve_resume(resume_from, out_dir)
     if trainer.accelerator.is_main_process:
@@ -425,5 +439,7 @@ def train_rl(model_dir: str | Path, records: Sequence[Record], out_dir: str | Pa
         if trainer.estimator is not None:
             write_drpo_state(trainer.estimator.state_dict(), out_dir / "model" / DRPO_STATE_FILE)
         (out_dir / "rl_logs.json").write_text(json.dumps(logs, indent=1, default=str))
+        if lora and lora.merge:
+            merge_adapter(out_dir / "model", out_dir / "merged")
     trainer.accelerator.wait_for_everyone()
     return logs

@@ -6,6 +6,7 @@ TRL-free, so that configs can be read and checked without the trainer.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from ..algos.drpo import DRPO, MODES
 from ..data.climb_mini import ClimbMiniConfig
 from ..modeling.configuration_qoqmed import FREEZABLE
+from ..modeling.lora import FULLY_TRAINABLE, LM_PROJECTIONS, language_model_targets
 from ..modeling.tiny import TinySpec
 from ..rewards.scores import make_scorer
 
@@ -198,6 +200,91 @@ def make_estimator(settings: RLSettings) -> DRPO | None:
     return DRPO(settings.num_generations, mode=settings.drpo_mode, history=settings.drpo_history,
                 kl_quantile=settings.drpo_kl_quantile, seed=settings.seed, elbow_tol=settings.drpo_elbow_tol,
                 **options)
+
+
+QUANTIZE = ("4bit", "8bit")
+LORA_STAGES = ("sft", "rl")
+
+
+@dataclass
+class LoRASettings:
+    """The ``lora`` section: train low-rank adapters (peft) on the language model instead of every weight.
+
+    ``target_modules``: projections of the language model's blocks (never the vision tower's). ``projector`` and
+    ``ecg_encoder``: ``train`` (in full, saved with the adapter) or ``freeze``; the vision tower stays frozen.
+    ``quantize``: ``4bit`` or ``8bit`` loads the RL stage's base weights through bitsandbytes (QLoRA).
+    ``stages``: the training stages that use adapters; ``merge``: also write the merged full model."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: list(LM_PROJECTIONS))
+    projector: str = "train"
+    ecg_encoder: str = "freeze"
+    quantize: str | None = None
+    stages: list[str] = field(default_factory=lambda: list(LORA_STAGES))
+    merge: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"lora.r={self.r!r}: the adapter rank, a positive integer")
+        if not isinstance(self.alpha, (int, float)) or self.alpha <= 0:
+            raise ValueError(f"lora.alpha={self.alpha!r}: a positive number (the update is scaled by alpha / r)")
+        if not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout={self.dropout!r}: a probability in [0, 1)")
+        if isinstance(self.target_modules, str):
+            self.target_modules = [self.target_modules]
+        try:
+            language_model_targets(self.target_modules)
+        except ValueError as exc:
+            raise ValueError(f"lora.{exc}") from None
+        for name in FULLY_TRAINABLE:
+            if getattr(self, name) not in ("train", "freeze"):
+                raise ValueError(f"lora.{name}={getattr(self, name)!r}: train or freeze")
+        if isinstance(self.stages, str):
+            self.stages = [self.stages]
+        if not self.stages or set(self.stages) - set(LORA_STAGES):
+            raise ValueError(f"lora.stages={self.stages!r}: a non-empty subset of {list(LORA_STAGES)}")
+        if self.quantize is not None:
+            if self.quantize not in QUANTIZE:
+                raise ValueError(f"lora.quantize={self.quantize!r}: one of {list(QUANTIZE)}, or null for none")
+            if "sft" in self.stages:
+                raise ValueError("lora.quantize applies to the RL stage, which loads its base from a folder; "
+                                 "set lora.stages: [rl] (the warm start then trains in full or set no quantize)")
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ValueError(f"lora.quantize={self.quantize!r} (QLoRA) needs the bitsandbytes package, which "
+                                 "is not installed here (pip install bitsandbytes; it needs a CUDA GPU); set "
+                                 "lora.quantize: null to train adapters on unquantized weights")
+
+    def check_freeze(self, freeze: list[str]) -> None:
+        """``rl.freeze`` beside adapters: the base is frozen anyway, but a part set to train here cannot be frozen."""
+        wanted = {"projector": self.projector, "ecg": self.ecg_encoder}
+        clash = [part for part in freeze if wanted.get(part) == "train"]
+        if clash:
+            raise ValueError(f"rl.freeze lists {clash} but the lora section trains them; under LoRA set "
+                             "lora.projector / lora.ecg_encoder to freeze instead")
+
+    def peft_config(self):
+        """The peft ``LoraConfig`` of these settings."""
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, bias="none",
+                          target_modules=language_model_targets(self.target_modules), task_type="CAUSAL_LM",
+                          modules_to_save=[FULLY_TRAINABLE[k] for k in FULLY_TRAINABLE if getattr(self, k) == "train"]
+                          or None)
+
+    def quantization_config(self):
+        """transformers' ``BitsAndBytesConfig`` for ``quantize`` (None without): the language model's linear
+        layers are quantized, the vision tower, ECG parts and the output head stay in the model's dtype."""
+        if self.quantize is None:
+            return None
+        from transformers import BitsAndBytesConfig
+
+        skip = ["visual", "ecg_encoder", "ecg_projector", "lm_head"]
+        if self.quantize == "8bit":
+            return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=skip)
 
 
 @dataclass

@@ -17,13 +17,18 @@ from trl import SFTConfig, SFTTrainer
 from ..data.prompts import encode_batch, load_record
 from ..data.schema import Record
 from ..modeling import QoQMedProcessor
-from .settings import SFTSettings
+from .settings import LoRASettings, SFTSettings
 
 
 def warm_start(model, processor, records: Sequence[Record], out_dir: str | Path,
-               settings: SFTSettings | None = None, eval_records: Sequence[Record] | None = None) -> list[dict]:
-    """Fine-tune ``model`` in place on the records' reference answers; returns the logged loss history."""
-    history = train_sft(model, processor, records, out_dir, settings or SFTSettings(), eval_records=eval_records)
+               settings: SFTSettings | None = None, eval_records: Sequence[Record] | None = None,
+               lora: LoRASettings | None = None, adapter_dir: str | Path | None = None) -> list[dict]:
+    """Fine-tune ``model`` in place on the records' reference answers; returns the logged loss history.
+
+    With ``lora`` only adapters train; they are saved to ``adapter_dir`` (when given, with the processor) and then
+    merged into ``model``, so that the caller holds the warm-started model either way."""
+    history = train_sft(model, processor, records, out_dir, settings or SFTSettings(), eval_records=eval_records,
+                        lora=lora, adapter_dir=adapter_dir)
     return [h for h in history if "loss" in h]
 
 
@@ -40,7 +45,8 @@ class _SFTCollator:
 
 
 def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_dir: str | Path,
-              settings: SFTSettings, eval_records: Sequence[Record] | None = None) -> list[dict]:
+              settings: SFTSettings, eval_records: Sequence[Record] | None = None,
+              lora: LoRASettings | None = None, adapter_dir: str | Path | None = None) -> list[dict]:
     """Fine-tune ``model`` in place on the records' reference answers with TRL's SFTTrainer.
 
     The loss covers the answer tokens only (``<think>``, boxes, ``\\boxed{}``), as ``encode_batch`` labels
@@ -74,6 +80,12 @@ def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"id": r.id} for r in records]),
                          eval_dataset=eval_ds, processing_class=processor,
-                         data_collator=_SFTCollator(processor, by_id, s.prompt_style))
+                         data_collator=_SFTCollator(processor, by_id, s.prompt_style),
+                         peft_config=lora.peft_config() if lora else None)
     trainer.train()
+    if lora:
+        if adapter_dir is not None:
+            trainer.model.save_pretrained(adapter_dir)
+            processor.save_pretrained(adapter_dir)
+        trainer.model.merge_and_unload()  # the adapters fold into ``model``'s own modules
     return trainer.state.log_history

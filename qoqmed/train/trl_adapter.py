@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import gather_object
+from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOTrainer
 
 from ..modeling.processing_qoqmed import ECG_START
@@ -101,8 +101,10 @@ class GRPOTrainerAdapter(GRPOTrainer):
         self.processing_class.tokenizer.padding_side = "left"
         for model in (self.model, self.ref_model):
             if model is not None:
-                backbone = self.accelerator.unwrap_model(model).model
-                backbone.register_forward_pre_hook(self._inject_ecg, with_kwargs=True)
+                model = self.accelerator.unwrap_model(model)
+                if is_peft_model(model):  # LoRA: the QoQ-Med model sits under peft's wrappers
+                    model = model.get_base_model()
+                model.model.register_forward_pre_hook(self._inject_ecg, with_kwargs=True)
         if self.use_vllm:
             proc = self.processing_class
             attach_vllm(self.vllm_generation, lambda: self._active_ecg_rows,
@@ -284,8 +286,9 @@ class GRPOTrainerAdapter(GRPOTrainer):
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         # save_pretrained writes Qwen2.5-VL's original key names (transformers' checkpoint conversion) and only
         # from_pretrained maps them back; the stock loader would leave most weights at their start values.
-        # DeepSpeed and FSDP checkpoints are sharded engine states, which the stock loader handles.
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+        # DeepSpeed and FSDP checkpoints are sharded engine states and LoRA checkpoints hold adapters only, which
+        # the stock loader handles.
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or is_peft_model(self.model):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         dtype = next(target.parameters()).dtype

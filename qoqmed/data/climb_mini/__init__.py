@@ -22,12 +22,14 @@ Output (``generate_climb_mini``)::
 The same seed and configuration give byte-identical files.
 
 Modules: ``domains`` (label sets, wording), ``config`` (:class:`ClimbMiniConfig`), ``plan`` (which rows exist),
-``ecg`` (the ECG simulator), ``images`` (drawing and one renderer per image domain), ``generate`` (writing it all).
+``ecg`` (the ECG simulator), ``images`` (drawing and one renderer per image domain), ``generate`` (writing it all);
+``fusion`` (a separate ``multimodal`` task whose answer needs the ECG, the X-ray and the note together).
 """
 
 from .config import CLIMB_MINI_VERSION, DEFAULT_TRAIN_WEIGHTS, ClimbMiniConfig
 from .domains import DOMAIN_SPECS, LABELS, DomainSpec
 from .ecg import simulate_ecg
+from .fusion import generate_fusion
 from .generate import generate_climb_mini, tight_box
 from .plan import allocate
 
@@ -40,6 +42,7 @@ __all__ = [
     "LABELS",
     "allocate",
     "generate_climb_mini",
+    "generate_fusion",
     "simulate_ecg",
     "tight_box",
 ]
