@@ -1,11 +1,13 @@
 """Requests/s and p50/p95 latency of `qoqmed serve` over loopback HTTP: one client vs many concurrent clients,
 with micro-batching on and off.
 
-    python benchmarks/serve_latency.py [--model DIR] [--out benchmarks/results/serve_latency.json]
+    python benchmarks/serve_latency.py [--model DIR] [--engines transformers,vllm] [--out FILE.json]
 
 Without --model, a tiny random-init model (the quickstart's size) is saved to a temporary folder. The server runs
 as a separate `qoqmed serve` process, as users run it; every request carries a 224x224 PNG and an 8x2500 ECG and
-asks for --max-new-tokens answer tokens (a random model rarely stops early, so answers have that length).
+asks for --max-new-tokens answer tokens (a random model rarely stops early, so answers have that length). Each of
+--engines (`qoqmed serve --engine`) serves the same scenarios in the same run; vllm needs an environment with the
+vllm extra (make test-vllm builds one: .venv-vllm/bin/python benchmarks/serve_latency.py --engines ...).
 """
 
 from __future__ import annotations
@@ -49,13 +51,14 @@ def payload(max_new_tokens: int) -> dict:
 
 
 class Server:
-    def __init__(self, model: Path, max_batch: int):
+    def __init__(self, model: Path, max_batch: int, engine: str = "transformers"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         exe = Path(sys.executable).with_name("qoqmed")
+        extra = ["--kv-cache-gib", "1"] if engine == "vllm" and not torch.cuda.is_available() else []
         self.proc = subprocess.Popen(
             [str(exe), "serve", "--model", str(model), "--port", str(self.port), "--max-batch", str(max_batch),
-             "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+             "--engine", engine, *extra, "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
             env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
     def __enter__(self):
@@ -115,6 +118,7 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=24, help="requests sent one after another by one client")
     ap.add_argument("--clients", type=int, default=16, help="concurrent clients")
     ap.add_argument("--concurrent", type=int, default=96, help="requests shared by the concurrent clients")
+    ap.add_argument("--engines", default="transformers", help="comma-separated: transformers, vllm")
     args = ap.parse_args()
 
     body = payload(args.max_new_tokens)
@@ -132,17 +136,17 @@ def main() -> None:
             results["model"] = f"tiny random init ({sum(p.numel() for p in net.parameters()) / 1e6:.2f}M parameters)"
         else:
             results["model"] = str(model)
-        scenarios = {}
-        with Server(model, max_batch=8) as srv:
-            asyncio.run(run_clients(srv.url, body, 1, 4, "warm-up"))
-            scenarios["single_client"] = asyncio.run(run_clients(srv.url, body, 1, args.single, "1 client"))
-            scenarios["concurrent_batched"] = asyncio.run(
-                run_clients(srv.url, body, args.clients, args.concurrent, f"{args.clients} clients, batching"))
-        with Server(model, max_batch=1) as srv:
-            asyncio.run(run_clients(srv.url, body, 1, 4, "warm-up"))
-            scenarios["concurrent_unbatched"] = asyncio.run(
-                run_clients(srv.url, body, args.clients, args.concurrent, f"{args.clients} clients, max-batch 1"))
-    results["scenarios"] = scenarios
+        for engine in args.engines.split(","):
+            scenarios = results.setdefault("engines", {}).setdefault(engine, {})
+            with Server(model, max_batch=8, engine=engine) as srv:
+                asyncio.run(run_clients(srv.url, body, 1, 4, "warm-up"))
+                scenarios["single_client"] = asyncio.run(run_clients(srv.url, body, 1, args.single, "1 client"))
+                scenarios["concurrent_batched"] = asyncio.run(
+                    run_clients(srv.url, body, args.clients, args.concurrent, f"{args.clients} clients, batching"))
+            with Server(model, max_batch=1, engine=engine) as srv:
+                asyncio.run(run_clients(srv.url, body, 1, 4, "warm-up"))
+                scenarios["concurrent_unbatched"] = asyncio.run(
+                    run_clients(srv.url, body, args.clients, args.concurrent, f"{args.clients} clients, max-batch 1"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")

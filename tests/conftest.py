@@ -36,3 +36,23 @@ def mini_records_path(tmp_path_factory):
     path = root / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vllm(tmp_path_factory):
+    """``build_tiny(seed=0)`` saved to a folder, and one vLLM engine over it for the whole session (an engine takes
+    about a minute to start on 2 cores). Skips where vLLM is not installed (``make test-vllm`` installs it)."""
+    pytest.importorskip("vllm", reason="vLLM is not installed; `make test-vllm` builds an environment with it")
+    import os
+
+    from qoqmed.infer.vllm_engine import VLLMEngine
+    from qoqmed.modeling.tiny import build_tiny
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; plenty for the tiny model
+    folder = tmp_path_factory.mktemp("tiny_vllm") / "model"
+    processor, model = build_tiny(seed=0)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    engine = VLLMEngine(folder, max_model_len=2048, dtype="float32", seed=0)
+    yield folder, engine
+    engine.close()

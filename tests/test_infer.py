@@ -375,3 +375,13 @@ def test_cli_predict_prompt_style_reaches_the_pipeline(model_dir, tmp_path, monk
     res = runner.invoke(app, [*base, "--prompt-style", "official", "Findings?"])
     assert res.exit_code == 2 and "--prompt-style must be one of qoqmed, released, got 'official'" in res.output
     assert len(prompts) == 3  # refused before any model was loaded
+
+
+def test_from_pretrained_engine_choices_are_checked(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="engine='tensorrt'; choose one of"):
+        QoQMedPipeline.from_pretrained(tmp_path, engine="tensorrt")
+    with pytest.raises(ValueError, match="LoRA adapter folder; vLLM loads full model folders"):
+        QoQMedPipeline.from_pretrained(tmp_path, engine="vllm")
+    with pytest.raises(ValueError, match="device applies to the transformers engine"):
+        QoQMedPipeline.from_pretrained(tmp_path, engine="vllm", device="cpu")

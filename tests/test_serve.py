@@ -98,9 +98,12 @@ class ServerThread:
         self.thread.join(timeout=30)
 
 
-@pytest.fixture(scope="module")
-def server():
+@pytest.fixture(scope="module", params=["transformers", pytest.param("vllm", marks=pytest.mark.vllm)])
+def server(request):
+    """The tiny model served with each engine: every API test below runs against both."""
     processor, model = build_tiny(seed=0)
+    if request.param == "vllm":
+        model = request.getfixturevalue("tiny_vllm")[1]  # an engine over the same model, saved
     pipe = QoQMedPipeline(model, processor, max_new_tokens=8, name="tiny")
     app = create_app(pipe, max_body_bytes=BODY_LIMIT, max_batch=16, batch_wait_ms=20, max_new_tokens_limit=64)
     with ServerThread(app) as srv:
@@ -427,7 +430,7 @@ def test_model_failure_is_a_500_and_the_server_recovers(client, server, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(server.app.state.pipeline.model, "generate", broken)
+    monkeypatch.setattr(server.app.state.pipeline.engine, "generate", broken)
     r = client.post("/v1/predict", json={"question": "q", "max_new_tokens": 2})
     assert r.status_code == 500 and error_of(r)["code"] == "internal_error" and "RuntimeError" in r.text
     monkeypatch.undo()
@@ -480,3 +483,43 @@ def test_serve_prompt_style_is_reported_and_used(tmp_path, monkeypatch):
 
 def test_healthz_reports_the_default_prompt_style(client):
     assert client.get("/healthz").json()["prompt_style"] == "qoqmed"
+
+
+def test_serve_engine_choice_is_checked(tmp_path):
+    from typer.testing import CliRunner
+
+    from qoqmed.cli import app as cli
+
+    runner = CliRunner()
+    res = runner.invoke(cli, ["serve", "--model", str(tmp_path), "--engine", "tensorrt"])
+    assert res.exit_code == 2 and "--engine must be one of transformers, vllm, got 'tensorrt'" in res.output
+    res = runner.invoke(cli, ["serve", "--model", str(tmp_path), "--engine", "vllm", "--device", "cuda"])
+    assert res.exit_code == 2 and "--device applies to --engine transformers" in res.output
+    res = runner.invoke(cli, ["serve", "--model", str(tmp_path), "--max-model-len", "512"])
+    assert res.exit_code == 2 and "apply to --engine vllm" in res.output
+
+
+@pytest.mark.vllm
+def test_serve_engine_vllm_from_the_command_line(tiny_vllm, monkeypatch):
+    """`qoqmed serve --engine vllm` builds the pipeline on a VLLMEngine with the command's options and serves it."""
+    from typer.testing import CliRunner
+
+    import qoqmed.infer.vllm_engine as vllm_engine
+    import qoqmed.serve.server as server_module
+    from qoqmed.cli import app as cli
+
+    folder, engine = tiny_vllm
+    made, started = [], []
+    # The session's engine stands in for a second one over the same folder (each takes a minute to start).
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", lambda path, **options: made.append((path, options)) or engine)
+    monkeypatch.setattr(server_module, "run", lambda application, **kwargs: started.append(application))
+    res = CliRunner().invoke(cli, ["serve", "--model", str(folder), "--engine", "vllm", "--max-model-len", "1024",
+                                   "--kv-cache-gib", "1", "--max-new-tokens", "4"])
+    assert res.exit_code == 0, res.output
+    assert "vllm engine" in res.output
+    assert made == [(folder, {"max_model_len": 1024, "kv_cache_gib": 1.0})]
+    (application,) = started
+    assert application.state.pipeline.engine is engine
+    with ServerThread(application) as srv, httpx.Client(base_url=srv.url, timeout=120) as c:
+        r = c.post("/v1/predict", json={"question": "Which findings?", "images": [b64(png_bytes())]})
+        assert r.status_code == 200 and r.json()["completion_tokens"] <= 4, r.text

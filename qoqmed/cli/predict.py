@@ -25,21 +25,27 @@ def check_prompt_style(style: str) -> str:
 
 
 def load_pipeline(model: Path, device: Optional[str], max_new_tokens: int, num_slices: int = 4,
-                  prompt_style: str = "qoqmed"):
-    """The inference pipeline of the model folder ``model``, prompting in ``prompt_style``; a folder that cannot be
-    loaded ends the command."""
+                  prompt_style: str = "qoqmed", engine: str = "transformers", engine_options: dict | None = None):
+    """The inference pipeline of the model folder ``model``, prompting in ``prompt_style`` and generating with
+    ``engine``; a folder that cannot be loaded ends the command."""
     from transformers.utils import logging as hf_logging
 
     from ..infer import QoQMedPipeline
+    from ..infer.pipeline import ENGINES
 
     check_prompt_style(prompt_style)
+    if engine not in ENGINES:
+        fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     hf_logging.disable_progress_bar()  # the spinner below says what is happening; no weight-loading bar
     try:
         with err.status(f"loading {model}"):
             return QoQMedPipeline.from_pretrained(model, device=device, max_new_tokens=max_new_tokens,
-                                                  num_slices=num_slices, prompt_style=prompt_style)
+                                                  num_slices=num_slices, prompt_style=prompt_style, engine=engine,
+                                                  engine_options=engine_options)
     except OSError as exc:  # FileNotFoundError and ValueError end the command as every input error does
         fail(str(exc))
+    except ImportError as exc:
+        fail(f"--engine {engine} cannot be imported ({exc}); install it with: pip install 'qoqmed[{engine}]'")
 
 
 # ---- the steps of one question: parse the inputs, run the model, write the overlay and print ----

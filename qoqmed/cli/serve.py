@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import console, err
+from .common import console, err, fail
 from .predict import PromptStyle, load_pipeline
 
 
@@ -32,7 +32,14 @@ def serve(
     max_new_tokens: Annotated[int, typer.Option(help="Default answer length limit in tokens.")] = 256,
     max_tokens_limit: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for.")] = 1024,
     prompt_style: PromptStyle = "qoqmed",
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, ... (default: cuda if available; transformers "
+                                                       "engine only).")] = None,
+    engine: Annotated[str, typer.Option(help="transformers, or vllm (needs the vllm extra; paged KV cache and "
+                                             "continuous batching, on the device vLLM was built for).")]
+    = "transformers",
+    max_model_len: Annotated[Optional[int], typer.Option(help="vllm: longest prompt + answer in tokens (default: "
+                                                               "the model's positions).")] = None,
+    kv_cache_gib: Annotated[Optional[float], typer.Option(help="vllm on CPU: KV cache size in GiB.")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Serve a model over HTTP: a web page at /, POST /v1/chat/completions (OpenAI-compatible), POST /v1/predict,
@@ -42,10 +49,19 @@ def serve(
 
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning:[/] binding {host}: anyone who can reach this port can use the model")
-    pipe = load_pipeline(model, device, max_new_tokens, prompt_style=prompt_style)
+    options = None
+    if engine == "vllm":
+        if device is not None:
+            fail("--device applies to --engine transformers; vLLM runs on the device it was built for")
+        options = {"max_model_len": max_model_len, "kv_cache_gib": kv_cache_gib}
+    elif max_model_len is not None or kv_cache_gib is not None:
+        fail("--max-model-len and --kv-cache-gib apply to --engine vllm")
+    pipe = load_pipeline(model, device, max_new_tokens, prompt_style=prompt_style, engine=engine,
+                         engine_options=options)
     application = create_app(pipe, max_body_bytes=int(max_body_mb * (1 << 20)), max_batch=max_batch,
                              batch_wait_ms=batch_wait_ms, max_new_tokens_limit=max_tokens_limit,
                              body_timeout_s=body_timeout_s)
-    console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs), {prompt_style} prompt style")
+    console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs), {prompt_style} prompt style, "
+                  f"{engine} engine")
     run(application, host=host, port=port, log_level=log_level, head_timeout_s=head_timeout_s,
         max_connections=max_connections)

@@ -28,7 +28,7 @@ from ..data.prompt_styles import system_prompt as style_system_prompt
 from ..data.prompts import STYLE_SYSTEM
 from ..data.schema import ECG_TOKEN, IMAGE_TOKEN, PLACEHOLDER_ORDER, VOLUME_TOKEN, append_notes, place_inputs
 from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, chat_messages
-from ..modeling.lora import load_model_and_processor
+from ..modeling.lora import is_adapter_folder, load_model_and_processor
 from ..rewards.parsing import parse_response
 from .inputs import (InputError, VisualInput, as_list, load_ecg_input, load_image_input, load_volume_input,
                      reading)
@@ -75,6 +75,7 @@ class Decoding:
 
 
 GREEDY = Decoding()
+ENGINES = ("transformers", "vllm")
 
 
 @dataclass
@@ -127,13 +128,57 @@ def _device(device: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class QoQMedPipeline:
-    """Prompt building, input loading, batched greedy generation and answer parsing around a QoQ-Med model."""
+class TransformersEngine:
+    """Generation with a transformers QoQ-Med model: one ``generate`` call per batch of prepared queries."""
 
-    def __init__(self, model: QoQMedForConditionalGeneration, processor: QoQMedProcessor, *,
+    def __init__(self, model: QoQMedForConditionalGeneration, processor: QoQMedProcessor,
+                 tokenizer_lock: threading.Lock):
+        self.model = model.eval()
+        self.processor = processor
+        self.max_positions = int(getattr(model.config.text_config, "max_position_embeddings", 0) or 0)
+        self.limits: dict[str, int] = {}  # inputs per prompt: none beyond the prompt length
+        self._lock = threading.Lock()  # one generate at a time; torch already uses every core for one call
+        self._tok_lock = tokenizer_lock
+        self._eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    @torch.no_grad()
+    def generate(self, prepared: Sequence[PreparedQuery], max_new: int, decoding: Decoding) -> list[list[int]]:
+        """The new token ids of every query, up to and including the end-of-turn token where it stopped."""
+        p = self.processor
+        images = [v.image for q in prepared for v in q.visuals]
+        ecgs = [e for q in prepared for e in q.ecgs]
+        with self._lock:
+            # Left padding: generation appends to the right end of every row.
+            with self._tok_lock:
+                enc = p(text=[q.prompt for q in prepared], images=images or None, ecg=ecgs or None, padding=True,
+                        padding_side="left", return_tensors="pt")
+            enc = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
+            if decoding.seed is not None:
+                torch.manual_seed(decoding.seed)  # under the lock: no other call draws from the generator meanwhile
+            out = self.model.generate(**enc, max_new_tokens=max_new, **decoding.generate_kwargs(),
+                                      suppress_tokens=self.model.placeholder_token_ids())
+        # A row that stopped is padded after its end-of-turn token; one that did not ran the whole length.
+        rows = out[:, enc["input_ids"].shape[1]:].tolist()
+        return [row[:row.index(self._eos) + 1] if self._eos in row else row for row in rows]
+
+
+class QoQMedPipeline:
+    """Prompt building, input loading, batched greedy generation and answer parsing around a QoQ-Med model.
+
+    ``model`` is a transformers model, or an engine with the ``generate``, ``max_positions`` and ``limits`` of
+    :class:`TransformersEngine` (``qoqmed.infer.vllm_engine.VLLMEngine``)."""
+
+    def __init__(self, model, processor: QoQMedProcessor, *,
                  system_prompt: str | None = STYLE_SYSTEM, max_new_tokens: int = 128, num_slices: int = 4,
                  batch_size: int = 8, name: str = "qoqmed", prompt_style: str = "qoqmed"):
-        self.model = model.eval()
+        # The fast tokenizer's padding settings are mutable Rust state: a batch encode in generate() and a token
+        # count in prepare() on another thread (the server does both at once) must not overlap.
+        self._tok_lock = threading.Lock()
+        if isinstance(model, QoQMedForConditionalGeneration):
+            self.engine = TransformersEngine(model, processor, self._tok_lock)
+            self.model = self.engine.model
+        else:
+            self.engine, self.model = model, None
         self.processor = processor
         # qoqmed or released (the released weights' prompt, slice selection and answer layout): see
         # qoqmed.data.prompt_styles; the system prompt defaults to the style's.
@@ -143,26 +188,40 @@ class QoQMedPipeline:
         self.num_slices = int(num_slices)
         self.batch_size = int(batch_size)
         self.name = name
-        self._lock = threading.Lock()  # one generate at a time; torch already uses every core for one call
-        # The fast tokenizer's padding settings are mutable Rust state: a batch encode in generate() and a token
-        # count in prepare() on another thread (the server does both at once) must not overlap.
-        self._tok_lock = threading.Lock()
         tok = processor.tokenizer
         self._eos = tok.convert_tokens_to_ids("<|im_end|>")
-        self._pad = tok.pad_token_id
         # Control tokens of the chat format and the input placeholders: text holding one would end a turn early or
         # claim an image or ECG that is not there (and fail the whole generate batch it shares).
         self._reserved = tuple(sorted({t for t in tok.all_special_tokens if len(t) > 1}, key=len, reverse=True))
-        self.max_positions = int(getattr(model.config.text_config, "max_position_embeddings", 0) or 0)
+        self.max_positions = self.engine.max_positions
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | None = None, dtype: torch.dtype | None = None,
-                        **kwargs) -> QoQMedPipeline:
+                        engine: str = "transformers", engine_options: dict | None = None, **kwargs
+                        ) -> QoQMedPipeline:
         """Load a folder written by ``save_pretrained`` (e.g. ``quickstart_out/rl/model``), or a LoRA adapter
-        folder, whose adapter is merged into its base model (``base_model_name_or_path``)."""
+        folder, whose adapter is merged into its base model (``base_model_name_or_path``).
+
+        ``engine="vllm"`` generates through vLLM (the ``vllm`` extra) on the device vLLM was built for, from a full
+        model folder; ``engine_options`` go to :class:`qoqmed.infer.vllm_engine.VLLMEngine` (limits, ...)."""
         path = Path(path)
-        model, processor = load_model_and_processor(path, dtype)
-        model.to(_device(device))
+        if engine not in ENGINES:
+            raise ValueError(f"engine={engine!r}; choose one of {ENGINES}")
+        if engine == "vllm":
+            if device is not None:
+                raise ValueError("device applies to the transformers engine; vLLM runs where it was built for")
+            if is_adapter_folder(path):
+                raise ValueError(f"{path}: a LoRA adapter folder; vLLM loads full model folders: merge it first "
+                                 "(qoqmed model merge-lora)")
+            from .vllm_engine import VLLMEngine
+
+            options = dict(engine_options or {})
+            if dtype is not None:
+                options["dtype"] = dtype
+            model, processor = VLLMEngine(path, **options), QoQMedProcessor.from_pretrained(path)
+        else:
+            model, processor = load_model_and_processor(path, dtype)
+            model.to(_device(device))
         kwargs.setdefault("name", path.name if path.name not in ("model", "") else f"{path.parent.name}/{path.name}")
         return cls(model, processor, **kwargs)
 
@@ -210,6 +269,11 @@ class QoQMedPipeline:
                                 len(loaded_volumes) - earlier["<volume>"], len(ecgs) - earlier["<ecg>"], ehr)
         # One pass over all user turns, so images and volume slices are numbered in conversation order.
         visuals, users = self._order_visuals([u for u, _ in history] + [problem], loaded_images, loaded_volumes)
+        for kind, n, field in (("image", len(visuals), "images"), ("ecg", len(ecgs), "ecg")):
+            limit = self.engine.limits.get(kind)
+            if limit is not None and n > limit:
+                raise InputError(field, f"the prompt holds {n} {kind} inputs (each volume slice is one image); this "
+                                        f"engine takes at most {limit}")
         users[-1] = user_text(users[-1], self.prompt_style)
         problem = users[-1]
         system = system or self.system_prompt
@@ -303,40 +367,20 @@ class QoQMedPipeline:
         return n + n_ecgs * (p.num_ecg_tokens - 1)
 
     # ------------------------------------------------------------------------------------------------ generation
-    @torch.no_grad()
     def generate(self, prepared: Sequence[PreparedQuery], max_new_tokens: int | None = None,
                  decoding: Decoding | None = None) -> list[Prediction]:
-        """Answers for prepared queries, in one generate call (callers chunk to a batch size); greedy unless
+        """Answers for prepared queries, in one engine call (callers chunk to a batch size); greedy unless
         ``decoding`` samples."""
         if not prepared:
             return []
         max_new = int(max_new_tokens or self.max_new_tokens)
-        decoding = decoding or GREEDY
-        p = self.processor
-        images = [v.image for q in prepared for v in q.visuals]
-        ecgs = [e for q in prepared for e in q.ecgs]
-        with self._lock:
-            t0 = time.perf_counter()
-            # Left padding: generation appends to the right end of every row.
-            with self._tok_lock:
-                enc = p(text=[q.prompt for q in prepared], images=images or None, ecg=ecgs or None, padding=True,
-                        padding_side="left", return_tensors="pt")
-            enc = {k: v.to(self.model.device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}
-            if decoding.seed is not None:
-                torch.manual_seed(decoding.seed)  # under the lock: no other call draws from the generator meanwhile
-            out = self.model.generate(**enc, max_new_tokens=max_new, **decoding.generate_kwargs(),
-                                      suppress_tokens=self.model.placeholder_token_ids())
-            new = out[:, enc["input_ids"].shape[1]:].cpu()
-            gen_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rows = self.engine.generate(prepared, max_new, decoding or GREEDY)
+        gen_s = time.perf_counter() - t0
         with self._tok_lock:
-            texts = p.batch_decode(new, skip_special_tokens=True)
-        preds = []
-        for q, row, text in zip(prepared, new, texts):
-            ids = row.tolist()
-            stopped = self._eos in ids
-            n_new = ids.index(self._eos) + 1 if stopped else sum(1 for t in ids if t != self._pad)
-            preds.append(self._prediction(q, text, "stop" if stopped else "length", n_new, gen_s, len(prepared)))
-        return preds
+            texts = self.processor.batch_decode(rows, skip_special_tokens=True)
+        return [self._prediction(q, text, "stop" if self._eos in ids else "length", len(ids), gen_s, len(prepared))
+                for q, ids, text in zip(prepared, rows, texts)]
 
     def _prediction(self, q: PreparedQuery, text: str, finish: str, n_new: int, gen_s: float, batch: int
                     ) -> Prediction:

@@ -43,8 +43,10 @@ def _register_checkpoint_layout() -> None:
 _register_checkpoint_layout()
 
 
-def _projector(kind: str, in_dim: int, out_dim: int) -> nn.Module:
-    if kind == "linear":
+def ecg_projector(config: QoQMedConfig) -> nn.Module:
+    """The module mapping ECG encoder tokens into the LLM width, as ``config.ecg_projector`` names it."""
+    in_dim, out_dim = config.ecg_encoder_config.hidden_size, config.text_config.hidden_size
+    if config.ecg_projector == "linear":
         return nn.Linear(in_dim, out_dim)
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
@@ -54,6 +56,14 @@ def normalize_per_lead(ecg: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     mean = ecg.mean(-1, keepdim=True)
     std = ecg.std(-1, keepdim=True)
     return (ecg - mean) / (std + eps)
+
+
+def ecg_features(config: QoQMedConfig, encoder: ECGJEPAEncoder, projector: nn.Module, ecg_values: torch.Tensor
+                 ) -> torch.Tensor:
+    """``(num_records, leads, samples) -> (num_records, tokens_per_record, hidden)``: what enters the LLM."""
+    if config.ecg_normalize:
+        ecg_values = normalize_per_lead(ecg_values.float())
+    return projector(encoder.tokens(ecg_values, config.ecg_token_mode))
 
 
 def _init_ecg_buffers(module: nn.Module) -> None:
@@ -79,17 +89,12 @@ class QoQMedModel(Qwen2_5_VLModel):
     def __init__(self, config: QoQMedConfig):
         super().__init__(config)
         self.ecg_encoder = ECGJEPAEncoder(config.ecg_encoder_config)
-        self.ecg_projector = _projector(
-            config.ecg_projector, config.ecg_encoder_config.hidden_size, config.text_config.hidden_size
-        )
+        self.ecg_projector = ecg_projector(config)
         self.post_init()
 
     def get_ecg_features(self, ecg_values: torch.Tensor) -> torch.Tensor:
         """``(num_records, leads, samples) -> (num_records, tokens_per_record, hidden)``."""
-        if self.config.ecg_normalize:
-            ecg_values = normalize_per_lead(ecg_values.float())
-        tokens = self.ecg_encoder.tokens(ecg_values, self.config.ecg_token_mode)
-        return self.ecg_projector(tokens)
+        return ecg_features(self.config, self.ecg_encoder, self.ecg_projector, ecg_values)
 
     def forward(self, input_ids=None, inputs_embeds=None, ecg_values=None, **kwargs):
         if ecg_values is not None and ecg_values.shape[0] == 0:
@@ -204,11 +209,14 @@ class QoQMedForConditionalGeneration(Qwen2_5_VLForConditionalGeneration):
 
     def placeholder_token_ids(self) -> list[int]:
         """Token ids the model must never generate (multimodal placeholders)."""
-        cfg = self.config
-        ids = [cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id,
-               cfg.ecg_token_id, cfg.ecg_start_token_id, cfg.ecg_end_token_id]
-        return sorted({i for i in ids if i is not None})
+        return placeholder_token_ids(self.config)
 
+
+def placeholder_token_ids(config: QoQMedConfig) -> list[int]:
+    """Token ids a QoQ-Med model must never generate (multimodal placeholders), by its config."""
+    ids = [config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id,
+           config.ecg_token_id, config.ecg_start_token_id, config.ecg_end_token_id]
+    return sorted({i for i in ids if i is not None})
 
 
 def model_parts(model: QoQMedForConditionalGeneration) -> dict[str, list[nn.Module]]:

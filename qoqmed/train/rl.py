@@ -47,7 +47,7 @@ from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor, freeze
 from ..modeling.lora import merge_adapter
 from ..rewards.scores import score_batch
 from .drpo_state import DRPO_STATE_FILE, LEGACY_DRPO_STATE_FILE, read_drpo_state, write_drpo_state
-from .settings import LOSS_TYPES, LoRASettings, RLSettings, make_estimator
+from .settings import LOSS_TYPES, LoRASettings, RLSettings, RolloutSettings, make_estimator
 from .trl_adapter import GRPOTrainerAdapter, ScoredRollouts
 
 METRICS_CSV = "rl_metrics.csv"
@@ -317,12 +317,37 @@ def make_grpo_config(s: RLSettings, out_dir: str | Path, suppress_tokens: Sequen
         eval_strategy="steps" if evaluate else "no", eval_steps=s.eval_steps or s.probe_steps,
         eval_on_start=evaluate and s.probe_steps is not None,  # the probe curve starts at the warm start
         use_cpu=not torch.cuda.is_available(), bf16=bf16, dataloader_num_workers=0,
-        generation_kwargs={"suppress_tokens": list(suppress_tokens)} if suppress_tokens else None,
+        generation_kwargs=_suppress(s.rollout.engine, suppress_tokens),
         lr_scheduler_type="constant_with_warmup", warmup_steps=2, gradient_checkpointing=s.gradient_checkpointing,
-        disable_tqdm=not s.progress_bar,
+        disable_tqdm=not s.progress_bar, **_vllm_options(s.rollout),
         # TRL gathers the images of a batch for its completion logs only on processes whose rows hold images: a
         # process with an ECG- or text-only batch skips that collective and the processes deadlock
         log_multimodal=False,
+    )
+
+
+def _suppress(engine: str, tokens: Sequence[int]) -> dict | None:
+    """Sampling options that keep ``tokens`` (the placeholders) out of rollouts, in the engine's own terms."""
+    if not tokens:
+        return None
+    if engine == "vllm":  # vLLM's bias floor is -100: the same as never sampling them
+        return {"logit_bias": {int(t): -100.0 for t in tokens}}
+    return {"suppress_tokens": list(tokens)}
+
+
+def _vllm_options(r: RolloutSettings) -> dict:
+    """GRPOConfig's vLLM fields for ``rl.rollout``."""
+    if r.engine != "vllm":
+        return {"use_vllm": False}
+    return dict(
+        use_vllm=True, vllm_mode=r.vllm_mode, vllm_gpu_memory_utilization=r.gpu_memory_utilization,
+        vllm_max_model_length=r.max_model_length, vllm_tensor_parallel_size=r.tensor_parallel_size,
+        vllm_enable_sleep_mode=r.enable_sleep_mode, vllm_server_base_url=r.server_url,
+        vllm_server_timeout=r.server_timeout,
+        vllm_importance_sampling_correction=r.importance_sampling is not None,
+        vllm_importance_sampling_mode=r.importance_sampling or "token_truncate",
+        vllm_importance_sampling_clip_max=r.importance_sampling_clip_max,
+        vllm_importance_sampling_clip_min=r.importance_sampling_clip_min,
     )
 
 
@@ -358,6 +383,9 @@ def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: 
         freeze(model, **{part: True for part in s.freeze})
     dataset, facts = build_rl_dataset(records, processor, domain_key=s.domain_key,
                                       prompt_style=s.prompt_style)
+    if s.rollout.engine == "vllm" and s.rollout.vllm_mode == "server" and any(f.ecg_paths for f in facts.values()):
+        raise ValueError("rl.rollout.vllm_mode server: TRL's vLLM client sends token ids and images only, so ECG "
+                         "records cannot reach the server; use vllm_mode colocate for data with ECG")
     eval_sets: dict[str, Dataset] = {}
     if eval_records and s.eval_steps:
         eval_sets["eval"], eval_facts = build_rl_dataset(eval_records, processor, domain_key=s.domain_key,

@@ -54,6 +54,53 @@ class SFTSettings:
             self.report_to = [self.report_to]
 
 
+ROLLOUT_ENGINES = ("hf", "vllm")
+VLLM_MODES = ("colocate", "server")
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+@dataclass
+class RolloutSettings:
+    """How RL samples its rollouts (recipe section ``rl.rollout``): ``engine: hf`` (transformers ``generate``) or
+    ``engine: vllm`` (TRL's vLLM backend), colocated in the training process or on a ``vllm serve`` server.
+
+    With vLLM the sampler and the trained model compute log-probs with different kernels, so TRL's importance
+    sampling correction reweights the loss by exp(training log-prob - vLLM log-prob) (``importance_sampling``: a
+    TRL mode, or None to switch it off); the per-step gap is logged as ``sampling/sampling_logp_difference/*``.
+    """
+
+    engine: str = "hf"                   # hf | vllm
+    vllm_mode: str = "colocate"          # colocate (one process samples and trains) | server (vllm serve elsewhere)
+    gpu_memory_utilization: float = 0.3  # colocate: share of the GPU vLLM may take (weights + KV cache)
+    max_model_length: int | None = None  # colocate: prompt + completion tokens (None: the model's own limit)
+    tensor_parallel_size: int = 1        # colocate: GPUs one vLLM instance spans
+    enable_sleep_mode: bool = False      # colocate: free vLLM's memory during the optimiser step
+    server_url: str | None = None        # server: e.g. http://10.0.0.2:8000 (None: http://0.0.0.0:8000)
+    server_timeout: float = 240.0        # server: seconds to wait for it to come up
+    # token_truncate: each token's ratio clipped at clip_max (the loss is a token mean); a sequence-level ratio would
+    # multiply a small per-token gap over every token of a long rollout
+    importance_sampling: str | None = "token_truncate"  # token_/sequence_ truncate | mask, or None
+    importance_sampling_clip_max: float | None = 3.0
+    importance_sampling_clip_min: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.engine not in ROLLOUT_ENGINES:
+            raise ValueError(f"rl.rollout.engine={self.engine!r}; choose one of {ROLLOUT_ENGINES}")
+        if self.vllm_mode not in VLLM_MODES:
+            raise ValueError(f"rl.rollout.vllm_mode={self.vllm_mode!r}; choose one of {VLLM_MODES}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"rl.rollout.gpu_memory_utilization={self.gpu_memory_utilization}: in (0, 1]")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"rl.rollout.tensor_parallel_size={self.tensor_parallel_size} must be >= 1")
+        if self.importance_sampling is not None and self.importance_sampling not in IS_MODES:
+            raise ValueError(f"rl.rollout.importance_sampling={self.importance_sampling!r}; choose one of "
+                             f"{IS_MODES} or null")
+        low, high = self.importance_sampling_clip_min, self.importance_sampling_clip_max
+        if low is not None and high is not None and not 0 <= low < high:
+            raise ValueError(f"rl.rollout.importance_sampling_clip_min={low} and _clip_max={high}: "
+                             "need 0 <= min < max")
+
+
 @dataclass
 class RLSettings:
     estimator: str = "drpo"            # grpo | drgrpo | rloo | disco | drpo
@@ -97,8 +144,11 @@ class RLSettings:
     progress_bar: bool = True
     model_dtype: str | None = None     # load weights as e.g. "bfloat16" (pure bf16 training of a large model)
     freeze: list[str] = field(default_factory=list)  # parts kept fixed: vision, ecg, projector, llm
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)  # sampling engine (hf generate or vLLM)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.rollout, RolloutSettings):
+            self.rollout = section(RolloutSettings, self.rollout, "rl.rollout")
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"rl.estimator={self.estimator!r}; choose one of {ESTIMATORS}")
         if self.drpo_mode not in MODES:

@@ -5,7 +5,8 @@ of those methods, every key of TRL's rollout batch read here and the hand-over o
 pass to the advantage step live in :class:`GRPOTrainerAdapter`; the trainer built on it
 (``qoqmed.train.rl.QoQMedRLTrainer``) fills in plain hooks and never touches TRL's internals:
 
-- :meth:`~GRPOTrainerAdapter.rollout_ecg`: the ECG records of each row (TRL forwards only model inputs it knows);
+- :meth:`~GRPOTrainerAdapter.rollout_ecg`: the ECG records of each row (TRL forwards only model inputs it knows;
+  with ``use_vllm`` they also reach the sampler, see ``qoqmed.train.vllm_rollouts``);
 - :meth:`~GRPOTrainerAdapter.rollout_advantages`: one advantage per rollout of the batch gathered from every process;
 - :meth:`~GRPOTrainerAdapter.record_rollouts`: per-rollout logging of a training or evaluation batch;
 - :meth:`~GRPOTrainerAdapter.evaluation_started` / :meth:`~GRPOTrainerAdapter.evaluation_finished`;
@@ -19,6 +20,7 @@ there first.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +28,9 @@ import torch
 from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOTrainer
 
+from ..modeling.processing_qoqmed import ECG_START
 from .sharding import fsdp_on_cpu
+from .vllm_rollouts import attach_vllm, engine_dtype
 
 
 @dataclass
@@ -75,8 +79,12 @@ def advantages_of_scorable(scored: ScoredRollouts, kl: torch.Tensor | None,
 class GRPOTrainerAdapter(GRPOTrainer):
     """GRPOTrainer with ECG inputs, the advantage step and checkpoint state handed to plain hooks."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model, reward_funcs, args, **kwargs):
+        colocated = args.use_vllm and args.vllm_mode == "colocate"
+        # the sampler computes in the training pass's precision (mixed precision: its half type)
+        dtype = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else model.dtype
+        with engine_dtype(dtype) if colocated else nullcontext():
+            super().__init__(model=model, reward_funcs=reward_funcs, args=args, **kwargs)
         # TRL sums the weighted reward columns with nansum and sets rows every function left unscored back to NaN;
         # with one function of weight 1 that sum is the function's column, NaN where it returned None
         if len(self.reward_funcs) != 1:
@@ -86,6 +94,7 @@ class GRPOTrainerAdapter(GRPOTrainer):
             raise ValueError(f"reward_weights must be [1.0] (the reward function weighs its components itself), "
                              f"got {self.reward_weights.tolist()}")
         self._active_ecg: torch.Tensor | None = None
+        self._active_ecg_rows: list[torch.Tensor] | None = None  # per row, while its rollouts are generated
         self._scored: ScoredRollouts | None = None  # set by each reward pass, taken once by the step that asked
         # TRL left-pads prompt ids itself but takes mm_token_type_ids from the processor: both must pad left, or
         # every shorter image row is scored with shifted image flags and rotary positions (see _check_alignment)
@@ -97,6 +106,11 @@ class GRPOTrainerAdapter(GRPOTrainer):
                 if is_peft_model(model):  # LoRA: the QoQ-Med model sits under peft's wrappers
                     model = model.get_base_model()
                 model.model.register_forward_pre_hook(self._inject_ecg, with_kwargs=True)
+        if self.use_vllm:
+            proc = self.processing_class
+            attach_vllm(self.vllm_generation, lambda: self._active_ecg_rows,
+                        proc.tokenizer.convert_tokens_to_ids(ECG_START),
+                        frozenset({proc.image_token_id, proc.ecg_token_id}))
 
     def create_accelerator_and_postprocess(self) -> None:
         with fsdp_on_cpu():  # an FSDP launch on CPU processes shards as on GPUs (qoqmed.train.sharding)
@@ -203,12 +217,12 @@ class GRPOTrainerAdapter(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         mode = "train" if self.model.training else "eval"
         ecg_rows = self.rollout_ecg(inputs)
-        self._active_ecg = self._concat(ecg_rows)
+        self._active_ecg, self._active_ecg_rows = self._concat(ecg_rows), ecg_rows
         try:
             out = super()._generate_and_score_completions(inputs)
             kl = self._rollout_kl(out) if mode == "train" and self.wants_rollout_kl() else None
         finally:
-            self._active_ecg = None
+            self._active_ecg, self._active_ecg_rows = None, None
         out["ecg_rows"] = ecg_rows  # a per-row list, shuffled and split with the batch
         scored = self._take_scored()
         advantages = None
