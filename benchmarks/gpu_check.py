@@ -305,7 +305,8 @@ def vllm_row(size: str, timeout: int) -> dict:
 
 
 def vllm_tokens_per_s(config, geometry: dict) -> dict:
-    """vLLM serves no QoQ-Med architecture: its language model (Qwen2) with random weights, from token ids."""
+    """The language model (Qwen2) with random weights, from token ids: the QoQ-Med vLLM model would need a processor
+    folder with the 152k-token vocabulary, which this check does not build."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
