@@ -49,14 +49,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args, timeout=300, accelerate_config=None, worker=WORKER):
-    """The worker in one process, or in the processes ``accelerate launch`` starts for ``accelerate_config``. On
-    timeout the whole process group is killed, so no hung worker outlives the test; ``returncode`` is then None."""
+def _run(args, timeout=300, accelerate_config=None, program=(str(WORKER),)):
+    """The worker (``program``: a script, or ``-m`` and a module) in one process, or in the processes
+    ``accelerate launch`` starts for ``accelerate_config``. On timeout the whole process group is killed, so no
+    hung worker outlives the test; ``returncode`` is then None."""
     if accelerate_config:
         cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(accelerate_config),
-               "--main_process_port", str(_free_port()), str(worker), *args]
+               "--main_process_port", str(_free_port()), *program, *args]
     else:
-        cmd = [sys.executable, str(worker), *args]
+        cmd = [sys.executable, *program, *args]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -228,10 +229,10 @@ def test_fsdp2_on_cpu_warm_start_is_sharded_saves_the_whole_model_and_matches_on
     split: equal to float32 rounding (1e-5 relative); the gradient norm also passes FSDP's reduce-scatter, hence
     1e-4. A loss averaged per process instead moves the gradient norm by 2e-3 relative."""
     sharded = _run([str(start), str(mini_records_path), str(tmp_path / "fsdp"), "--batch-size", "2"],
-                   accelerate_config=FSDP2_CPU, worker=SFT_WORKER)
+                   accelerate_config=FSDP2_CPU, program=[str(SFT_WORKER)])
     assert sharded.returncode == 0, sharded.stderr[-4000:]
     single = _run([str(start), str(mini_records_path), str(tmp_path / "single"), "--batch-size", "4"],
-                  worker=SFT_WORKER)
+                  program=[str(SFT_WORKER)])
     assert single.returncode == 0, single.stderr[-4000:]
 
     ranks = [json.loads((tmp_path / "fsdp" / f"sft_rank{rank}.json").read_text()) for rank in (0, 1)]
@@ -251,3 +252,20 @@ def test_fsdp2_on_cpu_warm_start_is_sharded_saves_the_whole_model_and_matches_on
     trained, initial = _final_model(tmp_path / "fsdp" / "model"), _final_model(start)
     assert trained.keys() == initial.keys()
     assert any(not torch.equal(trained[k], initial[k]) for k in trained)
+
+
+def test_fsdp2_on_cpu_recipe_keeps_the_warm_started_model(mini_records_path, tmp_path):
+    """``qoqmed train`` with the warm start enabled, launched with the shipped FSDP2 config: the warm-started model
+    RL starts from is written whole, and the warm-start evaluation (main process only) reads it from there."""
+    recipe = {"data": {"train": str(mini_records_path), "test": str(mini_records_path)},
+              "model": {"init": "tiny", "hidden_size": 64, "intermediate_size": 128, "vision_depth": 1},
+              "sft": {"max_steps": 2, "batch_size": 2, "progress_bar": False},
+              "rl": {"num_generations": 2, "batch_size": 4, "max_steps": 1, "max_completion_length": 8,
+                     "progress_bar": False},
+              "eval": {"max_new_tokens": 4, "evaluate_warm_start": True}}
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))  # JSON is YAML
+    res = _run(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")],
+               accelerate_config=FSDP2_CPU, program=["-m", "qoqmed.cli"])
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert _final_model(tmp_path / "run" / "sft_model").keys() == _final_model(tmp_path / "run" / "rl" / "model").keys()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warm_start"]["overall"]["n"] == 12
