@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 import torch
-from trl import GRPOTrainer
+from trl import GRPOTrainer, SFTTrainer
 
 from qoqmed.algos import group_advantages
 from qoqmed.data.errors import DataError
@@ -47,6 +47,8 @@ def test_trl_private_hooks_keep_their_signatures():
     }
     for name, params in expected.items():
         assert list(inspect.signature(getattr(GRPOTrainer, name)).parameters) == params, name
+    for name in ("compute_loss", "create_accelerator_and_postprocess", "save_model", "_save"):  # the FSDP mixin's
+        assert list(inspect.signature(getattr(SFTTrainer, name)).parameters) == expected[name], name
     logps = list(inspect.signature(GRPOTrainer._get_per_token_logps_and_entropies).parameters)
     assert logps[:6] == ["self", "model", "input_ids", "attention_mask", "logits_to_keep", "batch_size"]
 

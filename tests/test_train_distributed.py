@@ -21,7 +21,7 @@ from qoqmed.data.schema import load_records
 from qoqmed.train.drpo_state import read_drpo_state
 from rl_worker import read_steps as _steps
 
-WORKER = Path(__file__).with_name("rl_worker.py")
+WORKER, SFT_WORKER = Path(__file__).with_name("rl_worker.py"), Path(__file__).with_name("sft_worker.py")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 DDP_CPU, FSDP2_CPU = CONFIGS / "cpu_2proc.yaml", CONFIGS / "fsdp2_cpu_2proc.yaml"
 SPEC = TinySpec(hidden_size=64, intermediate_size=128, vision_depth=1, vision_hidden=32)
@@ -49,14 +49,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(args, timeout=300, accelerate_config=None):
-    """The worker in one process, or in the processes ``accelerate launch`` starts for ``accelerate_config``. On
-    timeout the whole process group is killed, so no hung worker outlives the test; ``returncode`` is then None."""
+def _run(args, timeout=300, accelerate_config=None, program=(str(WORKER),)):
+    """The worker (``program``: a script, or ``-m`` and a module) in one process, or in the processes
+    ``accelerate launch`` starts for ``accelerate_config``. On timeout the whole process group is killed, so no
+    hung worker outlives the test; ``returncode`` is then None."""
     if accelerate_config:
         cmd = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file", str(accelerate_config),
-               "--main_process_port", str(_free_port()), str(WORKER), *args]
+               "--main_process_port", str(_free_port()), *program, *args]
     else:
-        cmd = [sys.executable, str(WORKER), *args]
+        cmd = [sys.executable, *program, *args]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -218,3 +219,55 @@ def test_fsdp2_on_cpu_without_the_modality_safe_forward_breaks(start, mini_recor
     assert res.returncode != 0  # None: it hung and was killed
     if res.returncode is not None:
         assert "collective mismatch" in res.stderr, res.stderr[-3000:]
+
+
+def test_fsdp2_on_cpu_warm_start_is_sharded_saves_the_whole_model_and_matches_one_process(start, mini_records_path,
+                                                                                          tmp_path):
+    """The supervised warm start under the shipped FSDP2 config on 2 CPU processes (2 rows each) against one
+    process taking the same 4 rows per step. The first step starts from the same weights on the same rows, so the
+    loss is the same answer-token sum over the same token count (every process's), computed in float32 in another
+    split: equal to float32 rounding (1e-5 relative); the gradient norm also passes FSDP's reduce-scatter, hence
+    1e-4. Measured: the losses equal, the gradient norms 2e-6 apart. A loss averaged per process instead moves
+    the first loss by 1.1e-5, its gradient norm by 7e-4 and the second loss by 6e-4 (relative)."""
+    sharded = _run([str(start), str(mini_records_path), str(tmp_path / "fsdp"), "--batch-size", "2"],
+                   accelerate_config=FSDP2_CPU, program=[str(SFT_WORKER)])
+    assert sharded.returncode == 0, sharded.stderr[-4000:]
+    single = _run([str(start), str(mini_records_path), str(tmp_path / "single"), "--batch-size", "4"],
+                  program=[str(SFT_WORKER)])
+    assert single.returncode == 0, single.stderr[-4000:]
+
+    ranks = [json.loads((tmp_path / "fsdp" / f"sft_rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(r["distributed_type"] == "FSDP" and r["sharded"] for r in ranks)  # not DDP in disguise
+    one = json.loads((tmp_path / "single" / "sft_rank0.json").read_text())
+    assert one["distributed_type"] == "NO" and not one["sharded"]
+    steps, steps_one = ranks[0]["history"][:2], one["history"][:2]
+    assert [h["step"] for h in steps] == [h["step"] for h in steps_one] == [1, 2] and steps[0]["loss"] > 0
+    assert steps_one[0]["loss"] == pytest.approx(steps[0]["loss"], rel=1e-5)
+    assert steps_one[0]["grad_norm"] == pytest.approx(steps[0]["grad_norm"], rel=1e-4)
+    # the second step starts from weights the first one updated: the LM head too, averaged over both processes
+    # (each process's own gradient alone on its half of the head moves the gradient norm by 2.3e-3 and this loss
+    # by 2.4e-4 relative)
+    assert steps_one[1]["loss"] == pytest.approx(steps[1]["loss"], rel=1e-5)
+
+    # the warm-started model is written whole, though each process held half of it
+    assert not any((tmp_path / "fsdp" / "model").glob("pytorch_model_fsdp*"))
+    trained, initial = _final_model(tmp_path / "fsdp" / "model"), _final_model(start)
+    assert trained.keys() == initial.keys()
+    assert any(not torch.equal(trained[k], initial[k]) for k in trained)
+
+
+def test_fsdp2_on_cpu_recipe_keeps_the_warm_started_model(mini_records_path, tmp_path):
+    """``qoqmed train`` with the warm start enabled, launched with the shipped FSDP2 config: the warm-started model
+    RL starts from is written whole, and the warm-start evaluation (main process only) reads it from there."""
+    recipe = {"data": {"train": str(mini_records_path), "test": str(mini_records_path)},
+              "model": {"init": "tiny", "hidden_size": 64, "intermediate_size": 128, "vision_depth": 1},
+              "sft": {"max_steps": 2, "batch_size": 2, "progress_bar": False},
+              "rl": {"num_generations": 2, "batch_size": 4, "max_steps": 1, "max_completion_length": 8,
+                     "progress_bar": False},
+              "eval": {"max_new_tokens": 4, "evaluate_warm_start": True}}
+    (tmp_path / "recipe.yaml").write_text(json.dumps(recipe))  # JSON is YAML
+    res = _run(["train", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "run")],
+               accelerate_config=FSDP2_CPU, program=["-m", "qoqmed.cli"])
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert _final_model(tmp_path / "run" / "sft_model").keys() == _final_model(tmp_path / "run" / "rl" / "model").keys()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["warm_start"]["overall"]["n"] == 12

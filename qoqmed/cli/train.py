@@ -109,11 +109,10 @@ def sft(
         net.name_or_path = net.config._name_or_path = str((out / "base").resolve())
     elif adapters:
         net.name_or_path = net.config._name_or_path = str(Path(model).resolve())
+    # the trainer writes the model (under FSDP gathered from every process); with --lora, merged on request
     history = warm_start(net, processor, records, out / "trainer", settings, eval_records=val_records,
-                         lora=adapters, adapter_dir=out / "model" if adapters else None)
-    if adapters is None or merge:  # warm_start merged the adapters into net
-        net.save_pretrained(out / ("merged" if adapters else "model"))
-        processor.save_pretrained(out / ("merged" if adapters else "model"))
+                         lora=adapters, adapter_dir=out / "model" if adapters else None,
+                         model_dir=out / ("merged" if adapters else "model") if adapters is None or merge else None)
     (out / "sft_logs.json").write_text(json.dumps({"records": len(records), "history": history}, indent=1))
     last = history[-1]["loss"] if history else float("nan")
     console.print(f"saved {out / 'model'} after {len(history)} logged steps (last loss {last:.3f})")

@@ -37,6 +37,7 @@ from ..modeling import QoQMedForConditionalGeneration, QoQMedProcessor
 from ..modeling.lora import load_model_and_processor
 from ..modeling.tiny import build_tiny
 from .settings import DataSection, EvalSection, LoRASettings, ModelSettings, RLSettings, SFTSettings, section
+from .sharding import is_sharded
 
 console = Console(stderr=True)
 
@@ -228,16 +229,17 @@ def _warm_start_stage(cfg: RecipeConfig, run: Path, processor, model, train: lis
     """The supervised warm start (when enabled); returns its history and the folder RL starts from."""
     from .sft import warm_start  # the trainer (and TRL) only when a recipe runs, not when it is loaded
 
+    # RL starts from the warm-started model; without a warm start, a model on disk is used as it is
+    init = cfg.model_settings.init
+    rl_start = Path(init) if not cfg.sft.enabled and init != "tiny" else run / "sft_model"
     sft_history: list[dict] = []
     if cfg.sft.enabled:
         console.rule("supervised warm start")
         sft_eval = val if cfg.sft.eval_steps else None
+        # written by the trainer: under FSDP each process holds a shard, gathered into rl_start
         sft_history = warm_start(model, processor, train, run / "sft", cfg.sft, eval_records=sft_eval,
-                                 lora=_lora_for(cfg, "sft"))
-    # RL starts from the warm-started model; without a warm start, a model on disk is used as it is
-    init = cfg.model_settings.init
-    rl_start = Path(init) if not cfg.sft.enabled and init != "tiny" else run / "sft_model"
-    if main and rl_start == run / "sft_model":
+                                 lora=_lora_for(cfg, "sft"), model_dir=rl_start)
+    elif main and rl_start == run / "sft_model":
         model.save_pretrained(rl_start)
         processor.save_pretrained(rl_start)
     _state().wait_for_everyone()
@@ -289,6 +291,8 @@ def run_recipe(cfg: RecipeConfig, run_dir: str | Path, overwrite: bool = False) 
     if cfg.eval.evaluate_warm_start and main:
         console.rule("evaluating the warm-started model")
         t = time.perf_counter()
+        if is_sharded(model):  # the main process holds a shard only; the whole model is on disk
+            model, processor = load_trained(rl_start)
         sft_metrics, _ = evaluate_records(model, processor, test, run / "eval_sft", cfg.eval, label_sets)
         timings["eval_warm_start"] = time.perf_counter() - t
 

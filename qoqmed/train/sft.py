@@ -18,18 +18,34 @@ from ..data.prompts import encode_batch, load_record
 from ..data.schema import Record
 from ..modeling import QoQMedProcessor
 from .settings import LoRASettings, SFTSettings
+from .sharding import ShardedTrainerMixin
 
 
 def warm_start(model, processor, records: Sequence[Record], out_dir: str | Path,
                settings: SFTSettings | None = None, eval_records: Sequence[Record] | None = None,
-               lora: LoRASettings | None = None, adapter_dir: str | Path | None = None) -> list[dict]:
+               lora: LoRASettings | None = None, adapter_dir: str | Path | None = None,
+               model_dir: str | Path | None = None) -> list[dict]:
     """Fine-tune ``model`` in place on the records' reference answers; returns the logged loss history.
 
     With ``lora`` only adapters train; they are saved to ``adapter_dir`` (when given, with the processor) and then
-    merged into ``model``, so that the caller holds the warm-started model either way."""
+    merged into ``model``, so that the caller holds the warm-started model either way. ``model_dir``: where the
+    warm-started model is written with the processor (see :func:`train_sft`)."""
     history = train_sft(model, processor, records, out_dir, settings or SFTSettings(), eval_records=eval_records,
-                        lora=lora, adapter_dir=adapter_dir)
+                        lora=lora, adapter_dir=adapter_dir, model_dir=model_dir)
     return [h for h in history if "loss" in h]
+
+
+class QoQMedSFTTrainer(ShardedTrainerMixin, SFTTrainer):
+    """TRL's SFTTrainer, sharded under an FSDP launch on CPU processes too, with a final save that gathers the
+    whole model under a sharded state dict (``qoqmed.train.sharding``)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Qwen2.5-VL declares accepts_loss_kwargs = False, so transformers would count no answer tokens and every
+        # micro-batch would average its own: with several processes (or accumulation steps) a token would weigh
+        # more where fewer tokens share its micro-batch, and the loss would depend on the split. TRL's SFT loss
+        # divides by that count itself (the model never receives it), so it can be the count over every micro-batch.
+        self.model_accepts_loss_kwargs = True
 
 
 class _SFTCollator:
@@ -46,11 +62,16 @@ class _SFTCollator:
 
 def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_dir: str | Path,
               settings: SFTSettings, eval_records: Sequence[Record] | None = None,
-              lora: LoRASettings | None = None, adapter_dir: str | Path | None = None) -> list[dict]:
+              lora: LoRASettings | None = None, adapter_dir: str | Path | None = None,
+              model_dir: str | Path | None = None) -> list[dict]:
     """Fine-tune ``model`` in place on the records' reference answers with TRL's SFTTrainer.
 
     The loss covers the answer tokens only (``<think>``, boxes, ``\\boxed{}``), as ``encode_batch`` labels
     them; images and ECGs are encoded per batch by the collator. Returns the logged history.
+
+    ``model_dir``: where the warm-started model (adapters merged) and the processor are written. Every process
+    must call this: under FSDP ``model`` ends up holding this process's shard only, and the whole model is
+    gathered from all of them into ``model_dir``.
     """
     if not records:
         raise ValueError("the warm start needs at least one training record")
@@ -78,14 +99,23 @@ def train_sft(model, processor: QoQMedProcessor, records: Sequence[Record], out_
         dataset_kwargs={"skip_prepare_dataset": True}, max_length=None,
         disable_tqdm=not s.progress_bar,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"id": r.id} for r in records]),
-                         eval_dataset=eval_ds, processing_class=processor,
-                         data_collator=_SFTCollator(processor, by_id, s.prompt_style),
-                         peft_config=lora.peft_config() if lora else None)
+    trainer = QoQMedSFTTrainer(model=model, args=args,
+                               train_dataset=Dataset.from_list([{"id": r.id} for r in records]),
+                               eval_dataset=eval_ds, processing_class=processor,
+                               data_collator=_SFTCollator(processor, by_id, s.prompt_style),
+                               peft_config=lora.peft_config() if lora else None)
     trainer.train()
     if lora:
         if adapter_dir is not None:
             trainer.model.save_pretrained(adapter_dir)
             processor.save_pretrained(adapter_dir)
         trainer.model.merge_and_unload()  # the adapters fold into ``model``'s own modules
+    if model_dir is not None:
+        if lora:
+            if trainer.args.should_save:
+                model.save_pretrained(model_dir)
+                processor.save_pretrained(model_dir)
+        else:
+            trainer.save_model(str(model_dir))  # with the processor; under FSDP every process joins the gather
+        trainer.accelerator.wait_for_everyone()
     return trainer.state.log_history

@@ -5,6 +5,9 @@ for accelerator devices: with CPU processes it keeps ``MULTI_CPU`` and drops the
 silently trains unsharded (DDP). :func:`fsdp_on_cpu` makes accelerate's state take the plugin there too, so the
 same FSDP2 code (sharding, sharded checkpoints, gathered saves) runs on CPU as on GPUs. With GPUs, or without an
 FSDP plugin, it changes nothing.
+
+:class:`ShardedTrainerMixin` is the one place the trainers (RL and the supervised warm start) apply it, together
+with the gathered save a sharded state dict needs.
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from accelerate.state import AcceleratorState, PartialState
+import torch
 from accelerate.utils import DistributedType
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 
 @contextmanager
@@ -37,3 +43,43 @@ def fsdp_on_cpu() -> Iterator[None]:
         yield
     finally:
         AcceleratorState.__init__ = original
+
+
+class ShardedTrainerMixin:
+    """For a transformers ``Trainer`` subclass, listed before the trainer class: FSDP on CPU processes too, an LM
+    head that trains like every other FSDP unit, and a final ``save_model`` that writes the whole model under a
+    sharded state dict.
+
+    accelerate shards the LM head as its own FSDP unit, gathered when the head is called. TRL's fused loss (SFT and
+    GRPO) reads the head's weight without calling it and gathers the shards itself (``DTensor.full_tensor``),
+    whose backward leaves each process the gradient of its own micro-batch for its shard instead of the average
+    over processes: a wrong head update that no error reports. Gathered through FSDP before the loss, the head's
+    gradient is reduce-scattered (averaged) with the others.
+
+    With ``fsdp_state_dict_type: SHARDED_STATE_DICT`` transformers' ``save_model`` writes no weights at all.
+    Checkpoints keep their sharded engine state (fast, what resuming reads); the final model is gathered here, by
+    every process, and written by the main one.
+    """
+
+    def create_accelerator_and_postprocess(self) -> None:
+        with fsdp_on_cpu():
+            super().create_accelerator_and_postprocess()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        head = getattr(self.accelerator.unwrap_model(model), "get_output_embeddings", lambda: None)()
+        if isinstance(head, FSDPModule) and torch.is_grad_enabled():
+            head.unshard()  # resharded by FSDP's post-backward, after its gradient is reduce-scattered
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if _internal_call or not self.is_fsdp_enabled or "FULL_STATE_DICT" in str(
+                self.accelerator.state.fsdp_plugin.state_dict_type):
+            return super().save_model(output_dir, _internal_call)
+        state_dict = self.accelerator.get_state_dict(self.model)  # the whole model, on the main process
+        if self.args.should_save:
+            self._save(output_dir, state_dict=state_dict)
+
+
+def is_sharded(model) -> bool:
+    """Whether ``model``'s parameters are FSDP2 shards (a forward then needs every process)."""
+    return any(isinstance(p, DTensor) for p in model.parameters())

@@ -29,7 +29,7 @@ from accelerate.utils import gather_object, is_peft_model
 from trl import GRPOTrainer
 
 from ..modeling.processing_qoqmed import ECG_START
-from .sharding import fsdp_on_cpu
+from .sharding import ShardedTrainerMixin
 from .vllm_rollouts import attach_vllm, engine_dtype
 
 
@@ -76,8 +76,9 @@ def advantages_of_scorable(scored: ScoredRollouts, kl: torch.Tensor | None,
     return advantages
 
 
-class GRPOTrainerAdapter(GRPOTrainer):
-    """GRPOTrainer with ECG inputs, the advantage step and checkpoint state handed to plain hooks."""
+class GRPOTrainerAdapter(ShardedTrainerMixin, GRPOTrainer):
+    """GRPOTrainer with ECG inputs, the advantage step and checkpoint state handed to plain hooks; FSDP on CPU
+    processes and the gathered final save come from :class:`~qoqmed.train.sharding.ShardedTrainerMixin`."""
 
     def __init__(self, model, reward_funcs, args, **kwargs):
         colocated = args.use_vllm and args.vllm_mode == "colocate"
@@ -111,10 +112,6 @@ class GRPOTrainerAdapter(GRPOTrainer):
             attach_vllm(self.vllm_generation, lambda: self._active_ecg_rows,
                         proc.tokenizer.convert_tokens_to_ids(ECG_START),
                         frozenset({proc.image_token_id, proc.ecg_token_id}))
-
-    def create_accelerator_and_postprocess(self) -> None:
-        with fsdp_on_cpu():  # an FSDP launch on CPU processes shards as on GPUs (qoqmed.train.sharding)
-            super().create_accelerator_and_postprocess()
 
     # -- hooks for the trainer built on this class -------------------------------------------------------------
     def rollout_ecg(self, inputs: list[dict]) -> list[torch.Tensor]:
@@ -283,16 +280,6 @@ class GRPOTrainerAdapter(GRPOTrainer):
         return metrics
 
     # -- checkpoints -------------------------------------------------------------------------------------------------
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        # With FSDP and a sharded state dict, transformers writes no weights at all: checkpoints keep their sharded
-        # engine state (fast, what resuming reads), and the final model is gathered here, by every process
-        if _internal_call or not self.is_fsdp_enabled or "FULL_STATE_DICT" in str(
-                self.accelerator.state.fsdp_plugin.state_dict_type):
-            return super().save_model(output_dir, _internal_call)
-        state_dict = self.accelerator.get_state_dict(self.model)  # the whole model, on the main process
-        if self.args.should_save:
-            self._save(output_dir, state_dict=state_dict)
-
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
