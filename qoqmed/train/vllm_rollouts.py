@@ -85,6 +85,12 @@ def collapse_runs(ids: list[int], pads: frozenset[int]) -> list[int]:
     return [t for i, t in enumerate(ids) if t not in pads or i == 0 or ids[i - 1] != t]
 
 
+def _check_ecg_blocks(blocks: int, records: torch.Tensor) -> None:
+    if blocks != records.shape[0]:
+        raise RuntimeError(f"a rollout prompt has {blocks} ECG block(s) but its row {records.shape[0]} ECG "
+                           "record(s): the prompts and the rows' records are out of step")
+
+
 class _QoQMedRequests:
     """vLLM's ``LLM`` whose ``generate`` turns TRL's requests into QoQ-Med's: placeholder runs collapsed, and each
     prompt's ECG records added to its multimodal data."""
@@ -109,9 +115,7 @@ class _QoQMedRequests:
 
     def _add_ecg(self, prompt: dict, records: torch.Tensor) -> dict:
         blocks = prompt["prompt_token_ids"].count(self._ecg_start_id)
-        if blocks != records.shape[0]:
-            raise RuntimeError(f"a rollout prompt has {blocks} ECG block(s) but its row {records.shape[0]} ECG "
-                               "record(s): the prompts and the rows' records are out of step")
+        _check_ecg_blocks(blocks, records)
         if not blocks:
             return prompt
         data = {**prompt.get("multi_modal_data", {}), "ecg": [r.float().numpy() for r in records]}
@@ -134,16 +138,16 @@ def ecg_features(records: torch.Tensor, prompt_ids: list[int], ecg_pad_id: int) 
     (n, leads, samples) as vLLM's serialised ``ecg_values`` items, each with a hash of its values (the server's
     encoder-cache key) and the run of ECG placeholders it fills in ``prompt_ids`` (expanded, as the processor gives
     them)."""
-    from vllm.entrypoints.scale_out.token_in_token_out.mm_serde import encode_mm_kwargs_item
+    from vllm.entrypoints.scale_out.token_in_token_out.mm_serde import (
+        encode_mm_kwargs_item,
+    )
     from vllm.multimodal.hasher import MultiModalHasher
     from vllm.multimodal.inputs import MultiModalKwargsItems
 
     from ..modeling.vllm_qoqmed import ECG, ECG_FIELDS
 
     runs = placeholder_runs(prompt_ids, ecg_pad_id)
-    if len(runs) != records.shape[0]:
-        raise RuntimeError(f"a rollout prompt has {len(runs)} ECG block(s) but its row {records.shape[0]} ECG "
-                           "record(s): the prompts and the rows' records are out of step")
+    _check_ecg_blocks(len(runs), records)
     values = records.float().contiguous()
     items = MultiModalKwargsItems.from_hf_inputs(BatchFeature({"ecg_values": values}), ECG_FIELDS)[ECG]
     return {"mm_hashes": {ECG: [MultiModalHasher.hash_kwargs("sha256", ecg=v.numpy()) for v in values]},
