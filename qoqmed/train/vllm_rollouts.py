@@ -138,9 +138,7 @@ def ecg_features(records: torch.Tensor, prompt_ids: list[int], ecg_pad_id: int) 
     (n, leads, samples) as vLLM's serialised ``ecg_values`` items, each with a hash of its values (the server's
     encoder-cache key) and the run of ECG placeholders it fills in ``prompt_ids`` (expanded, as the processor gives
     them)."""
-    from vllm.entrypoints.scale_out.token_in_token_out.mm_serde import (
-        encode_mm_kwargs_item,
-    )
+    from vllm.entrypoints.scale_out.token_in_token_out.mm_serde import encode_mm_kwargs_item
     from vllm.multimodal.hasher import MultiModalHasher
     from vllm.multimodal.inputs import MultiModalKwargsItems
 
