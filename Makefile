@@ -49,7 +49,7 @@ $(VENV_VLLM)/.installed: pyproject.toml | $(BIN_VLLM)/python
 
 # The vLLM model against transformers, and the server API tests on the vLLM engine (one engine for the session).
 test-vllm: $(VENV_VLLM)/.installed
-	HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 $(BIN_VLLM)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_rl.py tests/test_serve.py
+	HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=1 $(BIN_VLLM)/python -m pytest -q -m vllm tests/test_vllm.py tests/test_vllm_rl.py tests/test_vllm_server.py tests/test_serve.py
 	HF_HUB_OFFLINE=1 $(BIN_VLLM)/python -m pytest -q tests/test_serve_chat.py
 
 clean:

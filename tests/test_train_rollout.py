@@ -12,7 +12,7 @@ from trl.generation.vllm_generation import VLLMGeneration
 
 from qoqmed.train.rl import make_grpo_config
 from qoqmed.train.settings import RLSettings
-from qoqmed.train.vllm_rollouts import attach_vllm, sync_weights
+from qoqmed.train.vllm_rollouts import attach_vllm, merge_features, placeholder_runs, sync_weights
 
 ECG_START, ECG_PAD, IMAGE_PAD = 7, 8, 5
 PADS = frozenset({ECG_PAD, IMAGE_PAD})
@@ -48,6 +48,12 @@ def test_the_trl_vllm_internals_relied_on_exist():
 
     assert list(inspect.signature(VLLMGeneration.sync_weights).parameters) == ["self"]
     assert list(inspect.signature(VLLMGeneration._iter_named_params).parameters) == ["self"]
+    # server mode: the client's generate takes the features TRL computed, and posts through _post
+    from trl.generation.vllm_client import VLLMClient
+
+    assert {"prompts", "features"} <= set(inspect.signature(VLLMClient.generate).parameters)
+    assert list(inspect.signature(VLLMClient._post).parameters) == ["self", "url", "kwargs"]
+    assert {"prompts", "images", "num_generations"} <= set(inspect.signature(VLLMGeneration.generate).parameters)
     fields = set(GRPOConfig.__dataclass_fields__)
     assert {"use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "vllm_max_model_length",
             "vllm_tensor_parallel_size", "vllm_enable_sleep_mode", "vllm_server_base_url", "vllm_server_timeout",
@@ -97,44 +103,54 @@ class _LLM:
         return ["out"] * len(prompts)
 
 
+class _Session:
+    def __init__(self):
+        self.posted = []
+
+    def post(self, url):
+        self.posted.append(url)
+        return SimpleNamespace(raise_for_status=lambda: None)
+
+
 def _generation(device: str, mode: str = "colocate", tied: bool = False):
     embed = torch.nn.Embedding(4, 2)
     head = torch.nn.Linear(2, 4, bias=False)
     if tied:
         head.weight = embed.weight
     model = SimpleNamespace(get_input_embeddings=lambda: embed, get_output_embeddings=lambda: head)
-    return SimpleNamespace(mode=mode, accelerator=SimpleNamespace(device=torch.device(device)), model=model,
-                           llm=_LLM(),
+    return SimpleNamespace(mode=mode, accelerator=SimpleNamespace(device=torch.device(device), is_main_process=True),
+                           model=model, llm=_LLM(), vllm_client=SimpleNamespace(base_url="http://srv", session=_Session()),
                            _iter_named_params=lambda: iter([("lm_head.weight", torch.zeros(2))]))
 
 
 def test_cpu_sync_reloads_in_place_and_drops_the_prefix_cache(monkeypatch):
     gen = _generation("cpu")
-    attach_vllm(gen, lambda: None, ECG_START, PADS)
+    attach_vllm(gen, lambda: None, ECG_START, ECG_PAD, PADS)
     gen.sync_weights()
     runner = gen.llm.llm_engine.model_executor.driver_worker.model_runner
     assert runner.reloads == [(["lm_head.weight"], True)]
     assert (gen.llm.cache_resets, gen.llm.encoder_resets) == (1, 1)
-    # elsewhere (a GPU, or a server) TRL's own sync runs; a colocated engine still drops its encoder outputs
+    # elsewhere (a GPU, or a server) TRL's own sync runs; the engine still drops its encoder outputs
     calls = []
     monkeypatch.setattr(VLLMGeneration, "sync_weights", lambda self: calls.append(self.mode))
     for device, mode, encoder_resets in (("meta", "colocate", 1), ("cpu", "server", 0)):
         other = _generation(device, mode)
         sync_weights(other)
         assert other.llm.runner.reloads == [] and other.llm.encoder_resets == encoder_resets
+        assert other.vllm_client.session.posted == ([] if mode == "colocate" else ["http://srv/reset_encoder_cache"])
     assert calls == ["colocate", "server"]
 
 
 def test_tied_embeddings_are_refused_on_cpu_where_the_packed_lm_head_would_go_stale():
     with pytest.raises(ValueError, match="tie_word_embeddings"):
-        attach_vllm(_generation("cpu", tied=True), lambda: None, ECG_START, PADS)
-    attach_vllm(_generation("meta", tied=True), lambda: None, ECG_START, PADS)  # GPU: TRL's sync keeps the tie
+        attach_vllm(_generation("cpu", tied=True), lambda: None, ECG_START, ECG_PAD, PADS)
+    attach_vllm(_generation("meta", tied=True), lambda: None, ECG_START, ECG_PAD, PADS)  # GPU: TRL's sync keeps the tie
 
 
 def test_ecg_records_reach_vllm_with_their_prompts_and_placeholder_runs_are_cut_to_one():
     rows = None
     gen = _generation("cpu")
-    attach_vllm(gen, lambda: rows, ECG_START, PADS)
+    attach_vllm(gen, lambda: rows, ECG_START, ECG_PAD, PADS)
     llm = gen.llm._llm
     gen.llm.generate([{"prompt_token_ids": [1, 2]}])
     assert llm.prompts == [{"prompt_token_ids": [1, 2]}]  # outside a rollout nothing is added
@@ -161,16 +177,33 @@ def test_ecg_records_reach_vllm_with_their_prompts_and_placeholder_runs_are_cut_
         gen.llm.generate(prompts)
 
 
-def test_server_mode_refuses_ecg_records_it_cannot_send(mini_records_path, tmp_path):
-    from qoqmed.data.schema import load_records
-    from qoqmed.modeling.tiny import TinySpec, build_tiny
-    from qoqmed.train.rl import build_rl_trainer
+def test_server_features_find_each_placeholder_run_and_merge_modalities():
+    assert placeholder_runs([1, ECG_PAD, ECG_PAD, 2, ECG_PAD, IMAGE_PAD, ECG_PAD], ECG_PAD) == [
+        {"offset": 1, "length": 2}, {"offset": 4, "length": 1}, {"offset": 6, "length": 1}]
+    image = {"mm_hashes": {"image": ["h1"]}, "mm_placeholders": {"image": [{"offset": 9, "length": 4}]},
+             "kwargs_data": None, "mm_metadata": {"image": ["m1"]}}
+    ecg = {"mm_hashes": {"ecg": ["e1", "e2"]}, "mm_placeholders": {"ecg": [{"offset": 1, "length": 2}] * 2},
+           "kwargs_data": {"ecg": ["k1", "k2"]}}
+    assert merge_features(image, None) is image and merge_features(None, ecg) is ecg
+    both = merge_features(image, ecg)
+    assert both["mm_hashes"] == {"image": ["h1"], "ecg": ["e1", "e2"]}
+    assert both["mm_placeholders"]["ecg"] == ecg["mm_placeholders"]["ecg"]
+    # a side without a payload gets None per item (the server's cached copy), so every modality has its entries
+    assert both["kwargs_data"] == {"image": [None], "ecg": ["k1", "k2"]}
+    assert both["mm_metadata"] == {"image": ["m1"], "ecg": [None, None]}
 
-    records = load_records(mini_records_path)
-    processor, model = build_tiny([r.problem for r in records], TinySpec(hidden_size=64, intermediate_size=128,
-                                                                          vision_depth=1, vision_hidden=32))
-    model.save_pretrained(tmp_path / "m")
-    processor.save_pretrained(tmp_path / "m")
-    with pytest.raises(ValueError, match="ECG records cannot reach the server"):
-        build_rl_trainer(tmp_path / "m", records, tmp_path / "rl",
-                         RLSettings(rollout={"engine": "vllm", "vllm_mode": "server"}))
+
+def test_server_log_probs_are_read_as_trl_parses_them():
+    """vLLM 0.32's generate endpoint names tokens by integer id; TRL's parser then finds its "token_id:<id>"."""
+    from trl.generation.vllm_client import parse_logprobs
+
+    from qoqmed.train.vllm_rollouts import _post_with_token_names
+
+    answer = {"choices": [{"logprobs": {"content": [
+        {"token_id": 4, "logprob": -0.5, "top_logprobs": [{"token_id": 4, "logprob": -0.5},
+                                                           {"token_id": 2, "logprob": -1.5}]}]}}]}
+    got = _post_with_token_names(lambda url, **kw: answer, "http://srv/inference/v1/generate", json={})
+    assert parse_logprobs([c["logprobs"] for c in got["choices"]]) == ([[[-0.5, -1.5]]], [[[4, 2]]])
+    completions = {"choices": [{"logprobs": {"tokens": ["token_id:3"], "token_logprobs": [-0.1],
+                                             "top_logprobs": [None]}}]}
+    assert _post_with_token_names(lambda url, **kw: completions, "u") == completions  # the other shapes stay

@@ -58,6 +58,9 @@ from .modeling_qoqmed import ecg_features, ecg_projector
 from .processing_qoqmed import ECG_BLOCK, QoQMedProcessor
 
 ECG = "ecg"
+# how vLLM batches the processor's ECG output: one ``ecg_values`` row per record (also the layout of records sent to
+# a server as serialised multimodal features, see qoqmed.train.vllm_rollouts)
+ECG_FIELDS = {"ecg_values": MultiModalFieldConfig.batched(ECG)}
 
 
 class QoQMedDataParser(Qwen2VLMultiModalDataParser):
@@ -120,8 +123,7 @@ class QoQMedMultiModalProcessor(Qwen2VLMultiModalProcessor):
         return inputs
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs) -> Mapping[str, MultiModalFieldConfig]:
-        return {**super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs),
-                "ecg_values": MultiModalFieldConfig.batched(ECG)}
+        return {**super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs), **ECG_FIELDS}
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs) -> Sequence[PromptReplacement]:
         proc = self.info.get_hf_processor(**hf_processor_mm_kwargs)

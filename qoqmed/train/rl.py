@@ -383,9 +383,6 @@ def build_rl_trainer(model_dir: str | Path, records: Sequence[Record], out_dir: 
         freeze(model, **{part: True for part in s.freeze})
     dataset, facts = build_rl_dataset(records, processor, domain_key=s.domain_key,
                                       prompt_style=s.prompt_style)
-    if s.rollout.engine == "vllm" and s.rollout.vllm_mode == "server" and any(f.ecg_paths for f in facts.values()):
-        raise ValueError("rl.rollout.vllm_mode server: TRL's vLLM client sends token ids and images only, so ECG "
-                         "records cannot reach the server; use vllm_mode colocate for data with ECG")
     eval_sets: dict[str, Dataset] = {}
     if eval_records and s.eval_steps:
         eval_sets["eval"], eval_facts = build_rl_dataset(eval_records, processor, domain_key=s.domain_key,

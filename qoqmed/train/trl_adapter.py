@@ -110,7 +110,7 @@ class GRPOTrainerAdapter(ShardedTrainerMixin, GRPOTrainer):
         if self.use_vllm:
             proc = self.processing_class
             attach_vllm(self.vllm_generation, lambda: self._active_ecg_rows,
-                        proc.tokenizer.convert_tokens_to_ids(ECG_START),
+                        proc.tokenizer.convert_tokens_to_ids(ECG_START), proc.ecg_token_id,
                         frozenset({proc.image_token_id, proc.ecg_token_id}))
 
     # -- hooks for the trainer built on this class -------------------------------------------------------------
