@@ -256,6 +256,16 @@ def test_fsdp2_on_cpu_warm_start_is_sharded_saves_the_whole_model_and_matches_on
     assert any(not torch.equal(trained[k], initial[k]) for k in trained)
 
 
+def test_fsdp2_on_cpu_refuses_lora_before_training(start, mini_records_path, tmp_path):
+    """LoRA under FSDP stops when the trainer is built, naming what to launch instead, before any step runs."""
+    run = _run([str(start), str(mini_records_path), str(tmp_path / "fsdp"), "--batch-size", "2", "--lora"],
+               accelerate_config=FSDP2_CPU, program=[str(SFT_WORKER)])
+    assert run.returncode not in (0, None), run.stderr[-4000:]
+    assert "LoRA adapters are not supported under FSDP" in run.stderr and "cpu_2proc.yaml" in run.stderr
+    assert not (tmp_path / "fsdp" / "sft").exists() or not any((tmp_path / "fsdp" / "sft").glob("checkpoint-*"))
+    assert not (tmp_path / "fsdp" / "model").exists()
+
+
 def test_fsdp2_on_cpu_recipe_keeps_the_warm_started_model(mini_records_path, tmp_path):
     """``qoqmed train`` with the warm start enabled, launched with the shipped FSDP2 config: the warm-started model
     RL starts from is written whole, and the warm-start evaluation (main process only) reads it from there."""

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 
 from accelerate.state import AcceleratorState, PartialState
 import torch
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, is_peft_model
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
@@ -64,6 +64,12 @@ class ShardedTrainerMixin:
     def create_accelerator_and_postprocess(self) -> None:
         with fsdp_on_cpu():
             super().create_accelerator_and_postprocess()
+        if self.is_fsdp_enabled and is_peft_model(self.model):
+            # saving and merging adapters read whole weights, which FSDP holds as shards: refused before training
+            # rather than failing after it
+            raise ValueError("LoRA adapters are not supported under FSDP: launch a LoRA run with a DDP "
+                             "(e.g. configs/accelerate/cpu_2proc.yaml, or multi-GPU without FSDP) or a DeepSpeed "
+                             "config, or drop the recipe's lora section to fine-tune in full under FSDP")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         head = getattr(self.accelerator.unwrap_model(model), "get_output_embeddings", lambda: None)()
